@@ -1,0 +1,42 @@
+"""npe2 reader: medical volumes (files and DICOM folders) as Image or Labels layers in patient space."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from training.atomic import compound_suffix
+from training.io import as_label, is_volume_path, read_volume
+
+from .layer_geometry import layer_kwargs
+
+LayerData = tuple[Any, dict[str, Any], str]
+_LABEL_HINTS = ("label", "labels", "seg", "segmentation", "mask", "gt")
+
+
+def _looks_like_labels(path: Path) -> bool:
+    stem = path.name[: -len(compound_suffix(path))] if compound_suffix(path) else path.name
+    stem = stem.lower()
+    return any(stem == h or stem.endswith(f"_{h}") or stem.endswith(f".{h}") for h in _LABEL_HINTS)
+
+
+def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerData]] | None:
+    """Return a reader when every path is a volume we read, else None (napari tries other plugins)."""
+    paths = [path] if isinstance(path, str) else list(path)
+    if not paths or not all(is_volume_path(p) for p in paths):
+        return None
+    return read_layers
+
+
+def read_layers(path: str | list[str]) -> list[LayerData]:
+    paths = [path] if isinstance(path, str) else list(path)
+    layers: list[LayerData] = []
+    for p in map(Path, paths):
+        volume = read_volume(p)
+        if _looks_like_labels(p):
+            volume = as_label(volume)
+            layers.append((volume.array, layer_kwargs(volume, labels=True), "labels"))
+        else:
+            layers.append((volume.array, layer_kwargs(volume), "image"))
+    return layers

@@ -1,0 +1,36 @@
+"""Shared fixtures: the real volumes in ../shared/data (never copied into the project)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def _require(path: Path) -> Path:
+    if not path.exists():
+        message = f"shared data missing: {path} (clone the project beside its shared/ folder)"
+        if os.environ.get("CI"):
+            pytest.fail(message)  # CI always has shared/: its absence is a broken run, not a skip
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    return _require(SHARED_DATA)
+
+
+@pytest.fixture(scope="session")
+def ct_example(shared_data: Path) -> Path:
+    """TotalSegmentator example CT (3 mm iso) folder: image.nii.gz, label.nii.gz, labels.json."""
+    return _require(shared_data / "ct" / "ts_example")
+
+
+@pytest.fixture(scope="session")
+def ct_dicom(shared_data: Path) -> Path:
+    """Upper-abdomen CT as a DICOM series with a RAS-stored NIfTI label."""
+    return _require(shared_data / "ct" / "ts_dicom_abdomen")

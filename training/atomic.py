@@ -1,0 +1,50 @@
+"""Atomic file replacement: write beside the target, fsync, then rename over it.
+
+An interrupted save (crash, kill, full disk) therefore leaves the previous file intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+
+def compound_suffix(path: Path) -> str:
+    """'.nii.gz' for 'a.nii.gz', '.nrrd' for 'a.nrrd' (writers choose the format from it)."""
+    suffixes = path.suffixes
+    if len(suffixes) >= 2 and suffixes[-1].lower() == ".gz":
+        return "".join(suffixes[-2:])
+    return path.suffix
+
+
+@contextmanager
+def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``target`` with the same extension; on success it replaces target."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{target.name}.", suffix=f".tmp{compound_suffix(target)}", dir=target.parent
+    )
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_json_atomic(data: Any, target: str | os.PathLike[str]) -> Path:
+    """Write JSON to ``target`` atomically and return its path."""
+    target = Path(target)
+    with atomic_path(target) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    return target

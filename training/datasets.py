@@ -1,0 +1,157 @@
+"""Finding image/label pairs in a dataset folder, with their label-name maps.
+
+Understood layouts:
+    * MSD / nnU-Net: ``imagesTr/`` + ``labelsTr/`` (image names may end in ``_0000``), label names in
+      ``dataset.json`` (``{"0": "background", "1": "liver"}`` or ``{"liver": 1}``).
+    * Case folders: a folder with ``image.<ext>`` (or a DICOM series folder ``dicom/``) and a label file
+      (``label.<ext>``, ``seg.<ext>``, ``mask.<ext>`` or one other volume file named after its structure,
+      like ``aorta.nii.gz``); names in ``labels.json`` beside it or in a parent folder.
+    * Flat pairs: ``<case>_image.<ext>`` with ``<case>_label.<ext>`` in one folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .atomic import compound_suffix
+from .errors import DatasetError
+from .io import READ_SUFFIXES, read_image_label, read_volume
+from .volume import Volume
+
+_LABEL_STEMS = ("label", "labels", "seg", "segmentation", "mask", "gt")
+
+
+@dataclass
+class Case:
+    """One volume of a dataset, with its label map when there is one."""
+
+    name: str
+    image: Path
+    label: Path | None = None
+    label_names: dict[int, str] = field(default_factory=dict)
+
+    def load(self) -> tuple[Volume, Volume | None]:
+        """Read the image and (if any) its label map on the image's grid."""
+        if self.label is None:
+            return read_volume(self.image), None
+        return read_image_label(self.image, self.label)
+
+    def label_value(self, name_or_value: str | int) -> int:
+        """Resolve 'liver' or 5 to a label value of this case."""
+        if isinstance(name_or_value, int) or str(name_or_value).isdigit():
+            return int(name_or_value)
+        for value, name in self.label_names.items():
+            if name == name_or_value:
+                return value
+        raise DatasetError(f"{self.name}: no label named '{name_or_value}' (known: {sorted(self.label_names.values())})")
+
+
+def _stem(path: Path) -> str:
+    suffix = compound_suffix(path)
+    return path.name[: -len(suffix)] if suffix else path.name
+
+
+def _volume_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and compound_suffix(p).lower() in READ_SUFFIXES
+                  and not p.name.startswith("."))
+
+
+def read_label_names(path: Path) -> dict[int, str]:
+    """Parse a labels.json / dataset.json label map into {value: name}, background dropped."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DatasetError(f"{path}: unreadable label-name map ({exc})") from exc
+    if isinstance(data, dict) and "labels" in data and isinstance(data["labels"], dict):
+        data = data["labels"]
+    names: dict[int, str] = {}
+    for key, value in data.items():
+        if str(key).lstrip("-").isdigit():  # {"1": "liver"}
+            names[int(key)] = str(value)
+        elif isinstance(value, int) or (isinstance(value, str) and value.isdigit()):  # {"liver": 1}
+            names[int(value)] = str(key)
+        else:
+            raise DatasetError(f"{path}: cannot read label entry {key!r}: {value!r}")
+    names.pop(0, None)
+    return names
+
+
+def _names_near(folder: Path, stop: Path) -> dict[int, str]:
+    for parent in [folder, *folder.parents]:
+        for fname in ("labels.json", "dataset.json"):
+            if (parent / fname).is_file():
+                return read_label_names(parent / fname)
+        if parent == stop:
+            break
+    return {}
+
+
+def _msd_cases(root: Path) -> list[Case]:
+    names = read_label_names(root / "dataset.json") if (root / "dataset.json").is_file() else {}
+    labels = {_stem(p): p for p in _volume_files(root / "labelsTr")} if (root / "labelsTr").is_dir() else {}
+    cases = []
+    for image in _volume_files(root / "imagesTr"):
+        stem = _stem(image)
+        case = stem[:-5] if stem.endswith("_0000") else stem
+        cases.append(Case(case, image, labels.get(case), names))
+    return cases
+
+
+def _folder_case(folder: Path, root: Path) -> Case | None:
+    files = _volume_files(folder)
+    image = next((p for p in files if _stem(p).lower() in ("image", "img", "ct", "mr")), None)
+    if image is None and (folder / "dicom").is_dir():
+        image = folder / "dicom"
+    if image is None:
+        return None
+    others = [p for p in files if p != image]
+    label = next((p for p in others if _stem(p).lower() in _LABEL_STEMS), None)
+    names = _names_near(folder, root)
+    if label is None and len(others) == 1:
+        label = others[0]
+        names = names or {1: _stem(label)}
+    name = folder.name if folder != root else root.name
+    return Case(name, image, label, names)
+
+
+def _flat_pairs(folder: Path, root: Path) -> list[Case]:
+    cases = []
+    files = {_stem(p): p for p in _volume_files(folder)}
+    for stem, path in sorted(files.items()):
+        if stem.endswith("_image"):
+            case = stem[: -len("_image")]
+            label = files.get(f"{case}_label") or files.get(f"{case}_seg")
+            cases.append(Case(case, path, label, _names_near(folder, root)))
+    return cases
+
+
+def find_cases(root: str | os.PathLike[str], *, require_labels: bool = False, max_depth: int = 3) -> list[Case]:
+    """All cases under ``root`` (see the module docstring for the layouts), sorted by path."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: not a folder")
+    if (root / "imagesTr").is_dir():
+        cases = _msd_cases(root)
+    else:
+        cases = []
+        for dirpath, dirnames, _ in os.walk(root):
+            folder = Path(dirpath)
+            depth = len(folder.relative_to(root).parts)
+            dirnames[:] = sorted(d for d in dirnames if d != "dicom" and not d.startswith("."))
+            if depth >= max_depth:
+                dirnames[:] = []
+            case = _folder_case(folder, root)
+            if case is not None:
+                cases.append(case)
+            else:
+                cases.extend(_flat_pairs(folder, root))
+    if require_labels:
+        cases = [c for c in cases if c.label is not None]
+    if not cases:
+        kind = "labelled image/label pairs" if require_labels else "volumes"
+        raise DatasetError(f"{root}: found no {kind} (expected imagesTr/labelsTr, case folders with "
+                           "image.* and label.*, or <case>_image/<case>_label files)")
+    return sorted(cases, key=lambda c: str(c.image))
