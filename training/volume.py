@@ -220,3 +220,13 @@ def require_same_grid(image: Volume, label: Volume, tol: float = 1e-3) -> None:
             f"{label.name} does not lie on the grid of {image.name}:\n"
             f"  image: {image.geometry.describe()}\n  label: {label.geometry.describe()}"
         )
+
+
+def orient(volume: Volume, code: str = "LPS") -> Volume:
+    """Exact re-indexing (axis permutation/flips, no interpolation) so the axes point along ``code``.
+
+    ``orient(v, "LPS")`` gives axial slices ``array[k]`` shown with the patient's right on the left
+    and anterior at the top (radiological convention), whatever order the file was stored in.
+    """
+    image = sitk.DICOMOrient(volume.to_sitk(), code)
+    return Volume.from_sitk(image, path=volume.path, meta=dict(volume.meta))

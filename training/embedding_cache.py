@@ -1,0 +1,101 @@
+"""Per-slice image embeddings, computed once per (volume content, window, backend) and kept on disk.
+
+Re-prompting a slice then costs only the prompt encoder and mask decoder.  The key hashes the voxel
+data itself, so an edited volume or another backend/checkpoint never reuses a stale embedding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .atomic import atomic_path
+from .segmenters import Segmenter
+from .slice_prep import SliceFrame
+
+ProgressFn = Callable[[int, int, str], None]
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("MEDLSAM_CACHE", Path.home() / ".cache" / "medlsam-napari")) / "embeddings"
+
+
+def content_key(unit_volume: np.ndarray, segmenter: Segmenter, extra: str = "") -> str:
+    h = hashlib.blake2b(digest_size=16)
+    h.update(str((unit_volume.shape, str(unit_volume.dtype), segmenter.cache_id, extra)).encode())
+    h.update(np.ascontiguousarray(unit_volume).data)
+    return h.hexdigest()
+
+
+class SliceEmbeddings:
+    """Embeddings of the axial slices of one prepared volume (values in [0, 1], indexed [z, y, x])."""
+
+    def __init__(self, unit_volume: np.ndarray, segmenter: Segmenter, cache_dir: Path | None = None,
+                 batch_size: int = 4, extra_key: str = ""):
+        self.unit = unit_volume
+        self.segmenter = segmenter
+        self.frame: SliceFrame = segmenter.frame(*unit_volume.shape[1:])
+        self.key = content_key(unit_volume, segmenter, extra_key)
+        self.folder = (Path(cache_dir) / self.key) if cache_dir is not None else None
+        self.batch_size = batch_size
+        self._memory: dict[int, torch.Tensor] = {}
+
+    def _file(self, z: int) -> Path | None:
+        return self.folder / f"slice_{z:04d}.npy" if self.folder is not None else None
+
+    def cached(self, z: int) -> bool:
+        f = self._file(z)
+        return z in self._memory or (f is not None and f.is_file())
+
+    def get(self, z: int) -> torch.Tensor:
+        """The (C, h, w) embedding of slice z, encoding it if no cache holds it."""
+        if z not in self._memory:
+            self.ensure([z])
+        return self._memory[z]
+
+    def ensure(self, zs: Iterable[int], progress: ProgressFn | None = None,
+               cancelled: Callable[[], bool] | None = None) -> None:
+        """Make sure every slice in ``zs`` is embedded; loads from disk or encodes in batches."""
+        zs = sorted({int(z) for z in zs})
+        if any(z < 0 or z >= self.unit.shape[0] for z in zs):
+            raise IndexError(f"slice indices {zs[0]}..{zs[-1]} outside a volume of {self.unit.shape[0]} slices")
+        todo = []
+        for z in zs:
+            f = self._file(z)
+            if z in self._memory:
+                continue
+            if f is not None and f.is_file():
+                try:
+                    self._memory[z] = torch.from_numpy(np.load(f).astype(np.float32))
+                    continue
+                except (OSError, ValueError):
+                    f.unlink(missing_ok=True)  # damaged cache entry: recompute
+            todo.append(z)
+        done = len(zs) - len(todo)
+        if progress:
+            progress(done, len(zs), "embedding slices")
+        for i in range(0, len(todo), self.batch_size):
+            if cancelled and cancelled():
+                raise InterruptedError("cancelled while embedding slices")
+            batch = todo[i:i + self.batch_size]
+            images = torch.stack([self.segmenter.prepare(self.frame, self.unit[z]) for z in batch])
+            for z, emb in zip(batch, self.segmenter.encode(images)):
+                self._memory[z] = emb
+                self._store(z, emb)
+            done += len(batch)
+            if progress:
+                progress(done, len(zs), "embedding slices")
+
+    def _store(self, z: int, emb: torch.Tensor) -> None:
+        f = self._file(z)
+        if f is None:
+            return
+        f.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(f) as tmp:
+            with open(tmp, "wb") as handle:
+                np.save(handle, emb.numpy().astype(np.float16))  # half the disk; decoder runs in fp32

@@ -1,0 +1,202 @@
+"""From 3D boxes to a 3D mask: one SAM prompt per axial slice.
+
+Modes (MedLSAM's names where it has them):
+    * ``wpl``  -- the box's xy on every slice of its z-range (whole-patch localization).
+    * ``spl``  -- several z sub-boxes, each prompting its own slices (sub-patch localization); pass the
+                  sub-boxes, e.g. from the localizer's split mode.
+    * ``mask`` -- start on the central slice with the box, then on each neighbour prompt with the box of
+                  the previous slice's mask grown by a margin, stopping where the mask vanishes.
+
+Work happens on the volume re-indexed to LPS (axial slices in radiological view, as SAM-family models
+were trained); masks are mapped back to the volume's own grid exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from scipy import ndimage
+
+from .boxes import Box3D
+from .embedding_cache import ProgressFn, SliceEmbeddings
+from .errors import GeometryMismatchError
+from .io import align_label_to_image
+from .segmenters import Prediction, Segmenter
+from .slice_prep import Window, scale_to_unit, window_for_modality
+from .volume import Volume, orient
+
+Mode = Literal["wpl", "spl", "mask"]
+
+
+@dataclass
+class PropagationConfig:
+    mode: Mode = "wpl"
+    margin_px: int = 3  # slice pixels added around every 2D box (SAM models were trained on loose boxes)
+    min_area_px: int = 10  # 'mask' mode stops where the mask falls below this
+    min_score: float = 0.0  # slices whose predicted IoU is lower are left empty
+    z_extend: int = 0  # 'mask' mode may go this many slices beyond the box's z-range
+    largest_component: bool = True
+    fill_holes: bool = True
+
+
+def box_2d(box: Box3D, margin: int = 0) -> np.ndarray:
+    """[x0, y0, x1, y1] of a 3D box's xy extent, grown by ``margin`` pixels."""
+    return np.array([box.lo[0] - margin, box.lo[1] - margin, box.hi[0] + margin, box.hi[1] + margin])
+
+
+def mask_box_2d(mask: np.ndarray, margin: int = 0) -> np.ndarray | None:
+    ys, xs = np.nonzero(mask)
+    if not ys.size:
+        return None
+    return np.array([xs.min() - margin, ys.min() - margin, xs.max() + margin, ys.max() + margin])
+
+
+def transform_box(box: Box3D, src: Volume, dst: Volume) -> Box3D:
+    """Re-express a voxel box of ``src`` in the voxel indices of ``dst`` through physical space."""
+    corners = np.array([[x, y, z] for x in (box.lo[0], box.hi[0]) for y in (box.lo[1], box.hi[1])
+                        for z in (box.lo[2], box.hi[2])], dtype=float)
+    idx = dst.physical_to_index(src.index_to_physical(corners))
+    return Box3D(tuple(np.floor(idx.min(0) + 0.5).astype(int)), tuple(np.floor(idx.max(0) + 0.5).astype(int)))
+
+
+def clean_mask(mask: np.ndarray, largest_component: bool = True, fill_holes: bool = True) -> np.ndarray:
+    """Keep the largest 3D connected component and fill holes slice by slice."""
+    if largest_component and mask.any():
+        labels, n = ndimage.label(mask)
+        if n > 1:
+            sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, n + 1))
+            mask = labels == (1 + int(np.argmax(sizes)))
+    if fill_holes:
+        mask = np.stack([ndimage.binary_fill_holes(s) for s in mask])
+    return mask
+
+
+class VolumeSegmenter:
+    """One volume ready for SAM prompting: canonical orientation, window, cached embeddings."""
+
+    def __init__(self, volume: Volume, segmenter: Segmenter, window: Window | None = None,
+                 cache_dir: Path | None = None, batch_size: int = 4):
+        volume.require_finite()
+        self.volume = volume
+        self.canonical = orient(volume, "LPS")
+        self.window = window or window_for_modality(volume.meta.get("modality"))
+        arr = self.canonical.array
+        unit = scale_to_unit(arr, self.window.bounds(arr))
+        self.embeddings = SliceEmbeddings(unit, segmenter, cache_dir, batch_size, extra_key=self.window.key())
+        self.segmenter = segmenter
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.canonical.array.shape
+
+    def to_canonical(self, box: Box3D) -> Box3D:
+        return transform_box(box, self.volume, self.canonical).clip(self.canonical.size)
+
+    def to_volume_grid(self, canonical_mask: np.ndarray) -> np.ndarray:
+        """A mask on the canonical grid -> the same mask on the volume's own grid (exact re-indexing)."""
+        out = align_label_to_image(self.canonical.with_array(canonical_mask.astype(np.uint8)), self.volume)
+        return out.array.astype(bool)
+
+    def segment_slice(self, z: int, box: np.ndarray | None = None, points: np.ndarray | None = None,
+                      point_labels: np.ndarray | None = None, mask_prompt: np.ndarray | None = None) -> Prediction:
+        """Decode one canonical slice from prompts in its pixel coordinates (x, y)."""
+        if box is not None:
+            h, w = self.shape[1:]
+            box = np.clip(np.asarray(box), 0, [w - 1, h - 1, w - 1, h - 1])
+        return self.segmenter.decode(self.embeddings.get(z), self.embeddings.frame, box=box, points=points,
+                                     point_labels=point_labels, mask_prompt=mask_prompt)
+
+    def segment_slices(self, prompts: dict[int, np.ndarray], config: PropagationConfig,
+                       progress: ProgressFn | None = None, cancelled: Callable[[], bool] | None = None) -> np.ndarray:
+        """One box per listed slice (canonical indices) -> boolean canonical mask."""
+        mask = np.zeros(self.shape, bool)
+        self.embeddings.ensure(prompts, progress, cancelled)
+        for i, (z, box) in enumerate(sorted(prompts.items())):
+            if cancelled and cancelled():
+                raise InterruptedError("cancelled while decoding slices")
+            pred = self.segment_slice(z, box)
+            if pred.score >= config.min_score:
+                mask[z] |= pred.mask
+            if progress:
+                progress(i + 1, len(prompts), "segmenting slices")
+        return mask
+
+    def propagate(self, boxes: Sequence[Box3D], config: PropagationConfig | None = None,
+                  progress: ProgressFn | None = None, cancelled: Callable[[], bool] | None = None) -> np.ndarray:
+        """3D mask (on the volume's own grid) of the target inside ``boxes`` (volume voxel indices)."""
+        config = config or PropagationConfig()
+        if not boxes:
+            raise ValueError("no box given")
+        boxes = [self.to_canonical(b) for b in boxes]
+        if config.mode in ("wpl", "spl"):
+            if config.mode == "wpl" and len(boxes) > 1:
+                boxes = [Box3D(tuple(np.min([b.lo for b in boxes], 0)), tuple(np.max([b.hi for b in boxes], 0)))]
+            prompts: dict[int, np.ndarray] = {}
+            for b in boxes:
+                for z in range(b.lo[2], b.hi[2] + 1):
+                    xy = box_2d(b, config.margin_px)
+                    prompts[z] = xy if z not in prompts else np.r_[np.minimum(prompts[z][:2], xy[:2]),
+                                                                     np.maximum(prompts[z][2:], xy[2:])]
+            mask = self.segment_slices(prompts, config, progress, cancelled)
+        elif config.mode == "mask":
+            mask = self._propagate_from_centre(boxes, config, progress, cancelled)
+        else:
+            raise ValueError(f"unknown propagation mode {config.mode!r} (wpl, spl, mask)")
+        mask = clean_mask(mask, config.largest_component, config.fill_holes)
+        return self.to_volume_grid(mask)
+
+    def _propagate_from_centre(self, boxes: list[Box3D], config: PropagationConfig,
+                               progress: ProgressFn | None, cancelled: Callable[[], bool] | None) -> np.ndarray:
+        union = Box3D(tuple(np.min([b.lo for b in boxes], 0)), tuple(np.max([b.hi for b in boxes], 0)))
+        nz = self.shape[0]
+        z_lo, z_hi = max(0, union.lo[2] - config.z_extend), min(nz - 1, union.hi[2] + config.z_extend)
+        self.embeddings.ensure(range(z_lo, z_hi + 1), progress, cancelled)
+        # A mask box may not wander beyond the 3D box grown by a quarter of its size.
+        slack = np.array([(union.hi[0] - union.lo[0]) // 4, (union.hi[1] - union.lo[1]) // 4])
+        limit = np.r_[np.array(union.lo[:2]) - slack, np.array(union.hi[:2]) + slack]
+        centre = (union.lo[2] + union.hi[2]) // 2
+        start_box = next((b for b in boxes if b.lo[2] <= centre <= b.hi[2]), union)
+        mask = np.zeros(self.shape, bool)
+        first = self.segment_slice(centre, box_2d(start_box, config.margin_px))
+        mask[centre] = first.mask
+        done, total = 1, z_hi - z_lo + 1
+        for step in (1, -1):
+            prev = mask[centre]
+            z = centre + step
+            while z_lo <= z <= z_hi:
+                if cancelled and cancelled():
+                    raise InterruptedError("cancelled while propagating")
+                box = mask_box_2d(prev, config.margin_px)
+                if box is None or prev.sum() < config.min_area_px:
+                    break
+                box = np.r_[np.maximum(box[:2], limit[:2]), np.minimum(box[2:], limit[2:])]
+                pred = self.segment_slice(z, box)
+                if pred.score < config.min_score:
+                    break
+                mask[z] = prev = pred.mask
+                done += 1
+                if progress:
+                    progress(done, total, "propagating")
+                z += step
+        return mask
+
+
+def segment_targets(volume_segmenter: VolumeSegmenter, targets: dict[int, Sequence[Box3D]],
+                    config: PropagationConfig | None = None, progress: ProgressFn | None = None,
+                    cancelled: Callable[[], bool] | None = None) -> np.ndarray:
+    """Several targets into one label map on the volume's grid; later targets win overlaps.
+
+    Slices shared by several targets are embedded once (the embedding cache is per slice).
+    """
+    shape = volume_segmenter.volume.array.shape
+    labels = np.zeros(shape, np.uint16 if max(targets, default=0) > 255 else np.uint8)
+    for value, boxes in targets.items():
+        mask = volume_segmenter.propagate(boxes, config, progress, cancelled)
+        if mask.shape != shape:
+            raise GeometryMismatchError("internal: mask grid differs from the volume grid")
+        labels[mask] = value
+    return labels

