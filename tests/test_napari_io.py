@@ -12,7 +12,6 @@ from medlsam_napari._sample_data import make_phantom_sample
 from medlsam_napari._writer import write_labels
 from medlsam_napari.layer_geometry import GEOMETRY_KEY
 from training.io import read_label, read_volume, write_volume
-from training.volume import Volume
 
 
 def test_manifest_commands_resolve() -> None:

@@ -59,12 +59,25 @@ class Box3D:
         m = (margin,) * 3 if isinstance(margin, int) else margin
         return Box3D(tuple(v - d for v, d in zip(self.lo, m)), tuple(v + d for v, d in zip(self.hi, m)))
 
+    def corners(self) -> np.ndarray:
+        """The 8 corner indices (8, 3)."""
+        return _corners(np.asarray(self.lo, float), np.asarray(self.hi, float))
+
     def physical_bounds(self, geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
         """Axis-aligned LPS bounds (mm) of the voxel centres of the box corners."""
-        corners = np.array([[x, y, z] for x in (self.lo[0], self.hi[0]) for y in (self.lo[1], self.hi[1])
-                            for z in (self.lo[2], self.hi[2])], dtype=float)
-        pts = geometry.index_to_physical(corners)
+        pts = geometry.index_to_physical(self.corners())
         return pts.min(axis=0), pts.max(axis=0)
 
     def as_list(self) -> list[int]:
         return [*self.lo, *self.hi]
+
+
+def _corners(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    return np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])], dtype=float)
+
+
+def box_from_physical(lo_mm: np.ndarray, hi_mm: np.ndarray, geometry: Geometry) -> Box3D:
+    """The voxel box (nearest voxel centres) of ``geometry`` spanning an axis-aligned LPS box in mm."""
+    lo, hi = np.minimum(lo_mm, hi_mm), np.maximum(lo_mm, hi_mm)
+    idx = geometry.physical_to_index(_corners(lo, hi))
+    return Box3D(tuple(np.floor(idx.min(0) + 0.5).astype(int)), tuple(np.floor(idx.max(0) + 0.5).astype(int)))

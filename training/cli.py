@@ -94,6 +94,253 @@ def phantom(
         console.print(f"wrote {folder}")
 
 
+class _RichProgress:
+    """A rich progress bar driven by (done, total, message) callbacks."""
+
+    def __init__(self, description: str):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=console)
+        self.task = self.progress.add_task(description, total=None, info="")
+
+    def __enter__(self) -> "_RichProgress":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def __call__(self, done: int, total: int, message: str = "") -> None:
+        self.progress.update(self.task, completed=done, total=total, info=message)
+
+
+@app.command("train-medlam")
+def train_medlam(
+    data: list[Path] = typer.Option(..., "--data", help="Folder(s) of CT volumes; labels are never used."),
+    out: Path = typer.Option(..., "--out", help="Training checkpoint (resumed if it exists)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML config (default: the CPU-sized one)."),
+    steps: Optional[int] = typer.Option(None, help="Override the number of steps."),
+    batch_pairs: Optional[int] = typer.Option(None, help="Override patch pairs per step."),
+    export: Optional[Path] = typer.Option(None, help="Also export fp16 inference weights here when done."),
+) -> None:
+    """Self-supervised MedLAM training (RDR + MSS). Multi-GPU/multi-node: launch with torchrun."""
+    import platform
+    import time
+
+    import torch
+
+    from .medlam.train import DEFAULT_CONFIG, TrainConfig, export_weights, train
+
+    cfg = TrainConfig.load(config or DEFAULT_CONFIG, data=[str(d) for d in data], steps=steps, batch_pairs=batch_pairs)
+    started = time.time()
+    with _RichProgress("training MedLAM") as bar:
+        ckpt = train(cfg, out, progress=bar)
+    console.print(f"checkpoint {ckpt} ({time.time() - started:.0f} s this run)")
+    if export:
+        device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+        export_weights(ckpt, export, {"data": cfg.data, "device": device,
+                                      "seconds_last_run": round(time.time() - started)})
+        console.print(f"exported inference weights to {export}")
+
+
+def _parse_device(device: Optional[str]):
+    import torch
+
+    if device in (None, "auto"):
+        return None
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        _fail(ValueError(f"device {device!r} asked for but CUDA is not available"))
+    return torch.device(device)
+
+
+@app.command("extreme-points")
+def extreme_points(
+    image: Path = typer.Argument(..., help="Template volume."),
+    label: Path = typer.Argument(..., help="Its label map."),
+    target: str = typer.Option(..., "--target", help="Target name, e.g. liver."),
+    value: Optional[int] = typer.Option(None, "--value", help="Label value (default: looked up by name in labels.json)."),
+    out: Path = typer.Option(..., "--out", help="Extreme-points JSON to write."),
+    slabs: int = typer.Option(0, help="Also store per-z-slab points for SPL mode (e.g. 4)."),
+) -> None:
+    """Derive a target's six extreme points from a template's mask (for users who have masks)."""
+    from .extreme_points import extreme_points_from_mask
+
+    try:
+        vol = read_volume(image)
+        lab = read_label(label, vol)
+        if value is None:
+            names = read_label_names(label.parent / "labels.json") if (label.parent / "labels.json").is_file() else {}
+            matches = [v for v, n in names.items() if n == target]
+            if not matches:
+                raise ValueError(f"{label}: no label named {target!r}; pass --value")
+            value = matches[0]
+        ep = extreme_points_from_mask(target, value, vol, lab, n_slabs=slabs)
+        ep.save(out)
+    except (MedLSAMError, ValueError) as exc:
+        _fail(exc)
+    console.print(f"wrote {out}: {target} (label {value}) on {image}, {len(ep.slabs_mm)} slabs")
+
+
+@app.command()
+def localize(
+    templates: list[Path] = typer.Option(..., "--templates", "-t", help="Extreme-points JSON file(s)."),
+    queries: list[Path] = typer.Option(..., "--queries", "-q", help="Query volume(s) or dataset folder(s)."),
+    out: Path = typer.Option(..., "--out", help="boxes JSON to write."),
+    localizer: str = typer.Option("medlam+reg", help="medlam, registration or medlam+reg."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 (default: CUDA when present)."),
+) -> None:
+    """Find every template target in every query volume; write boxes (voxels) and points (mm)."""
+    from .atomic import write_json_atomic
+    from .localize import load_templates, make_localizer
+    from .pipeline import localized_json, query_cases
+
+    try:
+        tpls = load_templates(templates)
+        cases = query_cases(queries, exclude={t.volume.path for t in tpls if t.volume.path})
+        loc = make_localizer(localizer, **({"device": _parse_device(device)} if localizer == "medlam" else {}))
+    except (MedLSAMError, ValueError) as exc:
+        _fail(exc)
+    results, table = {}, Table(title=f"localization ({localizer})")
+    for col in ("query", "target", "box (voxels x0,y0,z0,x1,y1,z1)", "s"):
+        table.add_column(col)
+    for case in cases:
+        try:
+            located = loc.localize(read_volume(case.image), tpls)
+            results[str(case.image)] = {t.target: localized_json(t) for t in located}
+            for t in located:
+                table.add_row(case.name, t.target, ",".join(map(str, t.box.as_list())), f"{t.seconds:.1f}")
+        except (MedLSAMError, ValueError, RuntimeError) as exc:
+            results[str(case.image)] = {"error": f"{type(exc).__name__}: {exc}"}
+            table.add_row(case.name, "[red]failed[/]", str(exc)[:80], "")
+    write_json_atomic(results, out)
+    console.print(table)
+    console.print(f"wrote {out}")
+
+
+def _segmenter(segmenter: str, device: Optional[str]):
+    from .segmenters import load_segmenter
+
+    return load_segmenter(segmenter, device=_parse_device(device))
+
+
+@app.command()
+def segment(
+    templates: list[Path] = typer.Option(..., "--templates", "-t", help="Extreme-points JSON file(s)."),
+    queries: list[Path] = typer.Option(..., "--queries", "-q", help="Query volume(s) or dataset folder(s)."),
+    out: Path = typer.Option(..., "--out", help="Output folder: one <case>.nii.gz label map per query."),
+    localizer: str = typer.Option("medlam+reg", help="medlam, registration or medlam+reg."),
+    mode: str = typer.Option("mask", help="wpl (one box on every slice), spl (z sub-boxes), mask (mask-guided)."),
+    segmenter: str = typer.Option("litemedsam", help="litemedsam (embedded) or a SAM/MedSAM checkpoint path."),
+    cache: Optional[Path] = typer.Option(None, help="Embedding cache folder (default: ~/.cache/medlsam-napari)."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 (default: CUDA when present)."),
+    overwrite: bool = typer.Option(False, help="Redo queries whose output exists (default: skip them)."),
+) -> None:
+    """The MedLSAM pipeline: localize every target in every query, segment it slice by slice, write masks."""
+    from .embedding_cache import default_cache_dir
+    from .localize import load_templates, make_localizer
+    from .pipeline import query_cases, run_queries
+    from .propagate import PropagationConfig
+
+    try:
+        tpls = load_templates(templates)
+        cases = query_cases(queries, exclude={t.volume.path for t in tpls if t.volume.path})
+        loc = make_localizer(localizer)
+        seg = _segmenter(segmenter, device)
+        config = PropagationConfig(mode=mode)
+    except (MedLSAMError, ValueError) as exc:
+        _fail(exc)
+    table = Table(title=f"MedLSAM: {len(cases)} queries, {localizer} + {seg.name}, mode {mode}")
+    for col in ("query", "status", "targets", "seconds", "output / error"):
+        table.add_column(col)
+    failed = 0
+    with _RichProgress("segmenting") as bar:
+        for r in run_queries(cases, tpls, loc, seg, out, config, cache or default_cache_dir(), overwrite, bar):
+            failed += r.status == "failed"
+            table.add_row(r.name, r.status, ", ".join(t.target for t in r.targets), f"{r.seconds:.1f}",
+                          str(r.output) if r.output else (r.error or "")[:100])
+    console.print(table)
+    if failed:
+        console.print(f"[yellow]{failed} of {len(cases)} queries failed; see {out / 'medlsam_results.json'}[/]")
+
+
+@app.command("segment-box")
+def segment_box(
+    image: Path = typer.Argument(..., help="Volume file or DICOM folder."),
+    out: Path = typer.Option(..., "--out", help="Mask file to write (image geometry)."),
+    box: Optional[str] = typer.Option(None, help="x0,y0,z0,x1,y1,z1 in voxel indices (inclusive)."),
+    box_mm: Optional[str] = typer.Option(None, help="x0,y0,z0,x1,y1,z1 in LPS mm."),
+    mode: str = typer.Option("mask", help="wpl, mask."),
+    value: int = typer.Option(1, help="Label value written."),
+    segmenter: str = typer.Option("litemedsam", help="litemedsam or a SAM/MedSAM checkpoint path."),
+    cache: Optional[Path] = typer.Option(None, help="Embedding cache folder."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda (default: CUDA when present)."),
+) -> None:
+    """Segment one volume from a 3D box you already have."""
+    from .embedding_cache import default_cache_dir
+    from .io import write_mask
+    from .pipeline import box_from_mm, parse_box
+    from .propagate import PropagationConfig, VolumeSegmenter
+
+    if (box is None) == (box_mm is None):
+        _fail(ValueError("give exactly one of --box (voxels) or --box-mm (mm)"))
+    try:
+        vol = read_volume(image)
+        b = parse_box(box) if box else box_from_mm(box_mm, vol)
+        clipped = b.clip(vol.size)
+        if clipped != b:
+            console.print(f"[yellow]box {b.as_list()} clipped to the volume: {clipped.as_list()}[/]")
+        vs = VolumeSegmenter(vol, _segmenter(segmenter, device), cache_dir=cache or default_cache_dir())
+        with _RichProgress("segmenting") as bar:
+            mask = vs.propagate([clipped], PropagationConfig(mode=mode), bar)
+        write_mask(mask.astype(np.uint16 if value > 255 else np.uint8) * value, vol, out)
+    except (MedLSAMError, ValueError) as exc:
+        _fail(exc)
+    console.print(f"wrote {out}: {int(mask.sum())} voxels, {mask.sum() * np.prod(vol.spacing) / 1000:.1f} mL")
+
+
+@app.command()
+def evaluate(
+    pred: Path = typer.Option(..., "--pred", help="Folder of predicted label maps named <case>.nii.gz (or a file)."),
+    gt: Path = typer.Option(..., "--gt", help="Dataset folder with ground truth (or a label file)."),
+    labels: Optional[str] = typer.Option(None, help="Comma-separated label values (default: those predicted)."),
+    nsd_mm: float = typer.Option(2.0, help="Tolerance of the normalized surface distance (mm)."),
+) -> None:
+    """Dice, HD95 and NSD per organ and volume, with the mean per organ."""
+    from .atomic import compound_suffix
+    from .datasets import find_cases
+    from .metrics import label_metrics
+
+    try:
+        if pred.is_file():
+            pairs = [(pred.name, pred, gt, {})]
+        else:
+            gts = {c.name: c for c in find_cases(gt, require_labels=True)}
+            pairs = []
+            for p in sorted(pred.iterdir()):
+                case = p.name[: -len(compound_suffix(p))] if compound_suffix(p) else p.name
+                if case in gts:
+                    pairs.append((case, p, gts[case].label, gts[case].label_names))
+            if not pairs:
+                raise ValueError(f"no prediction in {pred} is named after a case of {gt}")
+        table = Table(title="evaluation")
+        for col in ("case", "label", "name", "Dice", "HD95 (mm)", f"NSD@{nsd_mm:g}mm"):
+            table.add_column(col, justify="right")
+        per_label: dict[int, list[float]] = {}
+        for case, p, g, names in pairs:
+            ref = read_label(g, allow_empty=True)
+            prd = read_label(p, ref, allow_empty=True)
+            values = [int(v) for v in labels.split(",")] if labels else [int(v) for v in np.unique(prd.array) if v]
+            for v, m in label_metrics(prd.array, ref.array, ref.spacing_zyx, values, nsd_mm).items():
+                per_label.setdefault(v, []).append(m["dice"])
+                table.add_row(case, str(v), names.get(v, ""), f"{m['dice']:.3f}", f"{m['hd95']:.1f}", f"{m['nsd']:.3f}")
+        for v, dices in sorted(per_label.items()):
+            table.add_row("[bold]mean[/]", str(v), "", f"{np.mean(dices):.3f}", "", "")
+    except (MedLSAMError, ValueError) as exc:
+        _fail(exc)
+    console.print(table)
+
+
 def main() -> None:
     app()
 

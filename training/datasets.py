@@ -7,6 +7,7 @@ Understood layouts:
       (``label.<ext>``, ``seg.<ext>``, ``mask.<ext>`` or one other volume file named after its structure,
       like ``aorta.nii.gz``); names in ``labels.json`` beside it or in a parent folder.
     * Flat pairs: ``<case>_image.<ext>`` with ``<case>_label.<ext>`` in one folder.
+    * Unlabelled volumes: any other volume file, or a folder of DICOM files, is a case without label.
 """
 
 from __future__ import annotations
@@ -128,6 +129,15 @@ def _flat_pairs(folder: Path, root: Path) -> list[Case]:
     return cases
 
 
+def _loose_volumes(folder: Path) -> list[Case]:
+    """Unlabelled volumes: every non-label volume file, or the folder itself if it is a DICOM series."""
+    files = _volume_files(folder)
+    if any(p.suffix.lower() == ".dcm" for p in files):
+        return [Case(folder.name, folder)]
+    hints = tuple(f"_{h}" for h in _LABEL_STEMS)
+    return [Case(_stem(p), p) for p in files if not _stem(p).lower().endswith(hints) and _stem(p).lower() not in _LABEL_STEMS]
+
+
 def find_cases(root: str | os.PathLike[str], *, require_labels: bool = False, max_depth: int = 3) -> list[Case]:
     """All cases under ``root`` (see the module docstring for the layouts), sorted by path."""
     root = Path(root)
@@ -146,8 +156,9 @@ def find_cases(root: str | os.PathLike[str], *, require_labels: bool = False, ma
             case = _folder_case(folder, root)
             if case is not None:
                 cases.append(case)
-            else:
-                cases.extend(_flat_pairs(folder, root))
+                continue
+            pairs = _flat_pairs(folder, root)
+            cases.extend(pairs or _loose_volumes(folder))
     if require_labels:
         cases = [c for c in cases if c.label is not None]
     if not cases:

@@ -170,12 +170,13 @@ def make_phantom(
 
 
 def write_phantom_dataset(out_dir: str | os.PathLike[str], n: int = 4, first_seed: int = 0,
-                          size: tuple[int, int, int] = DEFAULT_SIZE) -> list[Path]:
+                          size: tuple[int, int, int] = DEFAULT_SIZE,
+                          spacing: tuple[float, float, float] = DEFAULT_SPACING) -> list[Path]:
     """Write ``n`` phantoms as case folders ``phantom_XXX/{image,label}.nii.gz`` + ``labels.json``."""
     out_dir = Path(out_dir)
     folders = []
     for seed in range(first_seed, first_seed + n):
-        ph = make_phantom(seed, size=size)
+        ph = make_phantom(seed, size=size, spacing=spacing)
         folder = out_dir / f"phantom_{seed:03d}"
         write_volume(ph.image, folder / "image.nii.gz")
         write_volume(ph.label, folder / "label.nii.gz")

@@ -21,7 +21,7 @@ from typing import Literal
 import numpy as np
 from scipy import ndimage
 
-from .boxes import Box3D
+from .boxes import Box3D, box_from_physical
 from .embedding_cache import ProgressFn, SliceEmbeddings
 from .errors import GeometryMismatchError
 from .io import align_label_to_image
@@ -57,10 +57,8 @@ def mask_box_2d(mask: np.ndarray, margin: int = 0) -> np.ndarray | None:
 
 def transform_box(box: Box3D, src: Volume, dst: Volume) -> Box3D:
     """Re-express a voxel box of ``src`` in the voxel indices of ``dst`` through physical space."""
-    corners = np.array([[x, y, z] for x in (box.lo[0], box.hi[0]) for y in (box.lo[1], box.hi[1])
-                        for z in (box.lo[2], box.hi[2])], dtype=float)
-    idx = dst.physical_to_index(src.index_to_physical(corners))
-    return Box3D(tuple(np.floor(idx.min(0) + 0.5).astype(int)), tuple(np.floor(idx.max(0) + 0.5).astype(int)))
+    lo, hi = box.physical_bounds(src.geometry)
+    return box_from_physical(lo, hi, dst.geometry)
 
 
 def clean_mask(mask: np.ndarray, largest_component: bool = True, fill_holes: bool = True) -> np.ndarray:
@@ -152,21 +150,33 @@ class VolumeSegmenter:
     def _propagate_from_centre(self, boxes: list[Box3D], config: PropagationConfig,
                                progress: ProgressFn | None, cancelled: Callable[[], bool] | None) -> np.ndarray:
         union = Box3D(tuple(np.min([b.lo for b in boxes], 0)), tuple(np.max([b.hi for b in boxes], 0)))
-        nz = self.shape[0]
-        z_lo, z_hi = max(0, union.lo[2] - config.z_extend), min(nz - 1, union.hi[2] + config.z_extend)
-        self.embeddings.ensure(range(z_lo, z_hi + 1), progress, cancelled)
-        # A mask box may not wander beyond the 3D box grown by a quarter of its size.
-        slack = np.array([(union.hi[0] - union.lo[0]) // 4, (union.hi[1] - union.lo[1]) // 4])
-        limit = np.r_[np.array(union.lo[:2]) - slack, np.array(union.hi[:2]) + slack]
         centre = (union.lo[2] + union.hi[2]) // 2
         start_box = next((b for b in boxes if b.lo[2] <= centre <= b.hi[2]), union)
+        z_lo, z_hi = max(0, union.lo[2] - config.z_extend), min(self.shape[0] - 1, union.hi[2] + config.z_extend)
+        self.embeddings.ensure(range(z_lo, z_hi + 1), progress, cancelled)
+        seed = self.segment_slice(centre, box_2d(start_box, config.margin_px)).mask
+        return self._propagate_from(centre, seed, z_lo, z_hi, union, config, progress, cancelled)
+
+    def _propagate_from(self, z0: int, seed: np.ndarray, z_lo: int, z_hi: int, bounds: Box3D | None,
+                        config: PropagationConfig, progress: ProgressFn | None = None,
+                        cancelled: Callable[[], bool] | None = None) -> np.ndarray:
+        """Mask-guided propagation up and down from slice ``z0`` whose mask is ``seed`` (canonical grid).
+
+        Each slice is prompted with the previous slice's mask box grown by the margin; a box may not
+        wander more than a quarter of ``bounds``' size outside it; propagation stops where the mask
+        vanishes or the model's own score falls below ``min_score``.
+        """
+        h, w = self.shape[1:]
+        if bounds is not None:
+            slack = np.array([(bounds.hi[0] - bounds.lo[0]) // 4, (bounds.hi[1] - bounds.lo[1]) // 4])
+            limit = np.r_[np.array(bounds.lo[:2]) - slack, np.array(bounds.hi[:2]) + slack]
+        else:
+            limit = np.array([0, 0, w - 1, h - 1])
         mask = np.zeros(self.shape, bool)
-        first = self.segment_slice(centre, box_2d(start_box, config.margin_px))
-        mask[centre] = first.mask
+        mask[z0] = seed
         done, total = 1, z_hi - z_lo + 1
         for step in (1, -1):
-            prev = mask[centre]
-            z = centre + step
+            prev, z = seed, z0 + step
             while z_lo <= z <= z_hi:
                 if cancelled and cancelled():
                     raise InterruptedError("cancelled while propagating")
@@ -183,6 +193,46 @@ class VolumeSegmenter:
                     progress(done, total, "propagating")
                 z += step
         return mask
+
+    # --- prompting on the volume's own slices (napari review) ----------------------------------
+    def _slice_map(self, z: int) -> tuple[int, np.ndarray, np.ndarray]:
+        """Canonical slice index and, for every pixel (y, x) of the volume's slice z, its canonical (y, x)."""
+        ny, nx = self.volume.array.shape[1:]
+        yy, xx = np.mgrid[0:ny, 0:nx]
+        idx = np.stack([xx.ravel(), yy.ravel(), np.full(xx.size, z)], 1).astype(float)
+        canon = np.round(self.canonical.physical_to_index(self.volume.index_to_physical(idx))).astype(int)
+        zs = np.unique(canon[:, 2])
+        if zs.size != 1:
+            raise ValueError(f"{self.volume.name}: slice {z} is not an axial slice of the volume; "
+                             "prompt on an axial view")
+        return int(zs[0]), canon[:, 1].reshape(ny, nx), canon[:, 0].reshape(ny, nx)
+
+    def segment_volume_slice(self, z: int, box: np.ndarray | None = None, points: np.ndarray | None = None,
+                             point_labels: np.ndarray | None = None) -> np.ndarray:
+        """Re-segment slice ``z`` of the volume's own array from a box [x0, y0, x1, y1] and/or points (x, y)."""
+        kz, cy, cx = self._slice_map(z)
+        to_c = lambda x, y: (cx[int(y), int(x)], cy[int(y), int(x)])  # noqa: E731
+        cbox = None
+        if box is not None:
+            (ax, ay), (bx, by) = to_c(box[0], box[1]), to_c(box[2], box[3])
+            cbox = np.array([min(ax, bx), min(ay, by), max(ax, bx), max(ay, by)])
+        cpts = None if points is None else np.array([to_c(x, y) for x, y in np.asarray(points)])
+        pred = self.segment_slice(kz, cbox, cpts, point_labels)
+        return pred.mask[cy, cx]
+
+    def repropagate_from_slice(self, z: int, slice_mask: np.ndarray, z_range: tuple[int, int] | None = None,
+                               config: PropagationConfig | None = None, progress: ProgressFn | None = None,
+                               cancelled: Callable[[], bool] | None = None) -> np.ndarray:
+        """Mask-guided propagation from a corrected slice of the volume -> 3D mask on the volume's grid."""
+        config = config or PropagationConfig(mode="mask")
+        kz, cy, cx = self._slice_map(z)
+        seed = np.zeros(self.shape[1:], bool)
+        seed[cy[slice_mask], cx[slice_mask]] = True
+        lo, hi = (0, self.shape[0] - 1) if z_range is None else sorted(
+            self._slice_map(int(np.clip(v, 0, self.volume.array.shape[0] - 1)))[0] for v in z_range)
+        self.embeddings.ensure(range(lo, hi + 1), progress, cancelled)
+        mask = self._propagate_from(kz, seed, lo, hi, None, config, progress, cancelled)
+        return self.to_volume_grid(clean_mask(mask, config.largest_component, config.fill_holes))
 
 
 def segment_targets(volume_segmenter: VolumeSegmenter, targets: dict[int, Sequence[Box3D]],

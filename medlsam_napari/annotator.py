@@ -1,0 +1,71 @@
+"""The MedLSAM annotator dock: targets, templates + six points, localize & segment all, review, settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qtpy.QtWidgets import QFileDialog, QGroupBox, QLabel, QPushButton, QScrollArea, QVBoxLayout, QWidget
+
+from .panels._messages import show_error
+from .panels.points import PointsPanel
+from .panels.review import ReviewPanel
+from .panels.run import RunPanel
+from .panels.settings import SettingsPanel
+from .panels.targets import TargetsPanel
+from .panels.volumes import VolumesPanel
+from .state import AnnotatorState
+
+
+class AnnotatorWidget(QWidget):
+    """napari dock widget; everything long runs in workers, everything the annotator does is saved."""
+
+    def __init__(self, napari_viewer, project_dir: str | Path | None = None):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.state = AnnotatorState(napari_viewer)
+        open_btn = QPushButton("Open project folder…")
+        open_btn.clicked.connect(self._choose_folder)
+        self.project_label = QLabel("No project open.")
+        self.project_label.setWordWrap(True)
+        self.targets = TargetsPanel(self.state)
+        self.volumes = VolumesPanel(self.state)
+        self.points = PointsPanel(self.state)
+        self.run = RunPanel(self.state)
+        self.review = ReviewPanel(self.state)
+        self.settings = SettingsPanel(self.state)
+        body = QWidget()
+        layout = QVBoxLayout(body)
+        layout.addWidget(open_btn)
+        layout.addWidget(self.project_label)
+        for title, panel in (("1. Targets", self.targets), ("2. Volumes and templates", self.volumes),
+                             ("   Six extreme points", self.points), ("3. Localize && segment", self.run),
+                             ("4. Review and correct", self.review), ("Settings", self.settings)):
+            box = QGroupBox(title)
+            QVBoxLayout(box).addWidget(panel)
+            layout.addWidget(box)
+        layout.addStretch()
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(body)
+        QVBoxLayout(self).addWidget(scroll)
+        self.state.on_change(self._on_change)
+        if project_dir is not None:
+            self.open_project(project_dir)
+
+    def open_project(self, folder: str | Path) -> None:
+        try:
+            self.state.open_project(folder)
+        except Exception as exc:
+            show_error(self, f"Cannot open project {folder}", exc)
+
+    def _choose_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Project folder (volumes to annotate)")
+        if folder:
+            self.open_project(folder)
+
+    def _on_change(self, what: str) -> None:
+        p = self.state.project
+        if p is not None and what in ("project", "status", "mask"):
+            counts = {s: sum(v.status == s for v in p.volumes) for s in ("pending", "segmented", "reviewed")}
+            self.project_label.setText(f"{p.folder}: {len(p.volumes)} volumes, {len(p.templates)} templates; "
+                                       + ", ".join(f"{n} {s}" for s, n in counts.items()))

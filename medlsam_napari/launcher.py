@@ -1,0 +1,25 @@
+"""``medlsam-napari [PROJECT_DIR]``: napari with the annotator docked and the project loaded."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="medlsam-napari", description=__doc__)
+    parser.add_argument("project", nargs="?", help="folder of volumes to annotate (resumed if it has a session)")
+    args = parser.parse_args(argv)
+    import napari
+
+    from .annotator import AnnotatorWidget
+
+    viewer = napari.Viewer(title="MedLSAM annotator")
+    widget = AnnotatorWidget(viewer, args.project)
+    viewer.window.add_dock_widget(widget, name="MedLSAM annotator", area="right")
+    napari.run()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,174 @@
+"""Review: move through volumes, re-prompt SAM on the current slice from cached embeddings, re-propagate,
+mark reviewed.  Paint/erase corrections use napari's own Labels tools; every accepted change autosaves."""
+
+from __future__ import annotations
+
+import numpy as np
+from qtpy.QtWidgets import QGridLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+
+from training.propagate import PropagationConfig, VolumeSegmenter
+
+from ..jobs import load_models
+from ..state import PROMPT_LAYER, AnnotatorState
+from ._messages import show_error
+
+POSITIVE, NEGATIVE = "SAM + points", "SAM − points"
+
+
+class ReviewPanel(QWidget):
+    def __init__(self, state: AnnotatorState):
+        super().__init__()
+        self.state = state
+        buttons = {
+            "◀ previous": lambda: self._step(-1), "next ▶": lambda: self._step(1),
+            "Draw prompt box": self._prompt_layers, "Segment this slice": self.segment_slice,
+            "Re-propagate from slice": self.repropagate, "Mark reviewed ✓": self.mark_reviewed,
+        }
+        grid = QGridLayout()
+        self.buttons = {}
+        for i, (text, slot) in enumerate(buttons.items()):
+            b = QPushButton(text)
+            b.clicked.connect(slot)
+            grid.addWidget(b, i // 2, i % 2)
+            self.buttons[text] = b
+        self.status = QLabel("Correct with the mask layer's paint/erase tools, or draw a box / click points "
+                             "and press 'Segment this slice'.")
+        self.status.setWordWrap(True)
+        layout = QVBoxLayout(self)
+        layout.addLayout(grid)
+        layout.addWidget(self.status)
+        self.worker = None
+
+    # --- navigation -----------------------------------------------------------------------
+    def _step(self, delta: int) -> None:
+        p = self.state.project
+        if p is None:
+            return
+        names = [v.name for v in p.volumes if v.status != "missing"]
+        if not names:
+            return
+        i = names.index(self.state.volume_name) if self.state.volume_name in names else -delta
+        try:
+            self.state.show_volume(names[(i + delta) % len(names)])
+        except Exception as exc:
+            show_error(self, "Cannot open volume", exc)
+
+    def mark_reviewed(self) -> None:
+        if self.state.volume_name is None:
+            return
+        self.state.save_mask("reviewed")
+        self.state.project.set_status(self.state.volume_name, "reviewed")
+        self.state.changed("status")
+        self.status.setText(f"{self.state.volume_name} marked reviewed and saved.")
+
+    # --- prompting ------------------------------------------------------------------------
+    def _prompt_layers(self) -> None:
+        v, viewer = self.state.volume, self.state.viewer
+        if v is None:
+            return
+        affine = v.geometry.affine_zyx()
+        if PROMPT_LAYER not in viewer.layers:
+            viewer.add_shapes(name=PROMPT_LAYER, ndim=3, edge_color="cyan", face_color="transparent", edge_width=1,
+                              affine=affine)
+        for name, colour in ((POSITIVE, "lime"), (NEGATIVE, "red")):
+            if name not in viewer.layers:
+                viewer.add_points(np.empty((0, 3)), name=name, ndim=3, size=3, face_color=colour, affine=affine)
+        shapes = viewer.layers[PROMPT_LAYER]
+        viewer.layers.selection.active = shapes
+        shapes.mode = "add_rectangle"
+
+    def current_slice(self) -> int:
+        layer = self.state.image_layer
+        z = layer.world_to_data(self.state.viewer.dims.point)[0]
+        return int(np.clip(round(float(z)), 0, self.state.volume.array.shape[0] - 1))
+
+    def _prompts(self, z: int) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+        viewer = self.state.viewer
+        box = None
+        if PROMPT_LAYER in viewer.layers and len(viewer.layers[PROMPT_LAYER].data):
+            corners = np.asarray(viewer.layers[PROMPT_LAYER].data[-1])
+            box = np.array([corners[:, 2].min(), corners[:, 1].min(), corners[:, 2].max(), corners[:, 1].max()])
+        pts, labels = [], []
+        for name, value in ((POSITIVE, 1), (NEGATIVE, 0)):
+            if name in viewer.layers:
+                for p in np.asarray(viewer.layers[name].data):
+                    if round(float(p[0])) == z:
+                        pts.append([p[2], p[1]])
+                        labels.append(value)
+        return box, (np.array(pts) if pts else None), (np.array(labels) if labels else None)
+
+    def _volume_segmenter(self) -> VolumeSegmenter:
+        name = self.state.volume_name
+        if name not in self.state.volume_segmenters:
+            _, segmenter = load_models(self.state.project, self.state.segmenter_cache)
+            from training.embedding_cache import default_cache_dir
+
+            self.state.volume_segmenters[name] = VolumeSegmenter(self.state.volume, segmenter, cache_dir=default_cache_dir())
+        return self.state.volume_segmenters[name]
+
+    def _target_label(self) -> int | None:
+        p = self.state.project
+        if not p or not p.active_target:
+            show_error(self, "No target", "pick the active target first")
+            return None
+        return p.target(p.active_target).label
+
+    def _run(self, job, on_done) -> None:
+        from napari.qt.threading import thread_worker
+
+        if self.worker is not None:
+            return
+        for b in self.buttons.values():
+            b.setEnabled(False)
+        self.status.setText("working… (the first prompt on a volume loads the model and embeds the slice)")
+        worker = thread_worker(job)()
+        worker.returned.connect(on_done)
+        worker.errored.connect(lambda exc: show_error(self, "Prompt failed", exc))
+        worker.finished.connect(self._done)
+        self.worker = worker
+        worker.start()
+
+    def _done(self) -> None:
+        self.worker = None
+        for b in self.buttons.values():
+            b.setEnabled(True)
+
+    def segment_slice(self) -> None:
+        if self.state.volume is None or (label := self._target_label()) is None:
+            return
+        z = self.current_slice()
+        box, pts, lab = self._prompts(z)
+        if box is None and pts is None:
+            return show_error(self, "No prompt", "draw a box or click + / − points on this slice")
+
+        def apply(mask2d: np.ndarray) -> None:
+            data = np.asarray(self.state.mask_layer.data).copy()
+            data[z][data[z] == label] = 0
+            data[z][mask2d] = label
+            self.state.set_mask(data)
+            self.state.save_mask("re-prompted")
+            self.status.setText(f"slice {z}: {int(mask2d.sum())} pixels from the prompt, saved.")
+
+        self._run(lambda: self._volume_segmenter().segment_volume_slice(z, box, pts, lab), apply)
+
+    def repropagate(self) -> None:
+        if self.state.volume is None or (label := self._target_label()) is None:
+            return
+        z = self.current_slice()
+        data = np.asarray(self.state.mask_layer.data)
+        seed = data[z] == label
+        if not seed.any():
+            return show_error(self, "Nothing to propagate", f"slice {z} has no {self.state.project.active_target}")
+        zs = np.nonzero((data == label).any(axis=(1, 2)))[0]
+        z_range = (int(zs.min()) - 3, int(zs.max()) + 3)
+
+        def apply(mask3d: np.ndarray) -> None:
+            new = np.asarray(self.state.mask_layer.data).copy()
+            new[new == label] = 0
+            new[mask3d] = label
+            self.state.set_mask(new)
+            self.state.save_mask("re-propagated")
+            self.status.setText(f"re-propagated from slice {z}: {int(mask3d.sum())} voxels, saved.")
+
+        self._run(lambda: self._volume_segmenter().repropagate_from_slice(z, seed, z_range, PropagationConfig(mode="mask")),
+                  apply)

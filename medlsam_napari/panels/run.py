@@ -1,0 +1,113 @@
+"""'Localize & segment all': MedLAM/registration + SAM over every query, in a worker, with progress and cancel."""
+
+from __future__ import annotations
+
+import threading
+
+from qtpy.QtCore import QObject, Signal
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
+
+from ..jobs import build_templates, load_models, run_project
+from ..state import AnnotatorState
+from ._messages import show_error, show_info
+
+
+class _Bridge(QObject):
+    """Carries progress from the worker thread to the GUI thread (queued signal delivery)."""
+
+    slices = Signal(int, int, str)
+    volume_done = Signal(object)
+
+
+class RunPanel(QWidget):
+    def __init__(self, state: AnnotatorState):
+        super().__init__()
+        self.state = state
+        self.run_btn, self.cancel_btn = QPushButton("Localize && segment all"), QPushButton("Cancel")
+        self.cancel_btn.setEnabled(False)
+        self.run_btn.clicked.connect(self.start)
+        self.cancel_btn.clicked.connect(self.cancel)
+        self.volumes_bar, self.slices_bar = QProgressBar(), QProgressBar()
+        self.volumes_bar.setFormat("volumes %v/%m")
+        self.slices_bar.setFormat("%p%")
+        self.status = QLabel()
+        self.status.setWordWrap(True)
+        row = QHBoxLayout()
+        row.addWidget(self.run_btn)
+        row.addWidget(self.cancel_btn)
+        layout = QVBoxLayout(self)
+        layout.addLayout(row)
+        for w in (self.volumes_bar, self.slices_bar, self.status):
+            layout.addWidget(w)
+        self.bridge = _Bridge()
+        self.bridge.slices.connect(self._on_slices)
+        self.bridge.volume_done.connect(self._on_volume)
+        self.worker = None
+        self._cancel = threading.Event()
+        self.results: list = []
+
+    def start(self) -> None:
+        p = self.state.project
+        if p is None:
+            return show_error(self, "No project", "open a project folder first")
+        try:
+            templates = build_templates(p)  # validates: templates exist, six points each
+        except Exception as exc:
+            return show_error(self, "Cannot run", exc)
+        queries = p.queries
+        if not queries:
+            return show_error(self, "Cannot run", "no query volume: every volume is a template or missing")
+        from napari.qt.threading import thread_worker
+
+        self._cancel.clear()
+        self.results = []
+        self.volumes_bar.setRange(0, len(queries))
+        self.volumes_bar.setValue(0)
+        self.status.setText(f"loading models ({p.localizer} + {p.segmenter})…")
+        bridge, cancel = self.bridge, self._cancel
+
+        @thread_worker
+        def work():
+            localizer, segmenter = load_models(p, self.state.segmenter_cache)
+            return run_project(p, templates, queries, localizer, segmenter,
+                               progress=lambda d, n, m: bridge.slices.emit(d, n, m),
+                               on_result=bridge.volume_done.emit, cancelled=cancel.is_set)
+
+        self.worker = work()
+        self.worker.returned.connect(self._on_finished)
+        self.worker.errored.connect(lambda exc: self._on_finished(None, exc))
+        self.run_btn.setEnabled(False)
+        self.cancel_btn.setEnabled(True)
+        self.worker.start()
+
+    def cancel(self) -> None:
+        self._cancel.set()
+        self.status.setText("cancelling after the current slice…")
+
+    def _on_slices(self, done: int, total: int, message: str) -> None:
+        self.slices_bar.setRange(0, max(total, 1))
+        self.slices_bar.setValue(done)
+        self.slices_bar.setFormat(f"{message} %v/%m")
+
+    def _on_volume(self, result) -> None:
+        self.results.append(result)
+        self.volumes_bar.setValue(len(self.results))
+        self.status.setText(f"{result.name}: {result.status}" + (f" ({result.error})" if result.error else ""))
+        if result.name == self.state.volume_name and result.status == "done":
+            self.state.show_volume(result.name)  # the open volume's new mask appears at once
+        self.state.changed("status")
+
+    def _on_finished(self, summary, error: BaseException | None = None) -> None:
+        self.run_btn.setEnabled(True)
+        self.cancel_btn.setEnabled(False)
+        self.worker = None
+        if error is not None:
+            show_error(self, "Run failed", error)
+        elif self._cancel.is_set():
+            self.status.setText(f"cancelled after {len(self.results)} volume(s)")
+        else:
+            failed = [r.name for r in self.results if r.status == "failed"]
+            text = f"done: {len(self.results) - len(failed)} segmented" + (f", failed: {', '.join(failed)}" if failed else "")
+            self.status.setText(text)
+            show_info(text)
+        self.state.changed("status")

@@ -1,0 +1,69 @@
+"""Backend and device: localizer, segmenter (embedded LiteMedSAM or a checkpoint on disk), CPU/CUDA, mode."""
+
+from __future__ import annotations
+
+from qtpy.QtWidgets import QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLineEdit, QPushButton, QWidget
+
+from ..state import AnnotatorState
+
+LOCALIZERS = ("medlam+reg", "medlam", "registration")
+MODES = ("mask", "wpl", "spl")
+
+
+class SettingsPanel(QWidget):
+    def __init__(self, state: AnnotatorState):
+        super().__init__()
+        self.state = state
+        self.localizer = QComboBox()
+        self.localizer.addItems(LOCALIZERS)
+        self.mode = QComboBox()
+        self.mode.addItems(MODES)
+        self.segmenter = QLineEdit("litemedsam")
+        self.segmenter.setToolTip("'litemedsam' (embedded) or the path of a SAM / MedSAM checkpoint")
+        browse = QPushButton("…")
+        browse.clicked.connect(self._browse)
+        self.device = QComboBox()
+        self.device.addItems(self._devices())
+        seg_row = QHBoxLayout()
+        seg_row.addWidget(self.segmenter)
+        seg_row.addWidget(browse)
+        form = QFormLayout(self)
+        form.addRow("localizer", self.localizer)
+        form.addRow("segmenter", seg_row)
+        form.addRow("device", self.device)
+        form.addRow("propagation", self.mode)
+        for combo in (self.localizer, self.mode, self.device):
+            combo.currentTextChanged.connect(self._store)
+        self.segmenter.editingFinished.connect(self._store)
+        state.on_change(lambda what: self.refresh() if what == "project" else None)
+
+    @staticmethod
+    def _devices() -> list[str]:
+        import torch
+
+        return ["auto", "cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+
+    def refresh(self) -> None:
+        p = self.state.project
+        if p is None:
+            return
+        for combo, value in ((self.localizer, p.localizer), (self.mode, p.mode), (self.device, p.device)):
+            combo.blockSignals(True)
+            if combo.findText(value) >= 0:
+                combo.setCurrentText(value)
+            combo.blockSignals(False)
+        self.segmenter.setText(p.segmenter)
+
+    def _browse(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "SAM / MedSAM / LiteMedSAM checkpoint", "", "Checkpoints (*.pth *.pt)")
+        if path:
+            self.segmenter.setText(path)
+            self._store()
+
+    def _store(self, *_args) -> None:
+        p = self.state.project
+        if p is None:
+            return
+        p.localizer, p.mode, p.device = self.localizer.currentText(), self.mode.currentText(), self.device.currentText()
+        p.segmenter = self.segmenter.text().strip() or "litemedsam"
+        p.save()

@@ -1,0 +1,87 @@
+"""Targets: add, rename, delete (name + label value) and pick the active one."""
+
+from __future__ import annotations
+
+from qtpy.QtGui import QColor
+from qtpy.QtWidgets import (QHBoxLayout, QInputDialog, QLineEdit, QListWidget, QListWidgetItem, QPushButton,
+                            QSpinBox, QVBoxLayout, QWidget)
+
+from ..project import ProjectError
+from ..state import AnnotatorState
+from ._messages import show_error
+
+
+class TargetsPanel(QWidget):
+    def __init__(self, state: AnnotatorState):
+        super().__init__()
+        self.state = state
+        self.list = QListWidget()
+        self.name = QLineEdit(placeholderText="target name, e.g. liver")
+        self.label = QSpinBox(minimum=1, maximum=65535)
+        add, rename, delete = QPushButton("Add"), QPushButton("Rename"), QPushButton("Delete")
+        add.clicked.connect(self._add)
+        rename.clicked.connect(self._rename)
+        delete.clicked.connect(self._delete)
+        self.list.currentTextChanged.connect(self._activate)
+        row = QHBoxLayout()
+        for w in (self.name, self.label, add):
+            row.addWidget(w)
+        row2 = QHBoxLayout()
+        row2.addWidget(rename)
+        row2.addWidget(delete)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.list)
+        layout.addLayout(row)
+        layout.addLayout(row2)
+        state.on_change(lambda what: self.refresh() if what in ("project", "targets") else None)
+
+    def refresh(self) -> None:
+        p = self.state.project
+        self.list.blockSignals(True)
+        self.list.clear()
+        for t in p.targets if p else []:
+            item = QListWidgetItem(f"{t.name} ({t.label})")
+            item.setData(256, t.name)
+            item.setForeground(QColor(t.color))
+            self.list.addItem(item)
+            if p.active_target == t.name:
+                self.list.setCurrentItem(item)
+        self.list.blockSignals(False)
+        self.label.setValue(max((t.label for t in p.targets), default=0) + 1 if p else 1)
+
+    def _selected(self) -> str | None:
+        item = self.list.currentItem()
+        return item.data(256) if item else None
+
+    def _add(self) -> None:
+        try:
+            self.state.project.add_target(self.name.text(), self.label.value())
+        except (ProjectError, AttributeError) as exc:
+            return show_error(self, "Cannot add target", exc)
+        self.name.clear()
+        self.state.changed("targets")
+
+    def _rename(self) -> None:
+        old = self._selected()
+        if old is None:
+            return
+        new, ok = QInputDialog.getText(self, "Rename target", f"New name for {old}:", text=old)
+        if ok:
+            try:
+                self.state.project.rename_target(old, new)
+            except ProjectError as exc:
+                return show_error(self, "Cannot rename", exc)
+            self.state.changed("targets")
+
+    def _delete(self) -> None:
+        name = self._selected()
+        if name is not None:
+            self.state.project.delete_target(name)
+            self.state.changed("targets")
+
+    def _activate(self, _text: str) -> None:
+        name = self._selected()
+        if name and self.state.project:
+            self.state.project.active_target = name
+            self.state.project.save()
+            self.state.changed("active_target")

@@ -1,0 +1,112 @@
+"""What the annotator dock shares between its panels: the project, the open volume and its layers.
+
+Qt-free apart from napari's viewer API, so panels stay thin and the logic stays testable.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from training.io import read_label, read_volume, write_mask
+from training.volume import Volume
+
+from .layer_geometry import layer_kwargs
+from .project import Project
+
+log = logging.getLogger(__name__)
+POINTS_LAYER = "extreme points"
+BOX_LAYER = "MedLSAM box"
+PROMPT_LAYER = "SAM prompt"
+
+
+class AnnotatorState:
+    """The project, the volume on screen, its image/mask/points layers, and change listeners."""
+
+    def __init__(self, viewer, project: Project | None = None):
+        self.viewer = viewer
+        self.project = project
+        self.volume_name: str | None = None
+        self.volume: Volume | None = None
+        self.segmenter_cache: dict[str, object] = {}  # loaded models, keyed by spec+device
+        self.volume_segmenters: dict[str, object] = {}  # per volume, for instant re-prompting
+        self._listeners: list[Callable[[str], None]] = []
+
+    # --- listeners ------------------------------------------------------------------------
+    def on_change(self, callback: Callable[[str], None]) -> None:
+        self._listeners.append(callback)
+
+    def changed(self, what: str) -> None:
+        for cb in list(self._listeners):
+            try:
+                cb(what)
+            except Exception:  # one panel's bug must not break the others
+                log.exception("listener failed on %s", what)
+
+    # --- project --------------------------------------------------------------------------
+    def open_project(self, folder: str | Path) -> Project:
+        self.project = Project.open(folder)
+        self.volume_name, self.volume = None, None
+        self.volume_segmenters.clear()
+        self.changed("project")
+        return self.project
+
+    # --- layers of the open volume --------------------------------------------------------
+    @property
+    def image_layer(self):
+        return self._layer(f"{self.volume_name}") if self.volume_name else None
+
+    @property
+    def mask_layer(self):
+        return self._layer(f"{self.volume_name} mask") if self.volume_name else None
+
+    @property
+    def points_layer(self):
+        return self._layer(POINTS_LAYER)
+
+    def _layer(self, name: str):
+        return self.viewer.layers[name] if name in self.viewer.layers else None
+
+    def show_volume(self, name: str) -> None:
+        """Open a project volume: image, its mask (if saved), and the extreme-points layer."""
+        if self.project is None:
+            raise RuntimeError("no project is open")
+        volume = read_volume(self.project.volume_path(name))
+        for layer in list(self.viewer.layers):
+            if layer.name != PROMPT_LAYER:
+                self.viewer.layers.remove(layer)
+        self.volume_name, self.volume = name, volume
+        self.viewer.add_image(volume.array, **layer_kwargs(volume, name))
+        mask_path = self.project.mask_path(name)
+        mask = np.zeros(volume.array.shape, np.uint16 if max((t.label for t in self.project.targets), default=0) > 255 else np.uint8)
+        if mask_path.is_file():
+            mask = read_label(mask_path, volume, allow_empty=True).array.astype(mask.dtype)
+        labels = self.viewer.add_labels(mask, **layer_kwargs(volume.with_array(mask), f"{name} mask", labels=True))
+        labels.events.paint.connect(lambda event: self.save_mask("painted"))
+        points = self.viewer.add_points(np.empty((0, 3)), name=POINTS_LAYER, ndim=3, size=4, face_color="yellow",
+                                        affine=volume.geometry.affine_zyx())
+        points.editable = self.project.entry(name).template
+        self.viewer.layers.selection.active = points if self.project.entry(name).template else labels
+        self.changed("volume")
+
+    def set_mask(self, mask: np.ndarray) -> None:
+        layer = self.mask_layer
+        if layer is not None:
+            layer.data = mask.astype(layer.data.dtype)
+            layer.refresh()
+
+    def save_mask(self, reason: str = "saved") -> Path | None:
+        """Write the open volume's mask atomically next to the project (autosave after every change)."""
+        if self.project is None or self.volume is None or self.mask_layer is None:
+            return None
+        path = self.project.mask_path(self.volume_name)
+        write_mask(np.asarray(self.mask_layer.data), self.volume, path)
+        entry = self.project.entry(self.volume_name)
+        status = entry.status if entry.status in ("reviewed", "segmented") else "segmented"
+        self.project.set_status(self.volume_name, status, path)
+        log.info("%s: mask %s (%s)", self.volume_name, path, reason)
+        self.changed("mask")
+        return path

@@ -1,0 +1,82 @@
+"""The headless MedLSAM pipeline end to end through the CLI, on small synthetic phantoms."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from training.cli import app
+from training.io import read_label, read_volume
+from training.metrics import binary_metrics
+from training.phantom import write_phantom_dataset
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("phantoms")
+    # Same field of view as the default phantom at half the resolution: a quick CI-sized pipeline.
+    write_phantom_dataset(root / "data", n=2, size=(96, 80, 20), spacing=(3.6, 3.6, 6.0))
+    (root / "data" / "broken.nii.gz").write_bytes(b"\x1f\x8b\x08\x00broken")
+    return root
+
+
+def test_extreme_points_localize_segment_evaluate(phantoms: Path) -> None:
+    data, tpl = phantoms / "data", phantoms / "spleen.json"
+    r = runner.invoke(app, ["extreme-points", str(data / "phantom_000" / "image.nii.gz"),
+                            str(data / "phantom_000" / "label.nii.gz"), "--target", "spleen", "--out", str(tpl)])
+    assert r.exit_code == 0, r.output
+    assert json.loads(tpl.read_text())["label"] == 2
+
+    boxes = phantoms / "boxes.json"
+    r = runner.invoke(app, ["localize", "-t", str(tpl), "-q", str(data), "--out", str(boxes),
+                            "--localizer", "registration"])
+    assert r.exit_code == 0, r.output
+    found = json.loads(boxes.read_text())
+    assert "error" in found[str(data / "broken.nii.gz")]  # one bad volume is reported, the loop goes on
+    assert len(found[str(data / "phantom_001" / "image.nii.gz")]["spleen"]["box"]) == 6
+
+    out = phantoms / "masks"
+    args = ["segment", "-t", str(tpl), "-q", str(data), "--out", str(out), "--localizer", "registration",
+            "--mode", "mask", "--cache", str(phantoms / "cache"), "--device", "cpu"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    image = read_volume(data / "phantom_001" / "image.nii.gz")
+    mask = read_label(out / "phantom_001.nii.gz", allow_empty=True)
+    assert mask.geometry.is_close(image.geometry, tol=1e-6)  # overlays its image exactly
+    truth = read_label(data / "phantom_001" / "label.nii.gz").array == 2
+    assert binary_metrics(mask.array == 2, truth, image.spacing_zyx)["dice"] > 0.6
+    summary = json.loads((out / "medlsam_results.json").read_text())
+    assert summary["broken"]["status"] == "failed" and "broken.nii.gz" in summary["broken"]["error"]
+    assert "phantom_000" not in summary  # the template is not its own query
+
+    before = (out / "phantom_001.nii.gz").stat().st_mtime_ns
+    r = runner.invoke(app, args)  # resumable: finished queries are skipped
+    assert r.exit_code == 0 and "skipped" in r.output
+    assert (out / "phantom_001.nii.gz").stat().st_mtime_ns == before
+
+    r = runner.invoke(app, ["evaluate", "--pred", str(out), "--gt", str(data)])
+    assert r.exit_code == 0, r.output
+    assert "phantom_001" in r.output and "mean" in r.output
+
+
+def test_segment_box_cli_with_mm_box_and_bad_box(phantoms: Path) -> None:
+    image = phantoms / "data" / "phantom_001" / "image.nii.gz"
+    truth = read_label(phantoms / "data" / "phantom_001" / "label.nii.gz").array == 4
+    vol = read_volume(image)
+    zz, yy, xx = np.nonzero(truth)
+    lo = vol.index_to_physical([xx.min(), yy.min(), zz.min()])
+    hi = vol.index_to_physical([xx.max(), yy.max(), zz.max()])
+    out = phantoms / "kidney.nrrd"
+    r = runner.invoke(app, ["segment-box", str(image), "--box-mm", ",".join(f"{v:.2f}" for v in (*lo, *hi)),
+                            "--out", str(out), "--mode", "wpl", "--value", "4", "--cache", str(phantoms / "cache")])
+    assert r.exit_code == 0, r.output
+    mask = read_label(out)
+    assert binary_metrics(mask.array == 4, truth, vol.spacing_zyx)["dice"] > 0.6
+    r = runner.invoke(app, ["segment-box", str(image), "--box", "1,2,3", "--out", str(out)])
+    assert r.exit_code == 2 and "six numbers" in r.output

@@ -1,0 +1,91 @@
+"""Annotation projects: sessions resume exactly, bad sessions and moved files never lose work."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medlsam_napari.project import SESSION_FILE, Project, ProjectError
+from training.extreme_points import ExtremePointsError
+from training.io import read_volume
+from training.phantom import write_phantom_dataset
+
+
+@pytest.fixture()
+def folder(tmp_path: Path) -> Path:
+    write_phantom_dataset(tmp_path, n=2, size=(48, 40, 12), spacing=(7.2, 7.2, 12.0))
+    return tmp_path
+
+
+def test_new_project_finds_volumes_and_session_round_trips(folder: Path) -> None:
+    p = Project.open(folder)
+    assert [v.name for v in p.volumes] == ["phantom_000", "phantom_001"]
+    p.add_target("liver", 1)
+    p.add_target("spleen")
+    p.set_template("phantom_000")
+    p.set_point("phantom_000", "liver", 0, (3, 20, 6), (48, 40, 12))
+    p.set_status("phantom_001", "segmented", folder / "masks" / "phantom_001.nii.gz")
+
+    again = Project.open(folder)
+    assert again.to_json() == p.to_json()
+    assert again.target("spleen").label == 2 and again.templates == ["phantom_000"]
+    assert again.next_point("phantom_000", "liver") == 1
+    assert again.entry("phantom_001").mask == "masks/phantom_001.nii.gz"
+
+
+def test_rename_and_delete_targets_carry_points(folder: Path) -> None:
+    p = Project.open(folder)
+    p.add_target("liver", 5)
+    p.set_point("phantom_000", "liver", 2, (10, 10, 5), (48, 40, 12))
+    p.rename_target("liver", "hepar")
+    assert p.points["phantom_000"]["hepar"][2] == [10.0, 10.0, 5.0] and p.active_target == "hepar"
+    with pytest.raises(ProjectError, match="used"):
+        p.add_target("other", 5)
+    p.delete_target("hepar")
+    assert p.targets == [] and "hepar" not in p.points["phantom_000"]
+
+
+def test_points_outside_or_incomplete_are_refused(folder: Path) -> None:
+    p = Project.open(folder)
+    p.add_target("liver", 1)
+    with pytest.raises(ProjectError, match="outside"):
+        p.set_point("phantom_000", "liver", 0, (60, 10, 5), (48, 40, 12))
+    vol = read_volume(p.volume_path("phantom_000"))
+    with pytest.raises(ProjectError, match="1 of six points"):
+        p.set_point("phantom_000", "liver", 0, (5, 20, 6), (48, 40, 12))
+        p.extreme_points(vol, "phantom_000", "liver")
+    # six points with a swapped pair: the validation names it
+    for i, idx in enumerate([(40, 20, 6), (5, 20, 6), (20, 5, 6), (20, 35, 6), (20, 20, 1), (20, 20, 10)]):
+        p.set_point("phantom_000", "liver", i, idx, (48, 40, 12))
+    with pytest.raises(ExtremePointsError, match="swapped"):
+        p.extreme_points(vol, "phantom_000", "liver")
+    p.set_point("phantom_000", "liver", 0, (5, 20, 6), (48, 40, 12))
+    p.set_point("phantom_000", "liver", 1, (40, 20, 6), (48, 40, 12))
+    ep = p.extreme_points(vol, "phantom_000", "liver")
+    assert ep.points_mm.shape == (6, 3)
+
+
+def test_corrupt_session_is_kept_as_backup_and_user_told(folder: Path) -> None:
+    (folder / SESSION_FILE).write_text('{"schema": "medlsam-project", "version": 1, "volumes": [')
+    p = Project.open(folder)
+    backups = list(folder.glob(f"{SESSION_FILE}.corrupt-*"))
+    assert len(backups) == 1 and backups[0].read_text().endswith("[")
+    assert any("unreadable" in m for m in p.messages)
+    assert len(p.volumes) == 2
+
+
+def test_moved_volume_is_reported_and_its_points_kept(folder: Path) -> None:
+    p = Project.open(folder)
+    p.add_target("liver", 1)
+    p.set_point("phantom_001", "liver", 0, (5, 5, 5), (48, 40, 12))
+    (folder / "phantom_001").rename(folder.parent / f"{folder.name}_moved_away")
+    again = Project.open(folder)
+    assert again.entry("phantom_001").status == "missing"
+    assert any("missing" in m for m in again.messages)
+    assert again.points["phantom_001"]["liver"][0] == [5.0, 5.0, 5.0]
+    assert again.queries == ["phantom_000"] or again.queries == []
+    data = json.loads((folder / SESSION_FILE).read_text())
+    assert data["version"] == 1

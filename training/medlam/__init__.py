@@ -1,0 +1,1 @@
+"""MedLAM: a self-supervised 3D localizer (relative distance regression + multi-scale similarity)."""

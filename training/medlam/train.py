@@ -1,0 +1,153 @@
+"""Self-supervised MedLAM training: one CPU process, one GPU, or many through ``torchrun`` (DDP).
+
+Resumable: the full state (weights, optimizer, step, RNG) is written atomically every ``save_every``
+steps; starting again with the same output continues where it stopped.  A CSV loss log sits beside it.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import time
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ..atomic import atomic_path, write_json_atomic
+from ..datasets import find_cases
+from ..io import read_volume
+from .losses import mss_loss, rdr_loss
+from .network import MedLAMNet
+from .preprocess import PreparedCT, looks_like_ct, prepare_ct
+from .sampling import sample_batch
+
+log = logging.getLogger(__name__)
+DEFAULT_CONFIG = Path(__file__).with_name("medlam_cpu.toml")
+
+
+@dataclass
+class TrainConfig:
+    data: list[str] = field(default_factory=list)
+    steps: int = 600
+    batch_pairs: int = 2
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    save_every: int = 50
+    seed: int = 0
+    mss_anchors: int = 20
+    threads: int = 0  # 0: torch's default
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str] | None = None, **overrides: Any) -> "TrainConfig":
+        values: dict[str, Any] = {}
+        if path is not None:
+            with open(path, "rb") as f:
+                values = tomllib.load(f).get("medlam", {})
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        unknown = set(values) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown MedLAM training options: {sorted(unknown)}")
+        return cls(**values)
+
+
+def load_training_volumes(folders: list[str]) -> list[PreparedCT]:
+    """Every CT volume under the folders (labels unused), prepared on MedLAM's grid."""
+    volumes = []
+    for folder in folders:
+        for case in find_cases(folder):
+            vol = read_volume(case.image)
+            if looks_like_ct(vol):
+                volumes.append(prepare_ct(vol))
+                log.info("training volume %s: %s voxels at 3 mm", case.image, volumes[-1].array.shape)
+    if not volumes:
+        raise ValueError(f"no CT volume found under {folders}")
+    return volumes
+
+
+def _dist_setup() -> tuple[int, int, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return rank, world, torch.device("cuda", local)
+    return rank, world, torch.device("cpu")
+
+
+def train(config: TrainConfig, out: str | os.PathLike[str], progress: Any = None) -> Path:
+    """Train (or resume) and return the path of the training checkpoint ``out``."""
+    out = Path(out)
+    rank, world, device = _dist_setup()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    volumes = load_training_volumes(config.data)
+    model = MedLAMNet().to(device)
+    optim = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(optim, max_lr=config.lr, total_steps=config.steps, pct_start=0.05)
+    step, rng = 0, np.random.default_rng(config.seed + 1000 * rank)
+    if out.is_file():
+        state = torch.load(out, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        optim.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        step = int(state["step"])
+        rng.bit_generator.state = state["rng"]
+        log.info("resumed %s at step %d", out, step)
+    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    log_path = out.with_suffix(".losses.csv")
+    started = time.time()
+    while step < config.steps:
+        net.train()
+        batch = sample_batch(volumes, config.batch_pairs, rng)
+        ori, aug = batch.ori.to(device), batch.aug.to(device)
+        # One forward over both views: DDP allows each parameter one gradient hook per backward.
+        codes, feats = net(torch.cat([ori, aug]))
+        n = ori.shape[0]
+        f_ori, feats_ori, feats_aug = codes[:n], [f[:n] for f in feats], [f[n:] for f in feats]
+        pred = model.offset_mm(f_ori[0::2], f_ori[1::2])
+        l_rdr = rdr_loss(pred, (batch.centre_mm[0::2] - batch.centre_mm[1::2]).to(device))
+        l_mss = mss_loss(feats_ori, feats_aug, batch.ori_mm.to(device), batch.aug_mm.to(device), ori, aug,
+                         config.mss_anchors)
+        loss = l_rdr + l_mss
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        optim.step()
+        sched.step()
+        step += 1
+        if rank == 0:
+            new = not log_path.exists()
+            with log_path.open("a", newline="") as f:
+                w = csv.writer(f)
+                if new:
+                    w.writerow(["step", "rdr", "mss", "seconds"])
+                w.writerow([step, f"{l_rdr.item():.5f}", f"{l_mss.item():.5f}", f"{time.time() - started:.1f}"])
+            if progress is not None:
+                progress(step, config.steps, f"rdr {l_rdr.item():.3f} mss {l_mss.item():.3f}")
+            if step % config.save_every == 0 or step == config.steps:
+                with atomic_path(out) as tmp:
+                    torch.save({"model": model.state_dict(), "optimizer": optim.state_dict(),
+                                "scheduler": sched.state_dict(), "step": step, "rng": rng.bit_generator.state,
+                                "config": asdict(config)}, tmp)
+    if dist.is_initialized():
+        dist.barrier()
+    return out
+
+
+def export_weights(checkpoint: str | os.PathLike[str], dst: str | os.PathLike[str], info: dict[str, Any]) -> Path:
+    """Write the inference weights (fp16 tensors only) and a JSON sidecar describing the training."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    weights = {k: (v.half() if v.is_floating_point() else v) for k, v in state["model"].items()}
+    dst = Path(dst)
+    with atomic_path(dst) as tmp:
+        torch.save(weights, tmp)
+    write_json_atomic({**info, "steps": state["step"], "config": state.get("config")}, dst.with_suffix(".json"))
+    return dst

@@ -1,0 +1,171 @@
+"""The MedLSAM pipeline over a dataset: localize every target in every query, segment it, write it.
+
+Shared by the ``medlsam segment`` command and the napari annotator's worker.  Each query is
+independent: one failing volume is reported and the loop goes on; finished queries are skipped on a
+re-run (resumable); every mask is written atomically with the query's exact geometry.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .atomic import write_json_atomic
+from .boxes import Box3D, box_from_physical
+from .datasets import Case, find_cases
+from .embedding_cache import ProgressFn
+from .errors import MedLSAMError
+from .io import is_volume_path, read_volume, write_mask
+from .localize import LocalizedTarget, Localizer, Template
+from .propagate import PropagationConfig, VolumeSegmenter
+from .segmenters import Segmenter
+from .volume import Volume
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class QueryResult:
+    name: str
+    image: Path
+    output: Path | None = None
+    targets: list[LocalizedTarget] = field(default_factory=list)
+    seconds: float = 0.0
+    status: str = "done"  # done | skipped | failed
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "image": str(self.image), "output": str(self.output) if self.output else None, "status": self.status,
+            "error": self.error, "seconds": round(self.seconds, 2),
+            "targets": {t.target: localized_json(t) for t in self.targets},
+        }
+
+
+def localized_json(t: LocalizedTarget) -> dict[str, Any]:
+    return {"label": t.label, "box": t.box.as_list(), "sub_boxes": [b.as_list() for b in t.sub_boxes],
+            "points_mm": np.round(t.points_mm, 3).tolist(), "method": t.method, "seconds": round(t.seconds, 3)}
+
+
+def target_labels(templates: list[Template]) -> dict[str, int]:
+    """Label value per target: the template's own, else 1, 2, ... in order of appearance."""
+    labels: dict[str, int] = {}
+    for tpl in templates:
+        for ep in tpl.targets:
+            if ep.target not in labels:
+                labels[ep.target] = int(ep.label) if ep.label else 0
+    used = {v for v in labels.values() if v}
+    free = (v for v in range(1, 65536) if v not in used)
+    return {name: value or next(free) for name, value in labels.items()}
+
+
+def query_cases(sources: list[str | os.PathLike[str]], exclude: set[Path] = frozenset()) -> list[Case]:
+    """Volumes to process: files, DICOM folders, or dataset folders (every case in them)."""
+    cases: list[Case] = []
+    for src in map(Path, sources):
+        if src.is_file() or (src.is_dir() and is_volume_path(src)):
+            cases.append(Case(src.name.split(".")[0] if src.is_file() else src.name, src))
+        else:
+            cases.extend(find_cases(src))
+    excluded = {p.resolve() for p in exclude}
+    return [c for c in cases if c.image.resolve() not in excluded]
+
+
+def segment_query(
+    query: Volume,
+    templates: list[Template],
+    localizer: Localizer,
+    segmenter: Segmenter,
+    config: PropagationConfig | None = None,
+    cache_dir: Path | None = None,
+    progress: ProgressFn | None = None,
+    cancelled: Callable[[], bool] | None = None,
+) -> tuple[np.ndarray, list[LocalizedTarget]]:
+    """Localize every template target in ``query`` and segment it -> (label map [z, y, x], targets)."""
+    config = config or PropagationConfig()
+    labels = target_labels(templates)
+    located = localizer.localize(query, templates)
+    vs = VolumeSegmenter(query, segmenter, cache_dir=cache_dir)
+    label_map = np.zeros(query.array.shape, np.uint16 if max(labels.values()) > 255 else np.uint8)
+    for t in located:
+        boxes = t.sub_boxes if config.mode == "spl" and t.sub_boxes else [t.box]
+        if config.mode == "spl" and not t.sub_boxes:
+            log.warning("%s: no z-slabs on the templates of %s; using one box (wpl)", query.name, t.target)
+        mask = vs.propagate(boxes, config, progress, cancelled)
+        label_map[mask] = labels[t.target]
+    return label_map, located
+
+
+def run_queries(
+    cases: list[Case],
+    templates: list[Template],
+    localizer: Localizer,
+    segmenter: Segmenter,
+    out_dir: str | os.PathLike[str],
+    config: PropagationConfig | None = None,
+    cache_dir: Path | None = None,
+    overwrite: bool = False,
+    progress: ProgressFn | None = None,
+    cancelled: Callable[[], bool] | None = None,
+) -> Iterator[QueryResult]:
+    """Segment every case into ``out_dir/<case>.nii.gz``; yields one result per case as it finishes."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary_path = out_dir / "medlsam_results.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    for i, case in enumerate(cases):
+        if cancelled and cancelled():
+            return
+        output = out_dir / f"{case.name}.nii.gz"
+        result = QueryResult(case.name, case.image, output)
+        if output.is_file() and not overwrite:
+            result.status = "skipped"
+            yield result
+            continue
+        t0 = time.perf_counter()
+        try:
+            query = read_volume(case.image)
+            slice_progress = (lambda d, n, m, i=i: progress(d, n, f"{case.name} ({i + 1}/{len(cases)}): {m}")) \
+                if progress else None
+            label_map, result.targets = segment_query(query, templates, localizer, segmenter, config, cache_dir,
+                                                      slice_progress, cancelled)
+            write_mask(label_map, query, output)
+        except InterruptedError:
+            raise
+        except (MedLSAMError, ValueError, RuntimeError, OSError) as exc:
+            log.error("%s: %s", case.image, exc)
+            result.status, result.error, result.output = "failed", f"{type(exc).__name__}: {exc}", None
+        result.seconds = time.perf_counter() - t0
+        summary[case.name] = result.to_json()
+        write_json_atomic(summary, summary_path)
+        yield result
+
+
+def parse_box(text: str) -> Box3D:
+    """'x0,y0,z0,x1,y1,z1' -> Box3D (inclusive voxel indices)."""
+    try:
+        values = [int(round(float(v))) for v in text.replace(" ", "").split(",")]
+    except ValueError as exc:
+        raise ValueError(f"box {text!r}: six comma-separated numbers are needed") from exc
+    if len(values) != 6:
+        raise ValueError(f"box {text!r}: six numbers x0,y0,z0,x1,y1,z1 are needed, got {len(values)}")
+    return Box3D(tuple(values[:3]), tuple(values[3:]))
+
+
+def box_from_mm(text: str, volume: Volume) -> Box3D:
+    """'x0,y0,z0,x1,y1,z1' in LPS mm -> the voxel box of ``volume`` covering it."""
+    try:
+        values = [float(v) for v in text.replace(" ", "").split(",")]
+    except ValueError as exc:
+        raise ValueError(f"box {text!r}: six comma-separated numbers in mm are needed") from exc
+    if len(values) != 6:
+        raise ValueError(f"box {text!r}: six numbers in mm are needed, got {len(values)}")
+    return box_from_physical(np.array(values[:3]), np.array(values[3:]), volume.geometry)
