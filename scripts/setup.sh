@@ -1,7 +1,17 @@
 #!/usr/bin/env bash
-# One command sets everything up: a virtual environment in .venv with the project and its test tools.
+# One command sets everything up: a virtual screen for the GUI tests (Debian packages, when root),
+# and a virtual environment in .venv with the project, its pinned dependencies and its test tools.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if ! command -v xvfb-run >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq xvfb xauth libxcb-icccm4 libxcb-keysyms1 \
+      libxcb-xinerama0 libxcb-image0 libxcb-render-util0 libxkbcommon-x11-0 libgl1 libegl1 >/dev/null
+  else
+    echo "note: install xvfb (e.g. apt-get install xvfb) to run the GUI tests" >&2
+  fi
+fi
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip

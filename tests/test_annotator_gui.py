@@ -1,0 +1,108 @@
+"""The napari annotator end to end on two real CT volumes: template points, run, review, cancel, resume."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("qtpy")
+if not os.environ.get("DISPLAY"):
+    pytest.skip("napari layers need a GL context: run the tests under xvfb-run (see README)",
+                allow_module_level=True)
+
+from medlsam_napari.annotator import AnnotatorWidget  # noqa: E402
+from medlsam_napari.project import Project  # noqa: E402
+from medlsam_napari.state import PROMPT_LAYER  # noqa: E402
+from training.extreme_points import extreme_points_from_mask  # noqa: E402
+from training.io import read_image_label  # noqa: E402
+from training.metrics import binary_metrics  # noqa: E402
+
+
+@pytest.fixture()
+def project_dir(tmp_path: Path, ct_example: Path, ct_dicom: Path) -> Path:
+    (tmp_path / "template").mkdir()
+    (tmp_path / "template" / "image.nii.gz").symlink_to(ct_example / "image.nii.gz")
+    (tmp_path / "query").mkdir()
+    (tmp_path / "query" / "dicom").symlink_to(ct_dicom / "dicom", target_is_directory=True)
+    return tmp_path
+
+
+def _wait_idle(qtbot, panel, timeout_s: int = 600) -> None:
+    qtbot.waitUntil(lambda: panel.worker is None, timeout=timeout_s * 1000)
+
+
+def test_full_flow_template_points_run_review_resume(make_napari_viewer, qtbot, project_dir, ct_example, ct_dicom):
+    viewer = make_napari_viewer()
+    widget = AnnotatorWidget(viewer, project_dir)
+    state = widget.state
+    assert sorted(v.name for v in state.project.volumes) == ["query", "template"]
+
+    widget.targets.name.setText("liver")
+    widget.targets.label.setValue(1)
+    widget.targets._add()
+    state.project.set_template("template")
+    widget.volumes.open("template")
+    assert "superior" not in widget.points.prompt.text() and "RIGHT" in widget.points.prompt.text()
+
+    image, label = read_image_label(ct_example / "image.nii.gz", ct_example / "label.nii.gz")
+    clicks = extreme_points_from_mask("liver", 5, image, label).indices()
+    layer = state.points_layer
+    layer.add(clicks[0][::-1])
+    layer.add(clicks[5][::-1])  # a wrong click...
+    widget.points.redo_which.setCurrentIndex(1)
+    widget.points._clear([1])  # ...redone
+    for idx in clicks[1:]:
+        layer.add(idx[::-1])
+    assert state.project.next_point("template", "liver") is None
+    assert "six valid points" in widget.points.status.text()
+
+    widget.run.start()
+    _wait_idle(qtbot, widget.run)
+    assert [r.status for r in widget.run.results] == ["done"], widget.run.status.text()
+    assert state.project.entry("query").status == "segmented"
+
+    widget.volumes.open("query")
+    _, truth = read_image_label(ct_dicom / "dicom", ct_dicom / "label.nii.gz")
+    mask = np.asarray(state.mask_layer.data) == 1
+    assert binary_metrics(mask, truth.array == 5, truth.spacing_zyx)["dice"] > 0.7
+
+    # Review: re-prompt one slice from a box, then mark reviewed; both autosave.
+    z = int(np.nonzero(mask.any(axis=(1, 2)))[0].mean())
+    ys, xs = np.nonzero(truth.array[z] == 5)
+    widget.review._prompt_layers()
+    y0, y1, x0, x1 = ys.min(), ys.max(), xs.min(), xs.max()
+    viewer.layers[PROMPT_LAYER].add_rectangles(np.array([[z, y0, x0], [z, y0, x1], [z, y1, x1], [z, y1, x0]]))
+    viewer.dims.set_point(0, state.image_layer.data_to_world([z, 0, 0])[0])
+    assert widget.review.current_slice() == z
+    widget.review.segment_slice()
+    _wait_idle(qtbot, widget.review, 120)
+    widget.review.mark_reviewed()
+    assert state.project.entry("query").status == "reviewed"
+
+    # The session resumes exactly: targets, points, statuses.
+    again = Project.open(project_dir)
+    assert again.to_json() == state.project.to_json()
+    assert (project_dir / "masks" / "query.nii.gz").is_file()
+
+
+def test_cancel_stops_the_worker_and_bad_runs_are_messages(make_napari_viewer, qtbot, project_dir, ct_example):
+    viewer = make_napari_viewer()
+    widget = AnnotatorWidget(viewer, project_dir)
+    widget.run.start()  # no target, no template: a message, no crash, no worker
+    assert widget.run.worker is None and "no target" in widget.run.status.text()
+
+    p = widget.state.project
+    p.add_target("liver", 1)
+    p.set_template("template")
+    image, label = read_image_label(ct_example / "image.nii.gz", ct_example / "label.nii.gz")
+    for i, idx in enumerate(extreme_points_from_mask("liver", 5, image, label).indices()):
+        p.set_point("template", "liver", i, idx, image.size)
+    widget.run.start()
+    assert widget.run.worker is not None
+    widget.run.cancel()
+    _wait_idle(qtbot, widget.run, 300)
+    assert "cancelled" in widget.run.status.text()
+    assert widget.state.project.entry("query").status == "pending"
