@@ -5,6 +5,7 @@ Qt-free apart from napari's viewer API, so panels stay thin and the logic stays 
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -86,11 +87,33 @@ class AnnotatorState:
             mask = read_label(mask_path, volume, allow_empty=True).array.astype(mask.dtype)
         labels = self.viewer.add_labels(mask, **layer_kwargs(volume.with_array(mask), f"{name} mask", labels=True))
         labels.events.paint.connect(lambda event: self.save_mask("painted"))
+        self._show_boxes(name, volume)
         points = self.viewer.add_points(np.empty((0, 3)), name=POINTS_LAYER, ndim=3, size=4, face_color="yellow",
                                         affine=volume.geometry.affine_zyx())
         points.editable = self.project.entry(name).template
         self.viewer.layers.selection.active = points if self.project.entry(name).template else labels
         self.changed("volume")
+
+    def _show_boxes(self, name: str, volume: Volume) -> None:
+        """The localized 3D boxes of the last run, one rectangle per slice, in each target's colour."""
+        results = self.project.folder / self.project.output_dir / "medlsam_results.json"
+        if not results.is_file():
+            return
+        try:
+            targets = json.loads(results.read_text()).get(name, {}).get("targets", {})
+        except (OSError, json.JSONDecodeError):
+            return
+        rects, colours = [], []
+        for target, info in targets.items():
+            x0, y0, z0, x1, y1, z1 = info["box"]
+            colour = next((t.color for t in self.project.targets if t.name == target), "cyan")
+            for z in range(z0, z1 + 1):
+                rects.append([[z, y0, x0], [z, y0, x1], [z, y1, x1], [z, y1, x0]])
+                colours.append(colour)
+        if rects:
+            self.viewer.add_shapes(np.array(rects, float), shape_type="rectangle", name=BOX_LAYER, edge_color=colours,
+                                   face_color="transparent", edge_width=1, affine=volume.geometry.affine_zyx(),
+                                   opacity=0.8)
 
     def set_mask(self, mask: np.ndarray) -> None:
         layer = self.mask_layer

@@ -96,3 +96,12 @@ def test_bad_boxes_and_2d_input(lite, dicom_ct) -> None:
         vs.propagate([])
     with pytest.raises(DimensionError, match="3D"):
         Volume(np.zeros((64, 64)))
+
+
+def test_onnx_runtime_encoder_matches_pytorch(lite) -> None:
+    x = torch.rand(2, 3, 256, 256)
+    fast = lite.encode(x)  # ONNX Runtime on CPU (exported once into the cache)
+    assert lite._onnx_encoder() is not None
+    with torch.inference_mode():
+        ref = lite.model.image_encoder(x)
+    assert torch.allclose(fast, ref, atol=1e-4)
