@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
+from .. import distributed
 from ..atomic import atomic_path, write_json_atomic
 from ..datasets import find_cases
 from ..io import read_volume
@@ -70,22 +70,10 @@ def load_training_volumes(folders: list[str]) -> list[PreparedCT]:
     return volumes
 
 
-def _dist_setup() -> tuple[int, int, torch.device]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    if torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        return rank, world, torch.device("cuda", local)
-    return rank, world, torch.device("cpu")
-
-
 def train(config: TrainConfig, out: str | os.PathLike[str], progress: Any = None) -> Path:
     """Train (or resume) and return the path of the training checkpoint ``out``."""
     out = Path(out)
-    rank, world, device = _dist_setup()
+    rank, world, device = distributed.setup()
     if config.threads:
         torch.set_num_threads(config.threads)
     volumes = load_training_volumes(config.data)
@@ -101,7 +89,7 @@ def train(config: TrainConfig, out: str | os.PathLike[str], progress: Any = None
         step = int(state["step"])
         rng.bit_generator.state = state["rng"]
         log.info("resumed %s at step %d", out, step)
-    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    net = distributed.wrap(model, world)
     log_path = out.with_suffix(".losses.csv")
     started = time.time()
     while step < config.steps:
@@ -137,8 +125,7 @@ def train(config: TrainConfig, out: str | os.PathLike[str], progress: Any = None
                     torch.save({"model": model.state_dict(), "optimizer": optim.state_dict(),
                                 "scheduler": sched.state_dict(), "step": step, "rng": rng.bit_generator.state,
                                 "config": asdict(config)}, tmp)
-    if dist.is_initialized():
-        dist.barrier()
+    distributed.barrier()
     return out
 
 

@@ -1,0 +1,218 @@
+"""napari dock "Fine-tune from annotations": train PCT-Net on the reviewed masks of a project (optionally
+from a Volume Fusion checkpoint) in a worker with progress and a live loss curve, then pre-segment
+other volumes into Labels layers for review."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from qtpy.QtCore import QObject, QPointF, Qt, Signal
+from qtpy.QtGui import QPainter, QPen
+from qtpy.QtWidgets import (QFileDialog, QHBoxLayout, QLabel, QLineEdit, QListWidget, QListWidgetItem, QProgressBar,
+                            QPushButton, QSpinBox, QVBoxLayout, QWidget)
+
+from medlsam_napari.layer_geometry import layer_kwargs
+from medlsam_napari.project import Project
+from training.datasets import Case
+from training.io import read_volume, write_mask
+from training.vf.train import DEFAULT_CONFIG, PCTPredictor, VFConfig, finetune
+
+
+class LossCurve(QWidget):
+    """A small live plot of the training loss."""
+
+    def __init__(self):
+        super().__init__()
+        self.values: list[float] = []
+        self.setMinimumHeight(90)
+
+    def add(self, value: float) -> None:
+        self.values.append(value)
+        self.update()
+
+    def paintEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        painter = QPainter(self)
+        painter.fillRect(self.rect(), Qt.black)
+        if len(self.values) < 2:
+            return
+        lo, hi = min(self.values), max(self.values)
+        w, h = self.width() - 4, self.height() - 4
+        pts = [QPointF(2 + w * i / (len(self.values) - 1), 2 + h * (1 - (v - lo) / max(hi - lo, 1e-9)))
+               for i, v in enumerate(self.values)]
+        painter.setPen(QPen(Qt.green, 1.5))
+        painter.drawPolyline(pts)
+        painter.setPen(Qt.white)
+        painter.drawText(6, 14, f"loss {self.values[-1]:.3f} (from {self.values[0]:.3f})")
+
+
+class _Bridge(QObject):
+    progress = Signal(int, int, str)
+
+
+class FinetuneWidget(QWidget):
+    def __init__(self, napari_viewer, project_dir: str | Path | None = None, config: str | Path | None = None):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.config_path = Path(config) if config else DEFAULT_CONFIG
+        self.project: Project | None = None
+        self.checkpoint: Path | None = None
+        self.worker = None
+        self._cancel = threading.Event()
+        open_btn = QPushButton("Open project folder…")
+        open_btn.clicked.connect(self._choose)
+        self.train_list, self.target_list, self.predict_list = QListWidget(), QListWidget(), QListWidget()
+        self.init = QLineEdit(placeholderText="optional Volume Fusion checkpoint (.pt)")
+        browse = QPushButton("…")
+        browse.clicked.connect(self._browse)
+        self.steps = QSpinBox(minimum=1, maximum=100000)
+        self.steps.setValue(VFConfig.load(self.config_path).steps)
+        self.train_btn, self.cancel_btn, self.predict_btn = (QPushButton("Fine-tune"), QPushButton("Cancel"),
+                                                             QPushButton("Pre-segment selected"))
+        self.train_btn.clicked.connect(self.start_training)
+        self.cancel_btn.clicked.connect(self._cancel.set)
+        self.predict_btn.clicked.connect(self.start_prediction)
+        self.bar, self.curve, self.status = QProgressBar(), LossCurve(), QLabel()
+        self.status.setWordWrap(True)
+        layout = QVBoxLayout(self)
+        layout.addWidget(open_btn)
+        for title, w in (("Reviewed volumes to learn from", self.train_list), ("Targets to learn", self.target_list)):
+            layout.addWidget(QLabel(title))
+            layout.addWidget(w)
+        row = QHBoxLayout()
+        row.addWidget(self.init)
+        row.addWidget(browse)
+        layout.addLayout(row)
+        row = QHBoxLayout()
+        row.addWidget(QLabel("steps"))
+        row.addWidget(self.steps)
+        row.addWidget(self.train_btn)
+        row.addWidget(self.cancel_btn)
+        layout.addLayout(row)
+        for w in (self.bar, self.curve, QLabel("Volumes to pre-segment"), self.predict_list, self.predict_btn, self.status):
+            layout.addWidget(w)
+        self.bridge = _Bridge()
+        self.bridge.progress.connect(self._on_progress)
+        if project_dir is not None:
+            self.open_project(project_dir)
+
+    # --- project ---------------------------------------------------------------------------
+    def _choose(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Project folder")
+        if folder:
+            self.open_project(folder)
+
+    def _browse(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Volume Fusion checkpoint", "", "Checkpoints (*.pt)")
+        if path:
+            self.init.setText(path)
+
+    def open_project(self, folder: str | Path) -> None:
+        self.project = Project.open(folder)
+        self.refresh()
+
+    def refresh(self) -> None:
+        p = self.project
+        for lst in (self.train_list, self.target_list, self.predict_list):
+            lst.clear()
+        for v in p.volumes:
+            has_mask = p.mask_path(v.name).is_file()
+            lst = self.train_list if v.status == "reviewed" and has_mask else self.predict_list
+            if v.status == "missing" or (lst is self.predict_list and v.status == "reviewed"):
+                continue
+            item = QListWidgetItem(f"{v.name} [{v.status}]")
+            item.setData(Qt.UserRole, v.name)
+            item.setCheckState(Qt.Checked)
+            lst.addItem(item)
+        for t in p.targets:
+            item = QListWidgetItem(f"{t.name} ({t.label})")
+            item.setData(Qt.UserRole, t.name)
+            item.setCheckState(Qt.Checked)
+            self.target_list.addItem(item)
+
+    @staticmethod
+    def _checked(lst: QListWidget) -> list[str]:
+        return [lst.item(i).data(Qt.UserRole) for i in range(lst.count()) if lst.item(i).checkState() == Qt.Checked]
+
+    # --- training ----------------------------------------------------------------------------
+    def start_training(self) -> None:
+        p = self.project
+        if p is None or self.worker is not None:
+            return
+        names, targets = self._checked(self.train_list), self._checked(self.target_list)
+        if not names or not targets:
+            self.status.setText("Pick at least one reviewed volume and one target.")
+            return
+        cases = [Case(n, p.volume_path(n), p.mask_path(n)) for n in names]
+        labels = [(p.target(t).label, t) for t in targets]
+        cfg = VFConfig.load(self.config_path, steps=self.steps.value())
+        init = self.init.text().strip() or None
+        out = p.folder / "models" / f"pctnet-{time.strftime('%Y%m%d-%H%M%S')}.pt"
+        out.parent.mkdir(exist_ok=True)
+        self._cancel.clear()
+        self.curve.values.clear()
+        bridge, cancel = self.bridge, self._cancel
+
+        def progress(done: int, total: int, message: str) -> None:
+            if cancel.is_set():
+                raise InterruptedError("fine-tuning cancelled; the last checkpoint is kept and resumable")
+            bridge.progress.emit(done, total, message)
+
+        from napari.qt.threading import thread_worker
+
+        self.worker = thread_worker(lambda: finetune(cfg, cases, labels, out, init, progress))()
+        self.worker.returned.connect(self._trained)
+        self.worker.errored.connect(lambda exc: self.status.setText(f"Fine-tuning stopped: {exc}"))
+        self.worker.finished.connect(self._idle)
+        self.train_btn.setEnabled(False)
+        self.status.setText(f"fine-tuning on {len(cases)} volume(s), {len(labels)} target(s)…")
+        self.worker.start()
+
+    def _on_progress(self, done: int, total: int, message: str) -> None:
+        self.bar.setRange(0, total)
+        self.bar.setValue(done)
+        if message.startswith("loss "):
+            self.curve.add(float(message.split()[1]))
+
+    def _trained(self, result) -> None:
+        path, skipped = result
+        self.checkpoint = path
+        note = f"; from {self.init.text()}: {len(skipped)} tensors not loaded" if self.init.text().strip() else ""
+        self.status.setText(f"fine-tuned: {path.name}{note}")
+
+    def _idle(self) -> None:
+        self.worker = None
+        self.train_btn.setEnabled(True)
+        self.predict_btn.setEnabled(True)
+
+    # --- pre-segmentation ---------------------------------------------------------------------
+    def start_prediction(self) -> None:
+        if self.checkpoint is None or self.worker is not None:
+            self.status.setText("Fine-tune first (or wait for the running job).")
+            return
+        p, names, ckpt = self.project, self._checked(self.predict_list), self.checkpoint
+        from napari.qt.threading import thread_worker
+
+        def work():
+            predictor = PCTPredictor(ckpt)
+            for name in names:
+                volume = read_volume(p.volume_path(name))
+                yield name, volume, predictor.predict(volume)
+
+        self.worker = thread_worker(work)()
+        self.worker.yielded.connect(self._show_prediction)
+        self.worker.errored.connect(lambda exc: self.status.setText(f"Pre-segmentation failed: {exc}"))
+        self.worker.finished.connect(self._idle)
+        self.predict_btn.setEnabled(False)
+        self.worker.start()
+
+    def _show_prediction(self, item) -> None:
+        name, volume, labels = item
+        self.viewer.add_labels(labels, **layer_kwargs(volume.with_array(labels), f"{name} PCT-Net", labels=True))
+        entry = self.project.entry(name)
+        if entry.status != "reviewed":  # never overwrite reviewed work
+            path = write_mask(labels, volume, self.project.mask_path(name))
+            self.project.set_status(name, "segmented", path)
+        self.status.setText(f"{name}: pre-segmented ({int(np.count_nonzero(labels))} voxels)")

@@ -1,0 +1,1 @@
+"""Volume Fusion self-supervised pretraining and the PCT-Net segmentation network (MIS-FM)."""

@@ -1,0 +1,315 @@
+"""Volume Fusion pretraining, PCT-Net fine-tuning from few masks, and sliding-window prediction.
+
+Every loop is resumable (the whole state is written atomically every ``save_every`` steps), reports
+progress through a callback, runs as one CPU process or under ``torchrun`` (DDP), and writes a CSV of
+its losses beside the checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.inferers import sliding_window_inference
+from monai.losses import DiceCELoss
+
+from .. import distributed
+from ..atomic import atomic_path
+from ..datasets import Case
+from ..errors import DatasetError
+from ..io import read_image_label, read_volume
+from ..medlam.preprocess import HU_KNOTS, UNIT_KNOTS, looks_like_ct
+from ..resample import resample_to_reference, resample_to_spacing
+from ..segmenters import CheckpointError
+from ..volume import Geometry, Volume, orient
+from .fusion import FusionConfig, fusion_sample
+from .pctnet import PCTNet
+
+log = logging.getLogger(__name__)
+DEFAULT_CONFIG = Path(__file__).with_name("vf_cpu.toml")
+ProgressFn = Callable[[int, int, str], None]
+
+
+@dataclass
+class VFConfig:
+    spacing: float = 3.0  # working spacing (mm, isotropic)
+    crop: list[int] = field(default_factory=lambda: [32, 64, 64])  # D, H, W
+    channels: list[int] = field(default_factory=lambda: [8, 16, 32, 64, 128])
+    heads: list[int] = field(default_factory=lambda: [2, 4, 8])
+    window: int = 4
+    batch: int = 2
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    steps: int = 200
+    save_every: int = 25
+    seed: int = 0
+    classes: int = 4  # Volume Fusion K
+    block_min: list[int] = field(default_factory=lambda: [4, 8, 8])
+    block_max: list[int] = field(default_factory=lambda: [16, 32, 32])
+    foreground_ratio: float = 0.7
+    foreground_crop_ratio: float = 0.67  # fine-tuning: share of crops centred on a labelled voxel
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str] | None = None, **overrides: Any) -> "VFConfig":
+        values: dict[str, Any] = {}
+        if path is not None:
+            with open(path, "rb") as f:
+                values = tomllib.load(f).get("vf", {})
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        unknown = set(values) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown Volume Fusion / PCT-Net options: {sorted(unknown)}")
+        return cls(**values)
+
+    def network(self, n_classes: int) -> PCTNet:
+        return PCTNet(1, n_classes, tuple(self.channels), tuple(self.heads), self.window)
+
+
+@dataclass
+class Prepared:
+    """A volume on the working grid: LPS, isotropic, intensities in [0, 1]."""
+
+    array: np.ndarray
+    geometry: Geometry
+
+
+def prepare(volume: Volume, spacing: float) -> Prepared:
+    """CT: MedLAM's piecewise HU map; other modalities: 0.5-99.5 percentiles to [0, 1]."""
+    volume.require_finite()
+    lps = orient(volume, "LPS")
+    iso = resample_to_spacing(lps.with_array(lps.array.astype(np.float32)), spacing)
+    if looks_like_ct(volume):
+        unit = np.interp(iso.array, HU_KNOTS, UNIT_KNOTS)
+    else:
+        lo, hi = np.percentile(iso.array, (0.5, 99.5))
+        unit = np.clip((iso.array - lo) / max(hi - lo, 1e-6), 0, 1)
+    return Prepared(unit.astype(np.float32), iso.geometry)
+
+
+def _pad_to(array: np.ndarray, size: list[int]) -> np.ndarray:
+    pad = [(0, max(0, s - n)) for n, s in zip(array.shape, size)]
+    return np.pad(array, pad) if any(p[1] for p in pad) else array
+
+
+def _crop(array: np.ndarray, lo: np.ndarray, size: list[int]) -> np.ndarray:
+    return array[tuple(slice(l, l + s) for l, s in zip(lo, size))]
+
+
+# --------------------------------------------------------------------------------------------------
+# checkpoints
+# --------------------------------------------------------------------------------------------------
+
+def save_checkpoint(path: Path, model: torch.nn.Module, optim, sched, step: int, cfg: VFConfig, kind: str,
+                    labels: list[tuple[int, str]] | None, rng: np.random.Generator) -> None:
+    with atomic_path(path) as tmp:
+        torch.save({"model": model.state_dict(), "optimizer": optim.state_dict(), "scheduler": sched.state_dict(),
+                    "step": step, "config": asdict(cfg), "kind": kind, "labels": labels,
+                    "rng": rng.bit_generator.state}, tmp)
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__})") from exc
+    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+        raise CheckpointError(f"{path}: not a medlsam PCT-Net checkpoint (no model/config)")
+    return state
+
+
+def load_matching(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
+    """Load every tensor whose name and shape match; return (loaded, skipped with reasons)."""
+    own = model.state_dict()
+    loaded, skipped, update = [], [], {}
+    for name, tensor in state.items():
+        name = name.removeprefix("module.")
+        if name not in own:
+            skipped.append(f"{name} (not in this network)")
+        elif own[name].shape != tensor.shape:
+            skipped.append(f"{name} (shape {tuple(tensor.shape)} vs {tuple(own[name].shape)})")
+        else:
+            update[name] = tensor
+            loaded.append(name)
+    if not loaded:
+        raise CheckpointError("no tensor of the checkpoint matches this network: another architecture?")
+    model.load_state_dict(update, strict=False)
+    return loaded, skipped
+
+
+# --------------------------------------------------------------------------------------------------
+# training loops
+# --------------------------------------------------------------------------------------------------
+
+def _loop(model: torch.nn.Module, cfg: VFConfig, out: Path, kind: str, labels: list[tuple[int, str]] | None,
+          sample: Callable[[np.random.Generator], tuple[np.ndarray, np.ndarray]], progress: ProgressFn | None,
+          init: str | os.PathLike[str] | None = None) -> tuple[Path, list[str]]:
+    rank, world, device = distributed.setup()
+    model = model.to(device)
+    optim = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.PolynomialLR(optim, total_iters=cfg.steps, power=0.8)
+    rng = np.random.default_rng(cfg.seed + 1000 * rank)
+    step, skipped = 0, []
+    if out.is_file():
+        state = load_checkpoint(out)
+        model.load_state_dict(state["model"])
+        optim.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        step, rng.bit_generator.state = int(state["step"]), state["rng"]
+        log.info("resumed %s at step %d", out, step)
+    elif init is not None:
+        _, skipped = load_matching(model, load_checkpoint(init)["model"])
+        log.info("initialised from %s; skipped %d tensors: %s", init, len(skipped), skipped)
+    net = distributed.wrap(model, world)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    log_path = out.with_suffix(".losses.csv")
+    started = time.time()
+    while step < cfg.steps:
+        net.train()
+        pairs = [sample(rng) for _ in range(cfg.batch)]
+        x = torch.from_numpy(np.stack([p[0] for p in pairs]))[:, None].to(device)
+        y = torch.from_numpy(np.stack([p[1] for p in pairs]))[:, None].to(device)
+        loss = loss_fn(net(x), y)
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        optim.step()
+        sched.step()
+        step += 1
+        if rank == 0:
+            new = not log_path.exists()
+            with log_path.open("a", newline="") as f:
+                w = csv.writer(f)
+                if new:
+                    w.writerow(["step", "loss", "seconds"])
+                w.writerow([step, f"{loss.item():.5f}", f"{time.time() - started:.1f}"])
+            if progress:
+                progress(step, cfg.steps, f"loss {loss.item():.4f}")
+            if step % cfg.save_every == 0 or step == cfg.steps:
+                save_checkpoint(out, model, optim, sched, step, cfg, kind, labels, rng)
+    distributed.barrier()
+    return out, skipped
+
+
+def pretrain_vf(cfg: VFConfig, folders: list[str | os.PathLike[str]], out: str | os.PathLike[str],
+                progress: ProgressFn | None = None) -> Path:
+    """Volume Fusion pretraining on every volume under ``folders`` (labels never read)."""
+    from ..datasets import find_cases
+
+    volumes = []
+    for folder in folders:
+        for case in find_cases(folder):
+            vol = read_volume(case.image)
+            if looks_like_ct(vol):
+                volumes.append(_pad_to(prepare(vol, cfg.spacing).array, cfg.crop))
+    if not volumes:
+        raise DatasetError(f"no CT volume under {folders} for Volume Fusion pretraining")
+    fusion = FusionConfig(tuple(cfg.crop), cfg.classes, tuple(cfg.block_min), tuple(cfg.block_max), cfg.foreground_ratio)
+
+    def sample(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        return fusion_sample(volumes[rng.integers(len(volumes))], rng, fusion)
+
+    path, _ = _loop(cfg.network(cfg.classes + 1), cfg, Path(out), "vf", None, sample, progress)
+    return path
+
+
+def load_labelled(cases: list[Case], labels: list[int], spacing: float, crop: list[int]
+                  ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Prepared (image, class map) pairs; classes 1..n are ``labels`` in order, everything else 0."""
+    if not cases:
+        raise DatasetError("no labelled volume to fine-tune on")
+    out = []
+    for case in cases:
+        if case.label is None:
+            raise DatasetError(f"{case.image}: has no label map")
+        image, label = read_image_label(case.image, case.label)  # refuses mismatched geometry
+        missing = [v for v in labels if not np.any(label.array == v)]
+        if missing:
+            raise DatasetError(f"{case.label}: label(s) {missing} absent; fine-tuning needs every selected "
+                               "label in every training volume")
+        prepared = prepare(image, spacing)
+        lab = resample_to_reference(label, prepared.geometry, is_label=True, label_mode="onehot").array
+        classes = np.zeros(lab.shape, np.int64)
+        for i, v in enumerate(labels, start=1):
+            classes[lab == v] = i
+        out.append((_pad_to(prepared.array, crop), _pad_to(classes, crop)))
+    return out
+
+
+def finetune(cfg: VFConfig, cases: list[Case], labels: list[tuple[int, str]], out: str | os.PathLike[str],
+             init: str | os.PathLike[str] | None = None, progress: ProgressFn | None = None) -> tuple[Path, list[str]]:
+    """Fine-tune PCT-Net on the labelled cases (optionally from a VF checkpoint); returns (path, skipped tensors)."""
+    data = load_labelled(cases, [v for v, _ in labels], cfg.spacing, cfg.crop)
+    fg = [np.argwhere(c > 0) for _, c in data]
+
+    def sample(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        i = int(rng.integers(len(data)))
+        image, classes = data[i]
+        size = np.array(cfg.crop)
+        if rng.random() < cfg.foreground_crop_ratio and len(fg[i]):
+            centre = fg[i][rng.integers(len(fg[i]))]
+            lo = np.clip(centre - size // 2, 0, np.array(image.shape) - size)
+        else:
+            lo = np.array([rng.integers(0, n - s + 1) for n, s in zip(image.shape, size)])
+        x, y = _crop(image, lo, cfg.crop), _crop(classes, lo, cfg.crop)
+        for axis in (1, 2):  # in-plane flips; z keeps its head-feet meaning
+            if rng.random() < 0.5:
+                x, y = np.flip(x, axis), np.flip(y, axis)
+        return np.ascontiguousarray(x), np.ascontiguousarray(y)
+
+    return _loop(cfg.network(len(labels) + 1), cfg, Path(out), "seg", list(labels), sample, progress, init)
+
+
+# --------------------------------------------------------------------------------------------------
+# prediction
+# --------------------------------------------------------------------------------------------------
+
+class PCTPredictor:
+    """A fine-tuned PCT-Net that writes label maps on any volume's own grid."""
+
+    def __init__(self, checkpoint: str | os.PathLike[str], device: torch.device | str | None = None):
+        state = load_checkpoint(checkpoint)
+        if state.get("kind") != "seg" or not state.get("labels"):
+            raise CheckpointError(f"{checkpoint}: a {state.get('kind')!r} checkpoint; predicting needs a fine-tuned "
+                                  "segmentation checkpoint (medlsam finetune)")
+        self.cfg = VFConfig(**state["config"])
+        self.labels = [(int(v), str(n)) for v, n in state["labels"]]
+        self.device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = self.cfg.network(len(self.labels) + 1)
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as exc:
+            raise CheckpointError(f"{checkpoint}: does not fit PCT-Net as configured ({str(exc)[:200]})") from exc
+        self.model.to(self.device).eval()
+
+    @torch.inference_mode()
+    def predict(self, volume: Volume) -> np.ndarray:
+        """Label map [z, y, x] with the checkpoint's label values, on ``volume``'s grid."""
+        prepared = prepare(volume, self.cfg.spacing)
+        shape = prepared.array.shape
+        x = torch.from_numpy(_pad_to(prepared.array, self.cfg.crop))[None, None].to(self.device)
+        logits = sliding_window_inference(x, tuple(self.cfg.crop), sw_batch_size=2, predictor=self.model,
+                                          overlap=0.25, mode="gaussian")
+        probs = F.softmax(logits, dim=1)[0, :, :shape[0], :shape[1], :shape[2]].cpu().numpy()
+        # Probabilities go back to the original grid (linear), then argmax: smoother than nearest labels.
+        grid = Volume(probs[0], prepared.geometry.spacing, prepared.geometry.origin, prepared.geometry.direction)
+        best = np.zeros(volume.array.shape, np.float32)
+        out = np.zeros(volume.array.shape, np.uint16 if max(v for v, _ in self.labels) > 255 else np.uint8)
+        for c in range(probs.shape[0]):
+            p = resample_to_reference(grid.with_array(probs[c]), volume, fill_value=1.0 if c == 0 else 0.0).array
+            better = p > best
+            best[better] = p[better]
+            out[better] = 0 if c == 0 else self.labels[c - 1][0]
+        return out
+
