@@ -224,7 +224,7 @@ class MedLAMLocalizer:
             pts = _ordered(refined[6 * i:6 * i + 6])
             if slab is None:
                 results[name] = LocalizedTarget(name, groups[name][0][1].label, pts, box_from_points(pts, query), [],
-                                                self.name if init_points is None else "medlam+reg", seconds)
+                                                "medlam+reg" if init_points and name in init_points else self.name, seconds)
             else:
                 results[name].sub_boxes.append(box_from_points(pts, query))
         return list(results.values())
@@ -260,6 +260,7 @@ class RegistrationLocalizer:
         self.spacing_mm = spacing_mm
         self.seed = seed
         self._images: dict[int, sitk.Image] = {}
+        self._transforms: dict[tuple[int, int], sitk.Transform] = {}
 
     def _image(self, volume: Volume) -> sitk.Image:
         if id(volume) not in self._images:
@@ -267,7 +268,15 @@ class RegistrationLocalizer:
         return self._images[id(volume)]
 
     def transform(self, template: Volume, query: Volume) -> sitk.Transform:
-        """A transform mapping template points (mm) to query points (mm)."""
+        """A transform mapping template points (mm) to query points (mm); the last few are remembered."""
+        key = (id(template), id(query))
+        if key not in self._transforms:
+            if len(self._transforms) > 64:
+                self._transforms.clear()
+            self._transforms[key] = self._register(template, query)
+        return self._transforms[key]
+
+    def _register(self, template: Volume, query: Volume) -> sitk.Transform:
         fixed, moving = self._image(template), self._image(query)
         reg = sitk.ImageRegistrationMethod()
         reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
@@ -333,7 +342,13 @@ class RefinedRegistrationLocalizer:
 
     def localize(self, query: Volume, templates: list[Template]) -> list[LocalizedTarget]:
         t0 = time.perf_counter()
-        init = {name: pts for name, (pts, _) in self.registration.map_points(templates, query).items()}
+        init = {}
+        for name, (pts, _) in self.registration.map_points(templates, query).items():
+            try:
+                box_from_points(pts, query)
+                init[name] = pts
+            except LocalizationError:  # registration lost this target: MedLAM's own estimate takes over
+                log.warning("%s: registration put %s outside the volume; using MedLAM alone", query.name, name)
         out = self.medlam.localize(query, templates, init_points=init)
         for r in out:
             r.seconds += (time.perf_counter() - t0) / max(1, len(out))
@@ -346,9 +361,11 @@ def make_localizer(name: str, **kwargs) -> Localizer:
         return MedLAMLocalizer(**kwargs)
     if name in ("registration", "reg"):
         return RegistrationLocalizer(**kwargs)
+    if name in ("registration+bspline", "deformable"):
+        return RegistrationLocalizer(deformable=True, **kwargs)
     if name in ("medlam+reg", "medlam+registration"):
         return RefinedRegistrationLocalizer()
-    raise ValueError(f"unknown localizer {name!r}: medlam, registration, medlam+reg")
+    raise ValueError(f"unknown localizer {name!r}: medlam, registration, registration+bspline, medlam+reg")
 
 
 def load_templates(paths: list[str | os.PathLike[str]]) -> list[Template]:

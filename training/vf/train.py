@@ -224,9 +224,13 @@ def pretrain_vf(cfg: VFConfig, folders: list[str | os.PathLike[str]], out: str |
     return path
 
 
-def load_labelled(cases: list[Case], labels: list[int], spacing: float, crop: list[int]
+def load_labelled(cases: list[Case], labels: list[tuple[int, str]], spacing: float, crop: list[int]
                   ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Prepared (image, class map) pairs; classes 1..n are ``labels`` in order, everything else 0."""
+    """Prepared (image, class map) pairs; classes 1..n are ``labels`` in order, everything else 0.
+
+    A label is found by name in each case's own label map when the case names its labels (datasets
+    number organs differently), else by value.
+    """
     if not cases:
         raise DatasetError("no labelled volume to fine-tune on")
     out = []
@@ -234,14 +238,15 @@ def load_labelled(cases: list[Case], labels: list[int], spacing: float, crop: li
         if case.label is None:
             raise DatasetError(f"{case.image}: has no label map")
         image, label = read_image_label(case.image, case.label)  # refuses mismatched geometry
-        missing = [v for v in labels if not np.any(label.array == v)]
+        values = [case.label_value(n) if n in case.label_names.values() else v for v, n in labels]
+        missing = [v for v in values if not np.any(label.array == v)]
         if missing:
             raise DatasetError(f"{case.label}: label(s) {missing} absent; fine-tuning needs every selected "
                                "label in every training volume")
         prepared = prepare(image, spacing)
         lab = resample_to_reference(label, prepared.geometry, is_label=True, label_mode="onehot").array
         classes = np.zeros(lab.shape, np.int64)
-        for i, v in enumerate(labels, start=1):
+        for i, v in enumerate(values, start=1):
             classes[lab == v] = i
         out.append((_pad_to(prepared.array, crop), _pad_to(classes, crop)))
     return out
@@ -250,7 +255,7 @@ def load_labelled(cases: list[Case], labels: list[int], spacing: float, crop: li
 def finetune(cfg: VFConfig, cases: list[Case], labels: list[tuple[int, str]], out: str | os.PathLike[str],
              init: str | os.PathLike[str] | None = None, progress: ProgressFn | None = None) -> tuple[Path, list[str]]:
     """Fine-tune PCT-Net on the labelled cases (optionally from a VF checkpoint); returns (path, skipped tensors)."""
-    data = load_labelled(cases, [v for v, _ in labels], cfg.spacing, cfg.crop)
+    data = load_labelled(cases, labels, cfg.spacing, cfg.crop)
     fg = [np.argwhere(c > 0) for _, c in data]
 
     def sample(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
