@@ -79,6 +79,8 @@ def main() -> None:
     ap.add_argument("--device", default=None)
     ap.add_argument("--cache", type=Path, default=Path("/tmp/medlsam-bench-cache"))
     ap.add_argument("--skip-accuracy", action="store_true")
+    ap.add_argument("--organs", default="liver,spleen,kidney_left,kidney_right,stomach,pancreas,aorta,gallbladder",
+                    help="comma-separated organ names evaluated where present")
     args = ap.parse_args()
     seg = load_segmenter(args.segmenter, device=args.device)
     where = torch.cuda.get_device_name() if seg.device.type == "cuda" else \
@@ -105,7 +107,8 @@ def main() -> None:
     dice: dict = defaultdict(list)
     reprompt, peak = [], []
     localizer = make_localizer(args.localizer)
-    organs = [organ_values(lab, names) for _, _, lab, names in cases]
+    wanted = set(args.organs.split(","))
+    organs = [{o: v for o, v in organ_values(lab, names).items() if o in wanted} for _, _, lab, names in cases]
     for qi, (qname, image, label, _) in enumerate(cases):
         vs = VolumeSegmenter(image, seg, cache_dir=args.cache)
         templates = []
