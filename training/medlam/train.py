@@ -10,7 +10,6 @@ import csv
 import logging
 import os
 import time
-import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,10 @@ import torch
 
 from .. import distributed
 from ..atomic import atomic_path, write_json_atomic
+from ..config_file import load_config
 from ..datasets import find_cases
 from ..io import read_volume
+from ..lr_schedule import set_lr, warmup_cosine
 from .losses import mss_loss, rdr_loss
 from .network import MedLAMNet
 from .preprocess import PreparedCT, looks_like_ct, prepare_ct
@@ -45,15 +46,7 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None, **overrides: Any) -> "TrainConfig":
-        values: dict[str, Any] = {}
-        if path is not None:
-            with open(path, "rb") as f:
-                values = tomllib.load(f).get("medlam", {})
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        unknown = set(values) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown MedLAM training options: {sorted(unknown)}")
-        return cls(**values)
+        return load_config(cls, "medlam", path, overrides, "MedLAM training")
 
 
 def load_training_volumes(folders: list[str]) -> list[PreparedCT]:
@@ -79,13 +72,11 @@ def train(config: TrainConfig, out: str | os.PathLike[str], progress: Any = None
     volumes = load_training_volumes(config.data)
     model = MedLAMNet().to(device)
     optim = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(optim, max_lr=config.lr, total_steps=config.steps, pct_start=0.05)
     step, rng = 0, np.random.default_rng(config.seed + 1000 * rank)
     if out.is_file():
         state = torch.load(out, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         optim.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
         step = int(state["step"])
         rng.bit_generator.state = state["rng"]
         log.info("resumed %s at step %d", out, step)
@@ -108,8 +99,8 @@ def train(config: TrainConfig, out: str | os.PathLike[str], progress: Any = None
         optim.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        set_lr(optim, config.lr * warmup_cosine(step, config.steps))
         optim.step()
-        sched.step()
         step += 1
         if rank == 0:
             new = not log_path.exists()
@@ -123,7 +114,7 @@ def train(config: TrainConfig, out: str | os.PathLike[str], progress: Any = None
             if step % config.save_every == 0 or step == config.steps:
                 with atomic_path(out) as tmp:
                     torch.save({"model": model.state_dict(), "optimizer": optim.state_dict(),
-                                "scheduler": sched.state_dict(), "step": step, "rng": rng.bit_generator.state,
+                                "step": step, "rng": rng.bit_generator.state,
                                 "config": asdict(config)}, tmp)
     distributed.barrier()
     return out

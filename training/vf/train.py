@@ -11,7 +11,6 @@ import csv
 import logging
 import os
 import time
-import tomllib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,9 +24,11 @@ from monai.losses import DiceCELoss
 
 from .. import distributed
 from ..atomic import atomic_path
+from ..config_file import load_config
 from ..datasets import Case
 from ..errors import DatasetError
 from ..io import read_image_label, read_volume
+from ..lr_schedule import polynomial, set_lr
 from ..medlam.preprocess import HU_KNOTS, UNIT_KNOTS, looks_like_ct
 from ..resample import resample_to_reference, resample_to_spacing
 from ..segmenters import CheckpointError
@@ -61,15 +62,7 @@ class VFConfig:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None, **overrides: Any) -> "VFConfig":
-        values: dict[str, Any] = {}
-        if path is not None:
-            with open(path, "rb") as f:
-                values = tomllib.load(f).get("vf", {})
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        unknown = set(values) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown Volume Fusion / PCT-Net options: {sorted(unknown)}")
-        return cls(**values)
+        return load_config(cls, "vf", path, overrides, "Volume Fusion / PCT-Net")
 
     def network(self, n_classes: int) -> PCTNet:
         return PCTNet(1, n_classes, tuple(self.channels), tuple(self.heads), self.window)
@@ -109,10 +102,10 @@ def _crop(array: np.ndarray, lo: np.ndarray, size: list[int]) -> np.ndarray:
 # checkpoints
 # --------------------------------------------------------------------------------------------------
 
-def save_checkpoint(path: Path, model: torch.nn.Module, optim, sched, step: int, cfg: VFConfig, kind: str,
+def save_checkpoint(path: Path, model: torch.nn.Module, optim: torch.optim.Optimizer, step: int, cfg: VFConfig, kind: str,
                     labels: list[tuple[int, str]] | None, rng: np.random.Generator) -> None:
     with atomic_path(path) as tmp:
-        torch.save({"model": model.state_dict(), "optimizer": optim.state_dict(), "scheduler": sched.state_dict(),
+        torch.save({"model": model.state_dict(), "optimizer": optim.state_dict(),
                     "step": step, "config": asdict(cfg), "kind": kind, "labels": labels,
                     "rng": rng.bit_generator.state}, tmp)
 
@@ -159,14 +152,12 @@ def _loop(model: torch.nn.Module, cfg: VFConfig, out: Path, kind: str, labels: l
     rank, world, device = distributed.setup()
     model = model.to(device)
     optim = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.PolynomialLR(optim, total_iters=cfg.steps, power=0.8)
     rng = np.random.default_rng(cfg.seed + 1000 * rank)
     step, skipped = 0, []
     if out.is_file():
         state = load_checkpoint(out)
         model.load_state_dict(state["model"])
         optim.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
         step, rng.bit_generator.state = int(state["step"]), state["rng"]
         log.info("resumed %s at step %d", out, step)
     elif init is not None:
@@ -184,8 +175,8 @@ def _loop(model: torch.nn.Module, cfg: VFConfig, out: Path, kind: str, labels: l
         loss = loss_fn(net(x), y)
         optim.zero_grad(set_to_none=True)
         loss.backward()
+        set_lr(optim, cfg.lr * polynomial(step, cfg.steps))
         optim.step()
-        sched.step()
         step += 1
         if rank == 0:
             new = not log_path.exists()
@@ -197,7 +188,7 @@ def _loop(model: torch.nn.Module, cfg: VFConfig, out: Path, kind: str, labels: l
             if progress:
                 progress(step, cfg.steps, f"loss {loss.item():.4f}")
             if step % cfg.save_every == 0 or step == cfg.steps:
-                save_checkpoint(out, model, optim, sched, step, cfg, kind, labels, rng)
+                save_checkpoint(out, model, optim, step, cfg, kind, labels, rng)
     distributed.barrier()
     return out, skipped
 
