@@ -74,6 +74,21 @@ def box_from_points(points_mm: np.ndarray, query: Volume) -> Box3D:
     return clipped
 
 
+def sub_boxes_in_view(slab_points_mm: list[np.ndarray], query: Volume) -> list[Box3D]:
+    """SPL sub-boxes inside the query's field of view; a slab of the target beyond the scan is dropped.
+
+    A partial scan (a slab through the abdomen) legitimately cuts an organ, so a sub-box outside it is
+    expected and not an error, unlike the whole target's box.
+    """
+    boxes = []
+    for pts in slab_points_mm:
+        try:
+            boxes.append(box_from_points(pts, query))
+        except LocalizationError:
+            log.info("%s: one SPL sub-box lies outside the field of view; dropped", query.name)
+    return boxes
+
+
 def _targets_by_name(templates: list[Template]) -> dict[str, list[tuple[Template, ExtremePoints]]]:
     out: dict[str, list[tuple[Template, ExtremePoints]]] = {}
     for tpl in templates:
@@ -226,7 +241,7 @@ class MedLAMLocalizer:
                 results[name] = LocalizedTarget(name, groups[name][0][1].label, pts, box_from_points(pts, query), [],
                                                 "medlam+reg" if init_points and name in init_points else self.name, seconds)
             else:
-                results[name].sub_boxes.append(box_from_points(pts, query))
+                results[name].sub_boxes.extend(sub_boxes_in_view([pts], query))
         return list(results.values())
 
 
@@ -327,7 +342,7 @@ class RegistrationLocalizer:
         seconds = (time.perf_counter() - t0) / max(1, len(mapped))
         labels = {name: pairs[0][1].label for name, pairs in _targets_by_name(templates).items()}
         return [LocalizedTarget(name, labels[name], pts, box_from_points(pts, query),
-                                [box_from_points(s, query) for s in slabs], self.name, seconds)
+                                sub_boxes_in_view(slabs, query), self.name, seconds)
                 for name, (pts, slabs) in mapped.items()]
 
 
