@@ -27,7 +27,8 @@ from training.io import read_image_label  # noqa: E402
 from training.medlam.preprocess import looks_like_ct  # noqa: E402
 from training.metrics import binary_metrics  # noqa: E402
 from training.phantom import write_phantom_dataset  # noqa: E402
-from training.vf.train import DEFAULT_CONFIG, PCTPredictor, VFConfig, finetune, pretrain_vf  # noqa: E402
+from training.vf.train import (DEFAULT_CONFIG, PCTPredictor, VFConfig, finetune, load_checkpoint,  # noqa: E402
+                               pretrain_vf)
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct"
 
@@ -81,6 +82,8 @@ def main() -> None:
     ap.add_argument("--pretrain-steps", type=int, default=200)
     ap.add_argument("--finetune-steps", type=int, default=100)
     ap.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    ap.add_argument("--vf-checkpoint", type=Path, default=None,
+                    help="reuse this Volume Fusion checkpoint instead of pretraining (its steps are reported)")
     args = ap.parse_args()
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else \
         f"CPU {platform.machine()}, {torch.get_num_threads()} threads"
@@ -91,9 +94,14 @@ def main() -> None:
         write_phantom_dataset(phantom_dir, n=args.phantoms)
     folders = [*args.data, *args.unlabelled] + ([phantom_dir] if args.phantoms else [])
     t0 = time.perf_counter()
-    vf = pretrain_vf(VFConfig.load(args.config, steps=args.pretrain_steps), folders, work / "vf.pt")
-    print(f"device: {device}; Volume Fusion pretraining: {args.pretrain_steps} steps on every CT volume under "
-          f"{[str(f) for f in folders]} ({time.perf_counter() - t0:.0f} s); fine-tuning: {args.finetune_steps} "
+    if args.vf_checkpoint:
+        vf = args.vf_checkpoint
+        pretrain = f"reused {vf} ({load_checkpoint(vf)['step']} steps)"
+    else:
+        vf = pretrain_vf(VFConfig.load(args.config, steps=args.pretrain_steps), folders, work / "vf.pt")
+        pretrain = (f"{args.pretrain_steps} steps on every CT volume under {[str(f) for f in folders]} "
+                    f"({time.perf_counter() - t0:.0f} s)")
+    print(f"device: {device}; Volume Fusion pretraining: {pretrain}; fine-tuning: {args.finetune_steps} "
           f"steps, config {args.config.name}\n")
     cfg = VFConfig.load(args.config, steps=args.finetune_steps)
     labelled = [c for d in args.data for c in find_cases(d, require_labels=True)]

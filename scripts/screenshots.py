@@ -71,6 +71,7 @@ def main() -> None:
 
     # 2. six extreme points on the template (placed where a careful annotator would click them)
     widget.state.project.set_template("template_ts_example")
+    widget.state.changed("status")
     widget.volumes.open("template_ts_example")
     image, label = read_image_label(SHARED / "ts_example" / "image.nii.gz", SHARED / "ts_example" / "label.nii.gz")
     for name, value in (("liver", 5), ("spleen", 1)):
@@ -86,18 +87,16 @@ def main() -> None:
     widget.state.points_layer.add(last[::-1])
     shot("03_template_six_points_valid.png")
 
-    # 3. localize & segment all, screenshot while it runs
-    taken = []
-
-    def during(done: int, total: int, message: str) -> None:
-        if not taken and "propagating" in message or (not taken and done > 5):
-            taken.append(True)
-            shot("04_running_with_progress.png")
-
-    widget.run.bridge.slices.connect(during)
+    # 3. localize & segment all, screenshot while it runs (from this, the GUI thread: a grab from the
+    # worker's progress callback would run on the worker thread and crash Qt)
+    taken = False
+    widget.scroll.ensureWidgetVisible(widget.run, 0, 150)
     widget.run.start()
     while widget.run.worker is not None:
         settle(0.2)
+        if not taken and widget.run.slices_bar.value() > 5:
+            taken = True
+            shot("04_running_with_progress.png")
     print(widget.run.status.text())
 
     # 4. review the query: mask + localized boxes
@@ -108,6 +107,7 @@ def main() -> None:
     shot("05_review_mask_and_box.png")
 
     # 5. re-prompt one slice from a box drawn on it
+    widget.scroll.ensureWidgetVisible(widget.review, 0, 50)
     widget.review._prompt_layers()
     ys, xs = np.nonzero(mask[z] == 1) if (mask[z] == 1).any() else (np.array([200, 300]), np.array([100, 250]))
     y0, y1, x0, x1 = ys.min(), ys.max(), xs.min(), xs.max()

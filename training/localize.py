@@ -134,11 +134,12 @@ class MedLAMLocalizer:
     KERNEL_SIZES = (2, 4)
 
     def __init__(self, weights: str | os.PathLike[str] | None = None, device: torch.device | str | None = None,
-                 coarse_crops: int = 6, refine_iterations: int = 2, seed: int = 0):
+                 coarse_crops: int = 6, refine_iterations: int = 2, seed: int = 0, batch: int = 12):
         self.device = torch.device(device) if device else default_device()
         self.net = load_medlam(weights, self.device)
         self.coarse_crops = coarse_crops
         self.refine_iterations = refine_iterations
+        self.batch = batch  # 64^3 patches per forward: bounds memory (~1 GB at 12), not the result
         self.seed = seed
         self._prepared: dict[int, PreparedCT] = {}
         self._codes: dict[tuple[int, ...], _PointCodes] = {}
@@ -202,19 +203,27 @@ class MedLAMLocalizer:
         pts = np.asarray(points_mm, float)
         for _ in range(self.refine_iterations):
             centres = np.round(prepared.index_zyx(pts))
-            _, feats = self._run(prepared, centres)
-            score = torch.zeros(len(pts), 1, PATCH, PATCH, PATCH)
-            for feat, ker in zip(feats, kernels):
-                # one grouped correlation: point i's features with point i's kernel.  An even kernel is
-                # centred half a voxel before its point: pad k/2 and keep the first S outputs.
-                n, c, size, k = feat.shape[0], feat.shape[1], feat.shape[-1], ker.shape[-1]
-                sim = F.conv3d(feat.reshape(1, n * c, size, size, size), ker, padding=k // 2, groups=n)
-                sim = sim[..., :size, :size, :size].reshape(n, 1, size, size, size) / float(k**3)
-                score += F.interpolate(sim, size=(PATCH,) * 3, mode="trilinear", align_corners=False)
-            best = score.flatten(1).argmax(1).numpy()
+            best = np.concatenate([self._best_match(prepared, centres[i:i + self.batch],
+                                                    [k[i:i + self.batch] for k in kernels])
+                                   for i in range(0, len(centres), self.batch)])
             shift = np.stack(np.unravel_index(best, (PATCH,) * 3), 1) - PATCH // 2
             pts = prepared.mm(centres + shift)
         return pts
+
+    @torch.inference_mode()
+    def _best_match(self, prepared: PreparedCT, centres: np.ndarray, kernels: list[torch.Tensor]) -> np.ndarray:
+        """Flat index of the best kernel match in each centre's patch.  Runs in chunks of ``batch`` points:
+        a query with many targets and SPL slabs has hundreds, whose activations at once take gigabytes."""
+        _, feats = self._run(prepared, centres)
+        score = torch.zeros(len(centres), 1, PATCH, PATCH, PATCH)
+        for feat, ker in zip(feats, kernels):
+            # one grouped correlation: point i's features with point i's kernel.  An even kernel is
+            # centred half a voxel before its point: pad k/2 and keep the first S outputs.
+            n, c, size, k = feat.shape[0], feat.shape[1], feat.shape[-1], ker.shape[-1]
+            sim = F.conv3d(feat.reshape(1, n * c, size, size, size), ker, padding=k // 2, groups=n)
+            sim = sim[..., :size, :size, :size].reshape(n, 1, size, size, size) / float(k**3)
+            score += F.interpolate(sim, size=(PATCH,) * 3, mode="trilinear", align_corners=False)
+        return score.flatten(1).argmax(1).numpy()
 
     def localize(self, query: Volume, templates: list[Template],
                  init_points: dict[str, np.ndarray] | None = None) -> list[LocalizedTarget]:
