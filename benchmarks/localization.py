@@ -57,14 +57,15 @@ def organ_values(label: Volume, names: dict[int, str]) -> dict[str, int]:
     return {n: v for v, n in names.items() if counts.get(v, 0) >= MIN_VOXELS}
 
 
-def leave_one_out(cases, methods, device) -> dict:
+def leave_one_out(cases, methods, device, refine_iterations: int = 1) -> dict:
     """{(method, organ): [(iou, wd_mm)]} and {method: [seconds per query]}."""
     scores: dict = defaultdict(list)
     seconds: dict = defaultdict(list)
     organs = [organ_values(lab, names) for _, _, lab, names in cases]
     points = [{o: extreme_points_from_mask(o, v, img, lab) for o, v in org.items()}
               for (_, img, lab, _), org in zip(cases, organs)]
-    medlam = MedLAMLocalizer(device=device) if any(m.startswith("medlam") for m in methods) else None
+    medlam = (MedLAMLocalizer(device=device, refine_iterations=refine_iterations)
+              if any(m.startswith("medlam") for m in methods) else None)
     registration = RegistrationLocalizer()
     localizers = {"medlam": medlam, "registration": registration,
                   "medlam+reg": RefinedRegistrationLocalizer(medlam, registration) if medlam else None}
@@ -123,10 +124,11 @@ def main() -> None:
     ap.add_argument("--phantoms", type=int, default=6, help="number of synthetic phantoms (0: none)")
     ap.add_argument("--methods", nargs="+", default=["medlam", "registration", "medlam+reg"])
     ap.add_argument("--device", default=None)
+    ap.add_argument("--refine-iterations", type=int, default=1, help="MedLAM MSS refinement passes")
     args = ap.parse_args()
     device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     where = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU {platform.machine()}, {torch.get_num_threads()} threads"
-    print(f"device: {where}\n")
+    print(f"device: {where}; MedLAM refinement passes: {args.refine_iterations}\n")
     sets = []
     if args.data:
         sets.append((f"labelled CT in {', '.join(str(d) for d in args.data)} (leave-one-out)", load_labelled(args.data)))
@@ -135,7 +137,7 @@ def main() -> None:
                      phantom_set(args.phantoms)))
     for title, cases in sets:
         print(f"{title}: {len(cases)} volumes", file=sys.stderr)
-        scores, seconds = leave_one_out(cases, args.methods, device)
+        scores, seconds = leave_one_out(cases, args.methods, device, args.refine_iterations)
         print(table(title, scores, seconds, args.methods) + "\n")
 
 

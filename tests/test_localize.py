@@ -37,9 +37,9 @@ def test_medlam_localizes_liver_in_held_out_ct(liver_template: Template, ct_dico
     query, label = read_image_label(ct_dicom / "dicom", ct_dicom / "label.nii.gz")
     (result,) = MedLAMLocalizer(device="cpu").localize(query, [liver_template])
     truth = Box3D.from_mask(label.array == 5)  # TotalSegmentator v2 map: 5 = liver
-    # The shipped 450-step weights reach 0.47 here (docs/benchmarks.md, section 4); the project's goal of
-    # 0.5 is not met yet, and this guards against regressions below what is measured.
-    assert box_iou(result.box, truth) > 0.45, (result.box, truth)
+    # The shipped weights reach 0.507 with one MSS pass (docs/benchmarks.md, section 4): the query is a
+    # 40 mm slab that cuts the liver, and most of the error is the box face at the slab edge (slice 6 vs 0).
+    assert box_iou(result.box, truth) > 0.5, (result.box, truth)
     assert result.points_mm.shape == (6, 3)
 
 
