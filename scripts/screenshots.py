@@ -24,6 +24,7 @@ def main() -> None:
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "docs" / "screenshots"
     out.mkdir(parents=True, exist_ok=True)
     import napari
+    from qtpy.QtCore import Qt
     from qtpy.QtWidgets import QApplication
 
     from medlsam_napari.annotator import AnnotatorWidget
@@ -70,9 +71,12 @@ def main() -> None:
     shot("01_project_and_targets.png")
 
     # 2. six extreme points on the template (placed where a careful annotator would click them)
-    widget.state.project.set_template("template_ts_example")
-    widget.state.changed("status")
-    widget.volumes.open("template_ts_example")
+    # as the annotator does it: select the volume in the list, tick "template", open it
+    volumes = widget.volumes
+    volumes.list.setCurrentRow(next(i for i in range(volumes.list.count())
+                                    if volumes.list.item(i).data(Qt.UserRole) == "template_ts_example"))
+    volumes.template.setChecked(True)
+    volumes.open("template_ts_example")
     image, label = read_image_label(SHARED / "ts_example" / "image.nii.gz", SHARED / "ts_example" / "label.nii.gz")
     for name, value in (("liver", 5), ("spleen", 1)):
         widget.state.project.active_target = name

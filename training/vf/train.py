@@ -102,8 +102,8 @@ def _crop(array: np.ndarray, lo: np.ndarray, size: list[int]) -> np.ndarray:
 # checkpoints
 # --------------------------------------------------------------------------------------------------
 
-def save_checkpoint(path: Path, model: torch.nn.Module, optim: torch.optim.Optimizer, step: int, cfg: VFConfig, kind: str,
-                    labels: list[tuple[int, str]] | None, rng: np.random.Generator) -> None:
+def save_checkpoint(path: Path, model: torch.nn.Module, optim: torch.optim.Optimizer, step: int, cfg: VFConfig,
+                    kind: str, labels: list[tuple[int, str]] | None, rng: np.random.Generator) -> None:
     with atomic_path(path) as tmp:
         torch.save({"model": model.state_dict(), "optimizer": optim.state_dict(),
                     "step": step, "config": asdict(cfg), "kind": kind, "labels": labels,
