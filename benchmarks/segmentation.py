@@ -26,16 +26,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.boxes import Box3D  # noqa: E402
-from training.extreme_points import extreme_points_from_mask  # noqa: E402
-from training.io import align_label_to_image  # noqa: E402
-from training.localize import Template, make_localizer  # noqa: E402
-from training.metrics import binary_metrics  # noqa: E402
-from training.propagate import PropagationConfig, VolumeSegmenter, box_2d, clean_mask  # noqa: E402
-from training.segmenters import load_segmenter  # noqa: E402
+from medlsam_training.boxes import Box3D  # noqa: E402
+from medlsam_training.extreme_points import extreme_points_from_mask  # noqa: E402
+from medlsam_training.io import align_label_to_image  # noqa: E402
+from medlsam_training.localize import Template, make_localizer  # noqa: E402
+from medlsam_training.metrics import binary_metrics  # noqa: E402
+from medlsam_training.propagate import PropagationConfig, VolumeSegmenter, box_2d, clean_mask, for_target  # noqa: E402
+from medlsam_training.segmenters import load_segmenter  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from localization import DEFAULT_DATA, load_labelled, organ_values  # noqa: E402
+from localization import DEFAULT_DATA, HN_DATA, hn_templates_and_queries, load_labelled, organ_values  # noqa: E402
 
 
 def encoder_speed(seg, n: int = 6) -> dict[str, float]:
@@ -81,7 +81,15 @@ def main() -> None:
     ap.add_argument("--skip-accuracy", action="store_true")
     ap.add_argument("--organs", default="liver,spleen,kidney_left,kidney_right,stomach,pancreas,aorta,gallbladder",
                     help="comma-separated organ names evaluated where present")
+    ap.add_argument("--protocol", choices=["loo", "hn"], default="loo",
+                    help="loo: leave-one-out over --data; hn: OpenKBP, K templates from train-pats, "
+                         "validation-pats queries (end to end against oracle boxes)")
+    ap.add_argument("--k", type=int, default=5, help="templates per organ (protocol hn)")
+    ap.add_argument("--max-queries", type=int, default=None)
+    ap.add_argument("--modes", default="wpl,spl,mask", help="propagation modes of the localizer rows")
     args = ap.parse_args()
+    if args.protocol == "hn" and args.organs.startswith("liver,"):
+        args.organs = "brainstem,spinal_cord,parotid_right,parotid_left,mandible"
     seg = load_segmenter(args.segmenter, device=args.device)
     where = torch.cuda.get_device_name() if seg.device.type == "cuda" else \
         f"CPU {platform.machine()}, {torch.get_num_threads()} threads"
@@ -103,21 +111,26 @@ def main() -> None:
     if args.skip_accuracy:
         return
 
-    cases = load_labelled(args.data)
+    fixed_templates = None
+    if args.protocol == "hn":
+        fixed_templates, cases = hn_templates_and_queries(HN_DATA, args.k, args.max_queries, {}, n_slabs=4)
+    else:
+        cases = load_labelled(args.data)
     dice: dict = defaultdict(list)
     reprompt, peak = [], []
-    localizer = make_localizer(args.localizer)
+    localizer = make_localizer(args.localizer, **({"device": args.device} if args.localizer.startswith("medlam") and
+                                                  args.device else {}))
     wanted = set(args.organs.split(","))
     organs = [{o: v for o, v in organ_values(lab, names).items() if o in wanted} for _, _, lab, names in cases]
     for qi, (qname, image, label, _) in enumerate(cases):
         vs = VolumeSegmenter(image, seg, cache_dir=args.cache)
-        templates = []
-        for ti, (_, timg, tlab, _) in enumerate(cases):
+        templates = fixed_templates if fixed_templates is not None else []
+        for ti, (_, timg, tlab, _) in enumerate(cases if fixed_templates is None else []):
             shared = [extreme_points_from_mask(o, organs[ti][o], timg, tlab, n_slabs=4)
                       for o in organs[ti] if o in organs[qi]]
             if ti != qi and shared:
                 templates.append(Template(timg, shared))
-        located = {r.target: r for r in localizer.localize(image, templates)} if templates else {}
+        located = {r.target: r for r in localizer.localize(image, templates) if r.box is not None} if templates else {}
         t0 = time.perf_counter()
         for organ, value in organs[qi].items():
             truth = label.array == value
@@ -127,7 +140,7 @@ def main() -> None:
             truth_on_canon = align_label_to_image(image.with_array(truth.astype(np.uint8)), vs.canonical).array.astype(bool)
             cfg = PropagationConfig()
             m = vs.segment_slices(oracle_slice_prompts(truth_on_canon, cfg.margin_px), cfg)
-            m = vs.to_volume_grid(clean_mask(m))
+            m = vs.to_volume_grid(clean_mask(m, for_target(cfg, organ).largest_component))
             dice[(organ, "oracle-slice")].append(binary_metrics(m, truth, image.spacing_zyx)["dice"])
             # (2) one oracle 3D box on every slice
             m = vs.propagate([box], PropagationConfig(mode="wpl"))
@@ -135,10 +148,13 @@ def main() -> None:
             # (3) the localizer's box with each mode
             if organ in located:
                 r = located[organ]
-                for mode in ("wpl", "spl", "mask"):
+                for mode in args.modes.split(","):
                     boxes = r.sub_boxes if mode == "spl" and r.sub_boxes else [r.box]
-                    m = vs.propagate(boxes, PropagationConfig(mode=mode))
+                    m = vs.propagate(boxes, for_target(PropagationConfig(mode=mode), organ))
                     dice[(organ, f"{args.localizer}-{mode}")].append(binary_metrics(m, truth, image.spacing_zyx)["dice"])
+            elif organ in {ep.target for t in templates for ep in t.targets}:  # not found while it is there: a miss
+                for mode in args.modes.split(","):
+                    dice[(organ, f"{args.localizer}-{mode}")].append(0.0)
             if not reprompt:
                 z = (canon_box.lo[2] + canon_box.hi[2]) // 2
                 reprompt.append(reprompt_speed(vs, z, box_2d(canon_box, 3)))

@@ -22,12 +22,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.datasets import find_cases  # noqa: E402
-from training.io import read_image_label  # noqa: E402
-from training.medlam.preprocess import looks_like_ct  # noqa: E402
-from training.metrics import binary_metrics  # noqa: E402
-from training.phantom import write_phantom_dataset  # noqa: E402
-from training.vf.train import (DEFAULT_CONFIG, PCTPredictor, VFConfig, finetune, load_checkpoint,  # noqa: E402
+from medlsam_training.datasets import find_cases  # noqa: E402
+from medlsam_training.io import read_image_label  # noqa: E402
+from medlsam_training.medlam.preprocess import looks_like_ct  # noqa: E402
+from medlsam_training.metrics import binary_metrics  # noqa: E402
+from medlsam_training.phantom import write_phantom_dataset  # noqa: E402
+from medlsam_training.vf.train import (DEFAULT_CONFIG, PCTPredictor, VFConfig, finetune, load_checkpoint,  # noqa: E402
                                pretrain_vf)
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct"

@@ -6,8 +6,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from training.atomic import compound_suffix
-from training.io import as_label, is_volume_path, read_volume
+from medlsam_training.atomic import compound_suffix
+from medlsam_training.io import as_label, is_volume_path, read_volume
 
 from .layer_geometry import layer_kwargs
 

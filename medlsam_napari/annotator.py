@@ -13,7 +13,7 @@ from .panels.run import RunPanel
 from .panels.settings import SettingsPanel
 from .panels.targets import TargetsPanel
 from .panels.volumes import VolumesPanel
-from .state import AnnotatorState
+from .state import state_for
 
 
 class AnnotatorWidget(QWidget):
@@ -22,7 +22,7 @@ class AnnotatorWidget(QWidget):
     def __init__(self, napari_viewer, project_dir: str | Path | None = None):
         super().__init__()
         self.viewer = napari_viewer
-        self.state = AnnotatorState(napari_viewer)
+        self.state = state_for(napari_viewer)
         open_btn = QPushButton("Open project folder…")
         open_btn.clicked.connect(self._choose_folder)
         self.project_label = QLabel("No project open.")

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 
-from training.embedding_cache import ProgressFn, default_cache_dir
-from training.io import read_volume
-from training.localize import Template, make_localizer
-from training.datasets import Case
-from training.pipeline import QueryResult, run_queries
-from training.propagate import PropagationConfig
-from training.segmenters import load_segmenter
+from medlsam_training.embedding_cache import ProgressFn, default_cache_dir
+from medlsam_training.io import read_volume
+from medlsam_training.localize import Template, make_localizer
+from medlsam_training.datasets import Case
+from medlsam_training.pipeline import QueryResult, run_queries
+from medlsam_training.propagate import PropagationConfig
+from medlsam_training.segmenters import load_segmenter
 
 from .project import Project, ProjectError
 
@@ -38,7 +37,7 @@ def load_models(project: Project, cache: dict[str, object]):
     key = f"{project.segmenter}@{device}"
     if key not in cache:
         cache[key] = load_segmenter(project.segmenter, device=device)
-    kwargs = {"device": device} if project.localizer == "medlam" else {}
+    kwargs = {"device": device} if project.localizer.startswith("medlam") else {}
     return make_localizer(project.localizer, **kwargs), cache[key]
 
 
@@ -54,10 +53,7 @@ def run_project(project: Project, templates: list[Template], queries: list[str],
     cases = [Case(name, project.volume_path(name)) for name in queries]
     out = project.folder / project.output_dir
     for name in queries:
-        existing = project.mask_path(name)
-        if existing.is_file():
-            (out / ".previous").mkdir(parents=True, exist_ok=True)
-            shutil.copy2(existing, out / ".previous" / existing.name)
+        project.keep_previous_mask(name)
     results = []
     try:
         for r in run_queries(cases, templates, localizer, segmenter, out, PropagationConfig(mode=project.mode),

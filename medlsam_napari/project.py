@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from training.atomic import write_json_atomic
-from training.datasets import find_cases
-from training.errors import DatasetError, MedLSAMError
-from training.extreme_points import POINT_NAMES, ExtremePoints
-from training.volume import Volume
+from medlsam_training.atomic import write_json_atomic
+from medlsam_training.datasets import find_cases
+from medlsam_training.errors import DatasetError, MedLSAMError
+from medlsam_training.extreme_points import POINT_NAMES, ExtremePoints
+from medlsam_training.volume import Volume
 
 SESSION_FILE = "medlsam_project.json"
 SCHEMA = "medlsam-project"
@@ -153,6 +153,16 @@ class Project:
     def volume_path(self, name: str) -> Path:
         p = Path(self.entry(name).path)
         return p if p.is_absolute() else self.folder / p
+
+    def keep_previous_mask(self, name: str) -> Path | None:
+        """Copy a volume's existing mask to ``<masks>/.previous/`` before something replaces it."""
+        existing = self.mask_path(name)
+        if not existing.is_file():
+            return None
+        backup = existing.parent / ".previous" / existing.name
+        backup.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(existing, backup)
+        return backup
 
     def mask_path(self, name: str) -> Path:
         return self.folder / self.output_dir / f"{name}.nii.gz"

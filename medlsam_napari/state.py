@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import json
 import logging
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from training.io import read_label, read_volume, write_mask
-from training.volume import Volume
+from medlsam_training.io import read_label, read_volume, write_mask
+from medlsam_training.volume import Volume
 
 from .layer_geometry import layer_kwargs
 from .project import Project
@@ -22,6 +24,18 @@ log = logging.getLogger(__name__)
 POINTS_LAYER = "extreme points"
 BOX_LAYER = "MedLSAM box"
 PROMPT_LAYER = "SAM prompt"
+
+
+_STATES: "weakref.WeakKeyDictionary[object, AnnotatorState]" = weakref.WeakKeyDictionary()
+
+
+def state_for(viewer) -> "AnnotatorState":
+    """The one state of a viewer, shared by every dock on it: two docks never hold two copies of a project
+    (whichever saved last would win)."""
+    state = _STATES.get(viewer)
+    if state is None:
+        state = _STATES[viewer] = AnnotatorState(viewer)
+    return state
 
 
 class AnnotatorState:
@@ -33,7 +47,8 @@ class AnnotatorState:
         self.volume_name: str | None = None
         self.volume: Volume | None = None
         self.segmenter_cache: dict[str, object] = {}  # loaded models, keyed by spec+device
-        self.volume_segmenters: dict[str, object] = {}  # per volume, for instant re-prompting
+        # per volume, for instant re-prompting; only the last few visited (each holds slice embeddings in RAM)
+        self.volume_segmenters: OrderedDict[str, object] = OrderedDict()
         self._listeners: list[Callable[[str], None]] = []
 
     # --- listeners ------------------------------------------------------------------------
@@ -49,6 +64,8 @@ class AnnotatorState:
 
     # --- project --------------------------------------------------------------------------
     def open_project(self, folder: str | Path) -> Project:
+        if self.project is not None and self.project.folder.resolve() == Path(folder).resolve():
+            return self.project  # already open on this viewer: the same object, not a second copy
         self.project = Project.open(folder)
         self.volume_name, self.volume = None, None
         self.volume_segmenters.clear()

@@ -11,14 +11,19 @@ from pathlib import Path
 import numpy as np
 from qtpy.QtCore import QObject, QPointF, Qt, Signal
 from qtpy.QtGui import QPainter, QPen
-from qtpy.QtWidgets import (QFileDialog, QHBoxLayout, QLabel, QLineEdit, QListWidget, QListWidgetItem, QProgressBar,
-                            QPushButton, QSpinBox, QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (QComboBox, QFileDialog, QHBoxLayout, QLabel, QLineEdit, QListWidget, QListWidgetItem,
+                            QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
 from medlsam_napari.layer_geometry import layer_kwargs
 from medlsam_napari.project import Project
-from training.datasets import Case
-from training.io import read_volume, write_mask
-from training.vf.train import DEFAULT_CONFIG, PCTPredictor, VFConfig, finetune
+from medlsam_napari.state import state_for
+from medlsam_training.datasets import Case
+from medlsam_training.io import read_volume, write_mask
+from medlsam_training.vf.train import DEFAULT_CONFIG, PCTPredictor, VFConfig, finetune
+
+
+KEEP = "Keep existing masks (write only where none)"
+REPLACE = "Replace existing masks (previous copy kept)"
 
 
 class LossCurve(QWidget):
@@ -56,8 +61,9 @@ class FinetuneWidget(QWidget):
     def __init__(self, napari_viewer, project_dir: str | Path | None = None, config: str | Path | None = None):
         super().__init__()
         self.viewer = napari_viewer
+        self.state = state_for(napari_viewer)  # the project is shared with the annotator on this viewer
+        self.state.on_change(lambda what: self.refresh() if what == "project" and self.project else None)
         self.config_path = Path(config) if config else DEFAULT_CONFIG
-        self.project: Project | None = None
         self.checkpoint: Path | None = None
         self.worker = None
         self._cancel = threading.Event()
@@ -74,6 +80,8 @@ class FinetuneWidget(QWidget):
         self.train_btn.clicked.connect(self.start_training)
         self.cancel_btn.clicked.connect(self._cancel.set)
         self.predict_btn.clicked.connect(self.start_prediction)
+        self.existing = QComboBox()
+        self.existing.addItems([KEEP, REPLACE])  # what pre-segmentation does with masks already there
         self.bar, self.curve, self.status = QProgressBar(), LossCurve(), QLabel()
         self.status.setWordWrap(True)
         layout = QVBoxLayout(self)
@@ -91,7 +99,8 @@ class FinetuneWidget(QWidget):
         row.addWidget(self.train_btn)
         row.addWidget(self.cancel_btn)
         layout.addLayout(row)
-        for w in (self.bar, self.curve, QLabel("Volumes to pre-segment"), self.predict_list, self.predict_btn, self.status):
+        for w in (self.bar, self.curve, QLabel("Volumes to pre-segment"), self.predict_list, self.existing,
+                  self.predict_btn, self.status):
             layout.addWidget(w)
         self.bridge = _Bridge()
         self.bridge.progress.connect(self._on_progress)
@@ -109,8 +118,12 @@ class FinetuneWidget(QWidget):
         if path:
             self.init.setText(path)
 
+    @property
+    def project(self) -> Project | None:
+        return self.state.project
+
     def open_project(self, folder: str | Path) -> None:
-        self.project = Project.open(folder)
+        self.state.open_project(folder)
         self.refresh()
 
     def refresh(self) -> None:
@@ -211,8 +224,14 @@ class FinetuneWidget(QWidget):
     def _show_prediction(self, item) -> None:
         name, volume, labels = item
         self.viewer.add_labels(labels, **layer_kwargs(volume.with_array(labels), f"{name} PCT-Net", labels=True))
-        entry = self.project.entry(name)
-        if entry.status != "reviewed":  # never overwrite reviewed work
-            path = write_mask(labels, volume, self.project.mask_path(name))
-            self.project.set_status(name, "segmented", path)
-        self.status.setText(f"{name}: pre-segmented ({int(np.count_nonzero(labels))} voxels)")
+        p = self.project
+        entry, target = p.entry(name), p.mask_path(name)
+        if entry.status == "reviewed":  # never overwrite reviewed work
+            note = "reviewed: its mask is kept; the prediction is only a layer"
+        elif target.is_file() and self.existing.currentText() == KEEP:
+            note = "it already has a mask (maybe painted by hand): kept; the prediction is only a layer"
+        else:
+            backup = p.keep_previous_mask(name)
+            p.set_status(name, "segmented", write_mask(labels, volume, target))
+            note = f"saved{f'; the previous mask is in {backup.parent.name}/' if backup else ''}"
+        self.status.setText(f"{name}: pre-segmented ({int(np.count_nonzero(labels))} voxels); {note}")

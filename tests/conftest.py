@@ -34,3 +34,9 @@ def ct_example(shared_data: Path) -> Path:
 def ct_dicom(shared_data: Path) -> Path:
     """Upper-abdomen CT as a DICOM series with a RAS-stored NIfTI label."""
     return _require(shared_data / "ct" / "ts_dicom_abdomen")
+
+
+@pytest.fixture(scope="session")
+def openkbp(shared_data: Path) -> Path:
+    """OpenKBP head-and-neck CT with manual contours (nnU-Net layout); train-pats for templates only."""
+    return _require(shared_data / "ct_hn_openkbp")

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 from typer.testing import CliRunner
 
-from training.cli import app
-from training.io import read_volume
+from medlsam_training.cli import app
+from medlsam_training.io import read_volume
 
 runner = CliRunner()
 

@@ -13,9 +13,9 @@ if not os.environ.get("DISPLAY"):
                 allow_module_level=True)
 
 from medlsam_napari.project import Project  # noqa: E402
-from plugins.finetune_dock import FinetuneWidget  # noqa: E402
-from training.io import read_label, read_volume, write_mask  # noqa: E402
-from training.phantom import write_phantom_dataset  # noqa: E402
+from medlsam_plugins.finetune_dock import FinetuneWidget  # noqa: E402
+from medlsam_training.io import read_label, read_volume, write_mask  # noqa: E402
+from medlsam_training.phantom import write_phantom_dataset  # noqa: E402
 
 TINY_TOML = """[vf]
 spacing = 6.0
@@ -48,9 +48,32 @@ def test_dock_fine_tunes_and_presegments(make_napari_viewer, qtbot, tmp_path: Pa
     assert dock.checkpoint is not None and dock.checkpoint.is_file(), dock.status.text()
     assert len(dock.curve.values) == 20 and dock.bar.value() == 20
 
+    # one project per viewer: the annotator docked beside it works on the very same object
+    from medlsam_napari.annotator import AnnotatorWidget
+
+    annotator = AnnotatorWidget(viewer)
+    assert annotator.state.project is dock.project
+
+    # phantom_002 already has a mask painted by hand (not yet marked reviewed): the default keeps it
+    image = read_volume(project.volume_path("phantom_002"))
+    painted = np.zeros(image.array.shape, np.uint8)
+    painted[5:10, 20:30, 20:30] = 1
+    painted_path = write_mask(painted, image, dock.project.mask_path("phantom_002"))
+    dock.project.set_status("phantom_002", "segmented", painted_path)
     dock.start_prediction()
     qtbot.waitUntil(lambda: dock.worker is None, timeout=300_000)
     layer = viewer.layers["phantom_002 PCT-Net"]
-    assert layer.data.shape == read_volume(project.volume_path("phantom_002")).array.shape
+    assert layer.data.shape == image.array.shape
+    np.testing.assert_array_equal(read_label(dock.project.mask_path("phantom_002"), allow_empty=True).array, painted)
+    assert "kept" in dock.status.text()
+
+    # asked to replace: the new mask is written, the painted one is kept in masks/.previous/
+    from medlsam_plugins.finetune_dock import REPLACE
+
+    dock.existing.setCurrentText(REPLACE)
+    dock.start_prediction()
+    qtbot.waitUntil(lambda: dock.worker is None, timeout=300_000)
+    previous = dock.project.mask_path("phantom_002").parent / ".previous" / "phantom_002.nii.gz"
+    np.testing.assert_array_equal(read_label(previous, allow_empty=True).array, painted)
     assert Project.open(tmp_path).entry("phantom_002").status == "segmented"
     assert Project.open(tmp_path).entry("phantom_000").status == "reviewed"

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from training import io as vio
-from training.errors import (
+from medlsam_training import io as vio
+from medlsam_training.errors import (
     CorruptFileError,
     DimensionError,
     EmptyLabelError,
@@ -20,9 +20,9 @@ from training.errors import (
     VolumeReadError,
     VolumeTooLargeError,
 )
-from training.io import read_image_label, read_label, read_volume, write_mask, write_volume
-from training.resample import resample_to_reference, resample_to_spacing
-from training.volume import Volume
+from medlsam_training.io import read_image_label, read_label, read_volume, write_mask, write_volume
+from medlsam_training.resample import resample_to_reference, resample_to_spacing
+from medlsam_training.volume import Volume
 
 
 def _rotation(axis: np.ndarray, angle: float) -> np.ndarray:

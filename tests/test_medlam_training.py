@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from training.medlam.losses import mss_loss, rdr_loss
-from training.medlam.network import MedLAMNet
-from training.medlam.sampling import sample_batch
-from training.medlam.train import TrainConfig, export_weights, load_training_volumes, train
+from medlsam_training.medlam.losses import mss_loss, rdr_loss
+from medlsam_training.medlam.network import MedLAMNet
+from medlsam_training.medlam.sampling import sample_batch
+from medlsam_training.medlam.train import TrainConfig, export_weights, load_training_volumes, train
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +62,10 @@ def test_training_checkpoint_resumes_and_exports_small_fp16(shared_data: Path, t
     assert [int(r["step"]) for r in rows] == [1, 2, 3]  # resumed at step 2, not restarted
     state = torch.load(ckpt, weights_only=True)
     assert state["step"] == 3
+    # every random stream (numpy's and torch's: dropout, anchors) is restored: 2 + 1 steps == 3 steps
+    straight = train(TrainConfig(data=cfg.data, steps=3, batch_pairs=1, save_every=1), tmp_path / "straight.pt")
+    ref = torch.load(straight, weights_only=True)
+    assert all(torch.equal(ref["model"][k], state["model"][k]) for k in ref["model"]), "resumed run diverged"
     weights = export_weights(ckpt, tmp_path / "medlam_export.pt", {"data": cfg.data})
     assert weights.stat().st_size < 20e6
     exported = torch.load(weights, weights_only=True)
@@ -70,7 +74,7 @@ def test_training_checkpoint_resumes_and_exports_small_fp16(shared_data: Path, t
 
 def test_torchrun_ddp_on_two_cpu_processes(shared_data: Path, tmp_path: Path) -> None:
     torchrun = Path(sys.executable).with_name("torchrun")
-    cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "training.cli", "train-medlam",
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "medlsam_training.cli", "train-medlam",
            "--data", str(shared_data / "ct_unlabelled"), "--out", str(tmp_path / "ddp.pt"), "--steps", "1",
            "--batch-pairs", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

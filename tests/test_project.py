@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from medlsam_napari.project import SESSION_FILE, Project, ProjectError
-from training.extreme_points import ExtremePointsError
-from training.io import read_volume
-from training.phantom import write_phantom_dataset
+from medlsam_training.extreme_points import ExtremePointsError
+from medlsam_training.io import read_volume
+from medlsam_training.phantom import write_phantom_dataset
 
 
 @pytest.fixture()

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from training.boxes import Box3D
-from training.embedding_cache import content_key
-from training.errors import DimensionError
-from training.io import read_image_label
-from training.metrics import binary_metrics
-from training.propagate import PropagationConfig, VolumeSegmenter
-from training.segmenters import CheckpointError, load_segmenter
-from training.volume import Volume
+from medlsam_training.boxes import Box3D
+from medlsam_training.embedding_cache import content_key
+from medlsam_training.errors import DimensionError
+from medlsam_training.io import read_image_label
+from medlsam_training.metrics import binary_metrics
+from medlsam_training.propagate import PropagationConfig, VolumeSegmenter
+from medlsam_training.segmenters import CheckpointError, load_segmenter
+from medlsam_training.volume import Volume
 
 
 @pytest.fixture(scope="module")
@@ -105,3 +105,26 @@ def test_onnx_runtime_encoder_matches_pytorch(lite) -> None:
     with torch.inference_mode():
         ref = lite.model.image_encoder(x)
     assert torch.allclose(fast, ref, atol=1e-4)
+
+
+def test_review_prompts_past_the_slice_edge_are_clipped_not_wrapped(lite, dicom_ct) -> None:
+    image, label = dicom_ct
+    vs = VolumeSegmenter(image, lite)
+    z = image.array.shape[0] // 2
+    liver = label.array[z] == 5
+    ys, xs = np.nonzero(liver)
+    inside = np.array([xs.min(), ys.min(), xs.max(), ys.max()], float)
+    past_left = inside.copy()
+    past_left[0] = -40.0  # dragged past the left edge: must mean "from column 0", not wrap to the right side
+    clipped = inside.copy()
+    clipped[0] = 0.0
+    np.testing.assert_array_equal(vs.segment_volume_slice(z, past_left), vs.segment_volume_slice(z, clipped))
+    w, h = image.array.shape[2], image.array.shape[1]
+    past_right = np.array([inside[0], inside[1], w + 30.0, h + 30.0])  # used to raise IndexError
+    assert vs.segment_volume_slice(z, past_right).shape == liver.shape
+    with pytest.raises(ValueError, match="outside"):
+        vs.segment_volume_slice(z, np.array([-50.0, -50.0, -10.0, -10.0]))
+    # a point outside the slice is ignored, the ones inside are used
+    pts = np.array([[xs.mean(), ys.mean()], [-5.0, 10.0]])
+    np.testing.assert_array_equal(vs.segment_volume_slice(z, inside, pts, np.array([1, 1])),
+                                  vs.segment_volume_slice(z, inside, pts[:1], np.array([1])))

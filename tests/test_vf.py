@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from training.datasets import Case, find_cases
-from training.errors import DatasetError, GeometryMismatchError
-from training.io import read_label, read_volume, write_mask, write_volume
-from training.metrics import binary_metrics
-from training.phantom import write_phantom_dataset
-from training.segmenters import CheckpointError
-from training.vf.fusion import FusionConfig, fuse, fusion_sample
-from training.vf.pctnet import PCTNet
-from training.vf.train import PCTPredictor, VFConfig, finetune, load_matching, pretrain_vf
+from medlsam_training.datasets import Case, find_cases
+from medlsam_training.errors import DatasetError, GeometryMismatchError
+from medlsam_training.io import read_label, read_volume, write_mask, write_volume
+from medlsam_training.metrics import binary_metrics
+from medlsam_training.phantom import write_phantom_dataset
+from medlsam_training.segmenters import CheckpointError
+from medlsam_training.vf.fusion import FusionConfig, fuse, fusion_sample
+from medlsam_training.vf.pctnet import PCTNet
+from medlsam_training.vf.train import PCTPredictor, VFConfig, finetune, load_matching, pretrain_vf
 
 TINY = dict(spacing=6.0, crop=[16, 32, 32], channels=[4, 8, 16, 32, 64], heads=[1, 2, 4], window=2, batch=2,
             save_every=5, lr=2e-3)
@@ -35,7 +35,7 @@ def test_fused_voxels_carry_exactly_their_class_coefficient() -> None:
 
 
 def test_fusion_sample_from_real_ct(shared_data: Path) -> None:
-    from training.vf.train import prepare
+    from medlsam_training.vf.train import prepare
 
     vol = prepare(read_volume(shared_data / "ct_unlabelled" / "thorax_crop_1p5mm.nii.gz"), 3.0)
     x, y = fusion_sample(vol.array, np.random.default_rng(1))
@@ -98,3 +98,21 @@ def test_bad_inputs_name_the_problem(phantoms: Path, tmp_path: Path) -> None:
                       torch.load(foreign, weights_only=True)["model"])
     with pytest.raises(CheckpointError):
         PCTPredictor(tmp_path / "absent.pt")
+
+
+def test_a_resumed_run_equals_an_uninterrupted_one(phantoms: Path, tmp_path: Path) -> None:
+    """numpy's and torch's random streams are seeded from the config and restored from the checkpoint."""
+    cfg = dict(TINY, save_every=1)
+
+    def stop_at_step_2(done: int, total: int, message: str) -> None:
+        if done == 2:
+            raise InterruptedError("stopped as the dock's Cancel does")
+
+    torch.manual_seed(123)  # whatever the caller's torch state, the run is defined by its config
+    with pytest.raises(InterruptedError):
+        pretrain_vf(VFConfig(**cfg, steps=3), [phantoms], tmp_path / "resumed.pt", progress=stop_at_step_2)
+    torch.manual_seed(456)
+    resumed = pretrain_vf(VFConfig(**cfg, steps=3), [phantoms], tmp_path / "resumed.pt")
+    straight = pretrain_vf(VFConfig(**cfg, steps=3), [phantoms], tmp_path / "straight.pt")
+    a, b = (torch.load(p, weights_only=True)["model"] for p in (resumed, straight))
+    assert all(torch.equal(a[k], b[k]) for k in a), "the resumed run diverged from the uninterrupted one"

@@ -22,6 +22,19 @@ def compound_suffix(path: Path) -> str:
     return path.suffix
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux tells it (/proc), else set and restored."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``target`` with the same extension; on success it replaces target."""
@@ -36,6 +49,9 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
+        # mkstemp makes 0600 files; a saved mask or session must get the mode any new file gets (the
+        # user's umask), or keep the mode of the file it replaces
+        os.chmod(tmp, target.stat().st_mode & 0o7777 if target.exists() else 0o666 & ~current_umask())
         os.replace(tmp, target)
     finally:
         if tmp.exists():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 from typing import Optional
 
@@ -17,10 +19,12 @@ from .io import as_label, read_label, read_volume, write_volume
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="MedLSAM annotation tools: volume I/O, localization, SAM segmentation, training.")
 console = Console()
+err_console = Console(stderr=True)
 
 
 def _fail(exc: Exception) -> None:
-    console.print(f"[bold red]error:[/] {exc}")
+    # one line on stderr, never wrapped: scripts grep it, and a wrapped path is a broken path
+    err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True, highlight=False)
     raise typer.Exit(code=2)
 
 
@@ -123,6 +127,10 @@ def train_medlam(
     steps: Optional[int] = typer.Option(None, help="Override the number of steps."),
     batch_pairs: Optional[int] = typer.Option(None, help="Override patch pairs per step."),
     export: Optional[Path] = typer.Option(None, help="Also export fp16 inference weights here when done."),
+    split: Optional[str] = typer.Option(None, help="Only cases of this split where a folder's manifest.json "
+                                        "lists splits (e.g. train-pats)."),
+    init: Optional[Path] = typer.Option(None, help="Start a new run from these weights (ignored on resume)."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for torch (default: torch's)."),
 ) -> None:
     """Self-supervised MedLAM training (RDR + MSS). Multi-GPU/multi-node: launch with torchrun."""
     import platform
@@ -132,7 +140,8 @@ def train_medlam(
 
     from .medlam.train import DEFAULT_CONFIG, TrainConfig, export_weights, train
 
-    cfg = TrainConfig.load(config or DEFAULT_CONFIG, data=[str(d) for d in data], steps=steps, batch_pairs=batch_pairs)
+    cfg = TrainConfig.load(config or DEFAULT_CONFIG, data=[str(d) for d in data], steps=steps, batch_pairs=batch_pairs,
+                           split=split, init=str(init) if init else None, threads=threads)
     started = time.time()
     with _RichProgress("training MedLAM") as bar:
         ckpt = train(cfg, out, progress=bar)
@@ -170,7 +179,7 @@ def extreme_points(
         vol = read_volume(image)
         lab = read_label(label, vol)
         if value is None:
-            names = read_label_names(label.parent / "labels.json") if (label.parent / "labels.json").is_file() else {}
+            names = _label_names_near(label)
             matches = [v for v, n in names.items() if n == target]
             if not matches:
                 raise ValueError(f"{label}: no label named {target!r}; pass --value")
@@ -196,26 +205,33 @@ def localize(
     from .pipeline import localized_json, query_cases
 
     try:
+        loc = make_localizer(localizer, **({"device": _parse_device(device)} if localizer.startswith("medlam") else {}))
         tpls = load_templates(templates)
         cases = query_cases(queries, exclude={t.volume.path for t in tpls if t.volume.path})
-        loc = make_localizer(localizer, **({"device": _parse_device(device)} if localizer == "medlam" else {}))
     except (MedLSAMError, ValueError) as exc:
         _fail(exc)
     results, table = {}, Table(title=f"localization ({localizer})")
-    for col in ("query", "target", "box (voxels x0,y0,z0,x1,y1,z1)", "s"):
+    for col in ("query", "target", "status", "box (voxels x0,y0,z0,x1,y1,z1)", "spread mm", "s"):
         table.add_column(col)
+    failed = 0
     for case in cases:
         try:
             located = loc.localize(read_volume(case.image), tpls)
             results[str(case.image)] = {t.target: localized_json(t) for t in located}
             for t in located:
-                table.add_row(case.name, t.target, ",".join(map(str, t.box.as_list())), f"{t.seconds:.1f}")
+                table.add_row(case.name, t.target, t.status, ",".join(map(str, t.box.as_list())) if t.box else "-",
+                              f"{t.spread_mm:.1f}", f"{t.seconds:.1f}")
         except (MedLSAMError, ValueError, RuntimeError) as exc:
+            failed += 1
             results[str(case.image)] = {"error": f"{type(exc).__name__}: {exc}"}
-            table.add_row(case.name, "[red]failed[/]", str(exc)[:80], "")
+            table.add_row(case.name, "[red]failed[/]", "", str(exc)[:80], "", "")
     write_json_atomic(results, out)
     console.print(table)
     console.print(f"wrote {out}")
+    if failed:
+        err_console.print(f"[bold red]error:[/] {failed} of {len(cases)} queries failed", soft_wrap=True,
+                          highlight=False)
+        raise typer.Exit(code=1)
 
 
 def _segmenter(segmenter: str, device: Optional[str]):
@@ -243,11 +259,11 @@ def segment(
     from .propagate import PropagationConfig
 
     try:
+        config = PropagationConfig(mode=mode)  # options first: a typo must not cost a model load
+        loc = make_localizer(localizer, **({"device": _parse_device(device)} if localizer.startswith("medlam") else {}))
         tpls = load_templates(templates)
-        cases = query_cases(queries, exclude={t.volume.path for t in tpls if t.volume.path})
-        loc = make_localizer(localizer)
+        cases = query_cases(queries, exclude={t.volume.path for t in tpls if t.volume.path} | {out})
         seg = _segmenter(segmenter, device)
-        config = PropagationConfig(mode=mode)
     except (MedLSAMError, ValueError) as exc:
         _fail(exc)
     table = Table(title=f"MedLSAM: {len(cases)} queries, {localizer} + {seg.name}, mode {mode}")
@@ -261,7 +277,9 @@ def segment(
                           str(r.output) if r.output else (r.error or "")[:100])
     console.print(table)
     if failed:
-        console.print(f"[yellow]{failed} of {len(cases)} queries failed; see {out / 'medlsam_results.json'}[/]")
+        err_console.print(f"[bold red]error:[/] {failed} of {len(cases)} queries failed; see "
+                          f"{out / 'medlsam_results.json'}", soft_wrap=True, highlight=False)
+        raise typer.Exit(code=1)
 
 
 @app.command("segment-box")
@@ -303,7 +321,9 @@ def segment_box(
 def evaluate(
     pred: Path = typer.Option(..., "--pred", help="Folder of predicted label maps named <case>.nii.gz (or a file)."),
     gt: Path = typer.Option(..., "--gt", help="Dataset folder with ground truth (or a label file)."),
-    labels: Optional[str] = typer.Option(None, help="Comma-separated label values (default: those predicted)."),
+    labels: Optional[str] = typer.Option(None, help="Comma-separated label values (default: the labels the run "
+                                         "targeted, from medlsam_results.json, else every ground-truth and "
+                                         "predicted label)."),
     nsd_mm: float = typer.Option(2.0, help="Tolerance of the normalized surface distance (mm)."),
 ) -> None:
     """Dice, HD95 and NSD per organ and volume, with the mean per organ."""
@@ -312,6 +332,10 @@ def evaluate(
     from .metrics import label_metrics
 
     try:
+        for path, what in ((pred, "--pred"), (gt, "--gt")):
+            if not path.exists():
+                raise ValueError(f"{path}: no such file or folder ({what})")
+        targeted = _targeted_labels(pred)
         if pred.is_file():
             pairs = [(pred.name, pred, gt, {})]
         else:
@@ -330,7 +354,14 @@ def evaluate(
         for case, p, g, names in pairs:
             ref = read_label(g, allow_empty=True)
             prd = read_label(p, ref, allow_empty=True)
-            values = [int(v) for v in labels.split(",")] if labels else [int(v) for v in np.unique(prd.array) if v]
+            # an organ the run missed entirely must count (Dice 0), so never only the predicted labels
+            predicted = {int(v) for v in np.unique(prd.array) if v}
+            if labels:
+                values = [int(v) for v in labels.split(",")]
+            elif case in targeted:
+                values = sorted(targeted[case] | predicted)
+            else:
+                values = sorted(predicted | {int(v) for v in np.unique(ref.array) if v})
             for v, m in label_metrics(prd.array, ref.array, ref.spacing_zyx, values, nsd_mm).items():
                 per_label.setdefault(v, []).append(m["dice"])
                 table.add_row(case, str(v), names.get(v, ""), f"{m['dice']:.3f}", f"{m['hd95']:.1f}", f"{m['nsd']:.3f}")
@@ -339,6 +370,19 @@ def evaluate(
     except (MedLSAMError, ValueError) as exc:
         _fail(exc)
     console.print(table)
+
+
+def _targeted_labels(pred: Path) -> dict[str, set[int]]:
+    """Per case, the label values a MedLSAM run was asked for (its medlsam_results.json), if it left one."""
+    summary = (pred if pred.is_dir() else pred.parent) / "medlsam_results.json"
+    if not summary.is_file():
+        return {}
+    try:
+        data = json.loads(summary.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{summary}: unreadable run summary ({exc})") from exc
+    return {case: {int(t["label"]) for t in entry.get("targets", {}).values() if t.get("label")}
+            for case, entry in data.items() if isinstance(entry, dict)}
 
 
 @app.command("pretrain-vf")
@@ -433,8 +477,36 @@ def predict(
             console.print(f"[red]{case.name}: failed: {exc}[/]")
 
 
+#: options that take several values; ``-t a.json b.json`` (a shell glob) means ``-t a.json -t b.json``
+LIST_OPTIONS = frozenset({"-t", "--templates", "-q", "--queries", "--data"})
+
+
+def expand_list_options(argv: list[str]) -> list[str]:
+    """Repeat a list option's flag before each further value given after it."""
+    out: list[str] = []
+    current = None
+    for tok in argv:
+        if tok.startswith("-") and tok != "-":
+            current = tok if tok in LIST_OPTIONS else None
+        elif current is not None and out[-1] != current:
+            out.append(current)
+        out.append(tok)
+    return out
+
+
+def _label_names_near(label: Path) -> dict[int, str]:
+    """Label names from labels.json beside the label map, or an nnU-Net/MSD dataset.json one or two levels up."""
+    for candidate in (label.parent / "labels.json", label.parent / "dataset.json",
+                      label.parent.parent / "dataset.json"):
+        if candidate.is_file():
+            return read_label_names(candidate)
+    return {}
+
+
 def main() -> None:
-    app()
+    import sys
+
+    app(args=expand_list_options(sys.argv[1:]), prog_name="medlsam")
 
 
 if __name__ == "__main__":

@@ -129,11 +129,24 @@ def _flat_pairs(folder: Path, root: Path) -> list[Case]:
     return cases
 
 
+def _is_dicom_folder(folder: Path) -> bool:
+    import SimpleITK as sitk
+
+    if not any(p.is_file() and p.suffix.lower() not in (".json", ".txt", ".csv", ".md") for p in folder.iterdir()):
+        return False
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # "no series found" is an answer here, not a warning
+    try:
+        return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+
+
 def _loose_volumes(folder: Path) -> list[Case]:
     """Unlabelled volumes: every non-label volume file, or the folder itself if it is a DICOM series."""
     files = _volume_files(folder)
-    if any(p.suffix.lower() == ".dcm" for p in files):
-        return [Case(folder.name, folder)]
+    if any(p.suffix.lower() == ".dcm" for p in files) or (not files and _is_dicom_folder(folder)):
+        return [Case(folder.name, folder)]  # DICOM files often have no extension at all
     hints = tuple(f"_{h}" for h in _LABEL_STEMS)
     return [Case(_stem(p), p) for p in files if not _stem(p).lower().endswith(hints) and _stem(p).lower() not in _LABEL_STEMS]
 

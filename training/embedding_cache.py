@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -25,9 +27,49 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("MEDLSAM_CACHE", Path.home() / ".cache" / "medlsam-napari")) / "embeddings"
 
 
+def disk_limit_bytes() -> int:
+    """Disk the embedding cache may use (``MEDLSAM_CACHE_GB``, default 5 GB); older volumes go first."""
+    return int(float(os.environ.get("MEDLSAM_CACHE_GB", "5")) * 1e9)
+
+
+def memory_slices() -> int:
+    """Slice embeddings kept in RAM per volume (``MEDLSAM_CACHE_SLICES``, default 96: about 0.4 GB for
+    LiteMedSAM's 4 MiB embeddings); the rest are read back from disk when needed."""
+    return max(8, int(os.environ.get("MEDLSAM_CACHE_SLICES", "96")))
+
+
+def prune_cache(cache_dir: Path, max_bytes: int, keep: str | None = None) -> list[Path]:
+    """Delete whole volumes' embedding folders, least recently used first, until the cache fits ``max_bytes``."""
+    if not cache_dir.is_dir():
+        return []
+    folders = []
+    for d in cache_dir.iterdir():
+        if d.is_dir():
+            files = list(d.glob("*.npy"))
+            size = sum(f.stat().st_size for f in files)
+            last = max((f.stat().st_mtime for f in files), default=d.stat().st_mtime)
+            folders.append((last, size, d))
+    total = sum(size for _, size, _ in folders)
+    removed = []
+    for _, size, d in sorted(folders):
+        if total <= max_bytes:
+            break
+        if d.name == keep:
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        total -= size
+        removed.append(d)
+    return removed
+
+
+#: bumped whenever slice preparation changes, so that embeddings made the old way are never reused
+PREPARATION_VERSION = 2  # 2: normalize before padding; MedSAM stretched to S x S
+
+
 def content_key(unit_volume: np.ndarray, segmenter: Segmenter, extra: str = "") -> str:
     h = hashlib.blake2b(digest_size=16)
-    h.update(str((unit_volume.shape, str(unit_volume.dtype), segmenter.cache_id, extra)).encode())
+    h.update(str((unit_volume.shape, str(unit_volume.dtype), segmenter.cache_id, extra,
+                  PREPARATION_VERSION, getattr(segmenter, "stretch", False))).encode())
     h.update(np.ascontiguousarray(unit_volume).data)
     return h.hexdigest()
 
@@ -43,7 +85,17 @@ class SliceEmbeddings:
         self.key = content_key(unit_volume, segmenter, extra_key)
         self.folder = (Path(cache_dir) / self.key) if cache_dir is not None else None
         self.batch_size = batch_size
-        self._memory: dict[int, torch.Tensor] = {}
+        # with no disk cache an evicted embedding would have to be encoded again: keep them all then
+        self.memory_slices = memory_slices() if self.folder is not None else 1 << 30
+        self._memory: OrderedDict[int, torch.Tensor] = OrderedDict()  # least recently used first
+        if cache_dir is not None:
+            prune_cache(Path(cache_dir), disk_limit_bytes(), keep=self.key)
+
+    def _remember(self, z: int, emb: torch.Tensor) -> None:
+        self._memory[z] = emb
+        self._memory.move_to_end(z)
+        while len(self._memory) > self.memory_slices:
+            self._memory.popitem(last=False)
 
     def _file(self, z: int) -> Path | None:
         return self.folder / f"slice_{z:04d}.npy" if self.folder is not None else None
@@ -56,6 +108,7 @@ class SliceEmbeddings:
         """The (C, h, w) embedding of slice z, encoding it if no cache holds it."""
         if z not in self._memory:
             self.ensure([z])
+        self._memory.move_to_end(z)
         return self._memory[z]
 
     def ensure(self, zs: Iterable[int], progress: ProgressFn | None = None,
@@ -71,7 +124,7 @@ class SliceEmbeddings:
                 continue
             if f is not None and f.is_file():
                 try:
-                    self._memory[z] = torch.from_numpy(np.load(f).astype(np.float32))
+                    self._remember(z, torch.from_numpy(np.load(f).astype(np.float32)))
                     continue
                 except (OSError, ValueError):
                     f.unlink(missing_ok=True)  # damaged cache entry: recompute
@@ -85,7 +138,7 @@ class SliceEmbeddings:
             batch = todo[i:i + self.batch_size]
             images = torch.stack([self.segmenter.prepare(self.frame, self.unit[z]) for z in batch])
             for z, emb in zip(batch, self.segmenter.encode(images)):
-                self._memory[z] = emb
+                self._remember(z, emb)
                 self._store(z, emb)
             done += len(batch)
             if progress:

@@ -141,8 +141,15 @@ class ExtremePoints:
         path = Path(path)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as exc:
+            raise ExtremePointsError(f"{path}: not an extreme-points JSON file (binary content: an image or a "
+                                     "label map? make one with 'medlsam extreme-points')") from exc
+        except IsADirectoryError as exc:
+            raise ExtremePointsError(f"{path}: a folder, not an extreme-points JSON file") from exc
         except (OSError, json.JSONDecodeError) as exc:
-            raise ExtremePointsError(f"{path}: unreadable extreme-points file ({exc})") from exc
+            raise ExtremePointsError(f"{path}: not a readable extreme-points JSON file ({exc})") from exc
+        if not isinstance(data, dict):
+            raise ExtremePointsError(f"{path}: not an extreme-points JSON file (it holds a {type(data).__name__})")
         return cls.from_json(data, str(path))
 
     @classmethod

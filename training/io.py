@@ -22,6 +22,7 @@ from .errors import (
     DimensionError,
     EmptyLabelError,
     GeometryMismatchError,
+    NaNVoxelsError,
     UnsupportedFormatError,
     VolumeReadError,
     VolumeTooLargeError,
@@ -71,7 +72,7 @@ def read_volume(
                 f"{path}: unknown volume format '{suffix or path.name}'; "
                 f"readable are {', '.join(READ_SUFFIXES)} and DICOM series folders"
             )
-        volume = _read_file(path, max_voxels=max_voxels)
+        volume = _read_file(path, max_voxels=max_voxels, allow_nan=allow_nan)
     if not allow_nan:
         volume.require_finite()
     return volume
@@ -96,7 +97,7 @@ def _check_header(path: Path, dimension: int, size: tuple[int, ...], components:
         )
 
 
-def _read_file(path: Path, max_voxels: int) -> Volume:
+def _read_file(path: Path, max_voxels: int, allow_nan: bool = False) -> Volume:
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -108,6 +109,8 @@ def _read_file(path: Path, max_voxels: int) -> Volume:
     _check_header(path, reader.GetDimension(), reader.GetSize(), reader.GetNumberOfComponents(), max_voxels)
     if compound_suffix(path).lower() in (".nii", ".nii.gz"):
         _check_nifti_complete(path)
+        if not allow_nan:
+            _check_nifti_finite(path)
     try:
         image = reader.Execute()
     except RuntimeError as exc:
@@ -136,6 +139,19 @@ def _check_nifti_complete(path: Path) -> None:
         raise CorruptFileError(f"{path}: the file is truncated or corrupt ({exc})") from exc
     if available < needed:
         raise CorruptFileError(f"{path}: the file is truncated ({available} of {needed} bytes)")
+
+
+def _check_nifti_finite(path: Path) -> None:
+    """ITK's NIfTI reader turns NaN and inf voxels into 0 before anyone can see them: look at the raw data."""
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    if not np.issubdtype(img.header.get_data_dtype(), np.floating):
+        return
+    bad = int(np.count_nonzero(~np.isfinite(np.asanyarray(img.dataobj))))
+    if bad:
+        raise NaNVoxelsError(f"{path}: {bad} of {int(np.prod(img.shape))} voxels are NaN or infinite; "
+                             "fix or mask them before processing")
 
 
 def _read_nifti_nibabel(path: Path, max_voxels: int) -> Volume:
@@ -181,6 +197,7 @@ def _read_dicom_series(folder: Path, max_voxels: int, series_uid: str | None) ->
     files = reader.GetGDCMSeriesFileNames(str(folder), series_uid)
     if len(files) < 2:
         raise DimensionError(f"{folder}: the DICOM series has a single slice; a 3D volume is needed")
+    _check_slice_positions(folder, files)
     first = sitk.ImageFileReader()
     first.SetFileName(files[0])
     try:
@@ -201,6 +218,41 @@ def _read_dicom_series(folder: Path, max_voxels: int, series_uid: str | None) ->
     except RuntimeError as exc:
         raise CorruptFileError(f"{folder}: the DICOM series could not be read ({_first_line(exc)})") from exc
     return Volume.from_sitk(image, path=folder, meta=meta)
+
+
+#: slice gaps may differ from their median by this fraction before the series counts as uneven
+SLICE_GAP_TOLERANCE = 0.1
+
+
+def _check_slice_positions(folder: Path, files: tuple[str, ...] | list[str]) -> None:
+    """Refuse a series whose slices are not evenly spaced (a missing slice, mixed thicknesses, duplicates).
+
+    ITK stacks them on a uniform grid with only a warning on stderr, which misplaces every slice after a gap.
+    """
+    positions, normal = [], None
+    for name in files:
+        r = sitk.ImageFileReader()
+        r.SetFileName(name)
+        try:
+            r.ReadImageInformation()
+            ipp = [float(v) for v in r.GetMetaData("0020|0032").split("\\")]
+            if normal is None:
+                iop = [float(v) for v in r.GetMetaData("0020|0037").split("\\")]
+                normal = np.cross(iop[:3], iop[3:])
+        except (RuntimeError, ValueError):
+            return  # no usable position tags (secondary capture, some MR): nothing to check against
+        positions.append(float(np.dot(ipp, normal)))
+    gaps = np.diff(np.sort(positions))
+    median = float(np.median(gaps))
+    if median <= 0 or np.any(gaps < 1e-3):
+        raise CorruptFileError(f"{folder}: the DICOM series has slices at the same position (duplicates or "
+                               "several series mixed); keep one series per folder")
+    bad = np.abs(gaps - median) > SLICE_GAP_TOLERANCE * median
+    if bad.any():
+        i = int(np.argmax(np.abs(gaps - median)))
+        raise CorruptFileError(f"{folder}: the DICOM slices are unevenly spaced ({gaps.min():.2f} to "
+                               f"{gaps.max():.2f} mm, median {median:.2f} mm; largest gap after slice {i + 1} of {len(files)}): a slice "
+                               "is missing or thicknesses are mixed; a uniform grid would misplace the slices")
 
 
 def read_label(
@@ -256,7 +308,7 @@ def align_label_to_image(label: Volume, image: Volume, tol: float = 1e-3) -> Vol
         raise GeometryMismatchError(
             f"{label.name} does not lie on the voxel grid of {image.name}:\n"
             f"  image: {ig.describe()}\n  label: {lg.describe()}\n"
-            "resample it explicitly (training.resample.resample_to_reference) if that is intended"
+            "resample it explicitly (medlsam_training.resample.resample_to_reference) if that is intended"
         )
     resampled = sitk.Resample(label.to_sitk(), image.to_sitk(), sitk.Transform(), sitk.sitkNearestNeighbor, 0)
     return image.with_array(sitk.GetArrayFromImage(resampled).astype(label.array.dtype), path=label.path,

@@ -25,11 +25,12 @@ from .embedding_cache import ProgressFn
 from .errors import MedLSAMError
 from .io import is_volume_path, read_volume, write_mask
 from .localize import LocalizedTarget, Localizer, Template
-from .propagate import PropagationConfig, VolumeSegmenter
+from .propagate import PropagationConfig, VolumeSegmenter, for_target
 from .segmenters import Segmenter
 from .volume import Volume
 
 log = logging.getLogger(__name__)
+RESULTS_NAME = "medlsam_results.json"  # the run summary written beside a run's masks
 
 
 @dataclass
@@ -51,8 +52,12 @@ class QueryResult:
 
 
 def localized_json(t: LocalizedTarget) -> dict[str, Any]:
-    return {"label": t.label, "box": t.box.as_list(), "sub_boxes": [b.as_list() for b in t.sub_boxes],
-            "points_mm": np.round(t.points_mm, 3).tolist(), "method": t.method, "seconds": round(t.seconds, 3)}
+    return {"label": t.label, "status": t.status, "box": t.box.as_list() if t.box else None,
+            "sub_boxes": [b.as_list() for b in t.sub_boxes], "points_mm": np.round(t.points_mm, 3).tolist(),
+            "method": t.method, "seconds": round(t.seconds, 3), "templates": t.templates,
+            "spread_mm": round(t.spread_mm, 2),
+            "similarity": None if t.similarity is None or not np.isfinite(t.similarity) else round(t.similarity, 3),
+            "unknown_faces": t.unknown_faces}
 
 
 def target_labels(templates: list[Template]) -> dict[str, int]:
@@ -75,8 +80,15 @@ def query_cases(sources: list[str | os.PathLike[str]], exclude: set[Path] = froz
             cases.append(Case(src.name.split(".")[0] if src.is_file() else src.name, src))
         else:
             cases.extend(find_cases(src))
-    excluded = {p.resolve() for p in exclude}
-    return [c for c in cases if c.image.resolve() not in excluded]
+    excluded = {Path(p).resolve() for p in exclude}
+
+    def skip(image: Path) -> bool:
+        image = image.resolve()
+        # a template, anything inside an excluded folder (the run's own output), or a folder of
+        # predictions from an earlier run (it holds a run summary): never a query
+        return (image in excluded or any(e in image.parents for e in excluded)
+                or any((d / RESULTS_NAME).is_file() for d in image.parents))
+    return [c for c in cases if not skip(c.image)]
 
 
 def segment_query(
@@ -96,10 +108,13 @@ def segment_query(
     vs = VolumeSegmenter(query, segmenter, cache_dir=cache_dir)
     label_map = np.zeros(query.array.shape, np.uint16 if max(labels.values()) > 255 else np.uint8)
     for t in located:
+        if t.box is None:
+            log.warning("%s: %s not found in this scan; nothing segmented for it", query.name, t.target)
+            continue
         boxes = t.sub_boxes if config.mode == "spl" and t.sub_boxes else [t.box]
         if config.mode == "spl" and not t.sub_boxes:
             log.warning("%s: no z-slabs on the templates of %s; using one box (wpl)", query.name, t.target)
-        mask = vs.propagate(boxes, config, progress, cancelled)
+        mask = vs.propagate(boxes, for_target(config, t.target), progress, cancelled)
         label_map[mask] = labels[t.target]
     return label_map, located
 
@@ -119,7 +134,7 @@ def run_queries(
     """Segment every case into ``out_dir/<case>.nii.gz``; yields one result per case as it finishes."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary_path = out_dir / "medlsam_results.json"
+    summary_path = out_dir / RESULTS_NAME
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     for i, case in enumerate(cases):
         if cancelled and cancelled():

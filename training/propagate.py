@@ -13,8 +13,9 @@ were trained); masks are mapped back to the volume's own grid exactly.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -29,6 +30,7 @@ from .segmenters import Prediction, Segmenter
 from .slice_prep import Window, scale_to_unit, window_for_modality
 from .volume import Volume, orient
 
+log = logging.getLogger(__name__)
 Mode = Literal["wpl", "spl", "mask"]
 
 
@@ -39,8 +41,14 @@ class PropagationConfig:
     min_area_px: int = 10  # 'mask' mode stops where the mask falls below this
     min_score: float = 0.0  # slices whose predicted IoU is lower are left empty
     z_extend: int = 0  # 'mask' mode may go this many slices beyond the box's z-range
-    largest_component: bool = True
+    #: keep only the largest 3D component: True, False, or None to decide per target by its name
+    #: (:func:`single_part_target`), so that bowel, paired organs under one label and lesions keep every part
+    largest_component: bool | None = None
     fill_holes: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("wpl", "spl", "mask"):
+            raise ValueError(f"unknown propagation mode {self.mode!r}: wpl, spl or mask")
 
 
 def box_2d(box: Box3D, margin: int = 0) -> np.ndarray:
@@ -61,9 +69,28 @@ def transform_box(box: Box3D, src: Volume, dst: Volume) -> Box3D:
     return box_from_physical(lo, hi, dst.geometry)
 
 
-def clean_mask(mask: np.ndarray, largest_component: bool = True, fill_holes: bool = True) -> np.ndarray:
+#: words of target names made of several separate parts in 3D
+MULTI_PART_WORDS = ("bowel", "colon", "intestin", "duoden", "lesion", "tumo", "metasta", "nodule", "lymph", "cyst",
+                    "rib", "vertebrae", "kidneys", "lungs", "parotids", "glands", "vessels", "bones", "muscles",
+                    "stone", "calcif", "polyp", "fragment")
+
+
+def single_part_target(name: str) -> bool:
+    """Whether a target is one connected organ (liver, spleen) rather than several parts (bowel, lesions)."""
+    low = name.lower()
+    return not any(word in low for word in MULTI_PART_WORDS)
+
+
+def for_target(config: "PropagationConfig", target: str) -> "PropagationConfig":
+    """The config with the largest-component choice made for this target when it was left automatic."""
+    if config.largest_component is not None:
+        return config
+    return replace(config, largest_component=single_part_target(target))
+
+
+def clean_mask(mask: np.ndarray, largest_component: bool | None = True, fill_holes: bool = True) -> np.ndarray:
     """Keep the largest 3D connected component and fill holes slice by slice."""
-    if largest_component and mask.any():
+    if largest_component is not False and mask.any():  # None (undecided): one organ, as before
         labels, n = ndimage.label(mask)
         if n > 1:
             sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, n + 1))
@@ -211,12 +238,28 @@ class VolumeSegmenter:
                              point_labels: np.ndarray | None = None) -> np.ndarray:
         """Re-segment slice ``z`` of the volume's own array from a box [x0, y0, x1, y1] and/or points (x, y)."""
         kz, cy, cx = self._slice_map(z)
-        to_c = lambda x, y: (cx[int(y), int(x)], cy[int(y), int(x)])  # noqa: E731
+        h, w = cy.shape
+        to_c = lambda x, y: (cx[y, x], cy[y, x])  # noqa: E731
         cbox = None
         if box is not None:
-            (ax, ay), (bx, by) = to_c(box[0], box[1]), to_c(box[2], box[3])
+            # a box dragged past the slice's edge is clipped to it (a negative index would wrap around)
+            x0, x1 = np.clip(np.round([min(box[0], box[2]), max(box[0], box[2])]), 0, w - 1).astype(int)
+            y0, y1 = np.clip(np.round([min(box[1], box[3]), max(box[1], box[3])]), 0, h - 1).astype(int)
+            if x0 == x1 or y0 == y1:
+                raise ValueError(f"the box {np.round(box, 1).tolist()} lies outside the {w}x{h} slice")
+            (ax, ay), (bx, by) = to_c(x0, y0), to_c(x1, y1)
             cbox = np.array([min(ax, bx), min(ay, by), max(ax, bx), max(ay, by)])
-        cpts = None if points is None else np.array([to_c(x, y) for x, y in np.asarray(points)])
+        cpts = None
+        if points is not None:
+            pts = np.round(np.asarray(points, float)).astype(int)
+            inside = (pts[:, 0] >= 0) & (pts[:, 0] < w) & (pts[:, 1] >= 0) & (pts[:, 1] < h)
+            if not inside.all():
+                log.warning("%d prompt point(s) outside the slice ignored", int((~inside).sum()))
+            if inside.any():
+                cpts = np.array([to_c(x, y) for x, y in pts[inside]])
+                point_labels = None if point_labels is None else np.asarray(point_labels)[inside]
+        if cbox is None and cpts is None:
+            raise ValueError("no prompt inside the slice")
         pred = self.segment_slice(kz, cbox, cpts, point_labels)
         return pred.mask[cy, cx]
 

@@ -125,6 +125,7 @@ class Segmenter:
         self.cache_id = cache_id
         self.encoder_calls = 0  # slices encoded, for tests and benchmarks
         self.encoder_backend = encoder_backend
+        self.stretch = False  # MedSAM: plain resize to S x S (see SliceFrame)
         self._onnx: OnnxEncoder | None | bool = None  # None: not tried yet; False: unavailable
 
     def _onnx_encoder(self) -> OnnxEncoder | None:
@@ -142,11 +143,11 @@ class Segmenter:
         return self._onnx or None
 
     def frame(self, height: int, width: int) -> SliceFrame:
-        return SliceFrame(height, width, self.input_size)
+        return SliceFrame(height, width, self.input_size, self.stretch)
 
     def prepare(self, frame: SliceFrame, slice_unit: np.ndarray) -> torch.Tensor:
         """A [0, 1] slice -> normalized (3, S, S) model input."""
-        return self.normalize(frame.image_tensor(slice_unit))
+        return frame.image_tensor(slice_unit, self.normalize)
 
     @torch.inference_mode()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -247,6 +248,7 @@ def load_sam(checkpoint: str | os.PathLike[str], device: Any = None, preprocess:
     normalize = _minmax if preprocess == "medsam" else _sam_normalize
     seg = Segmenter(model, 1024, normalize, f"{model_type}-{preprocess}-{_file_digest(path)}", device)
     seg.name = f"{preprocess}-{model_type}"
+    seg.stretch = preprocess == "medsam"
     return seg
 
 

@@ -8,6 +8,7 @@ low-resolution mask logits back to a full-size slice mask.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,36 +55,55 @@ class SliceFrame:
     height: int
     width: int
     input_size: int
+    #: MedSAM's preparation: a plain resize to S x S (aspect not kept, no padding); SAM and LiteMedSAM keep
+    #: the aspect (longest side to S) and pad bottom/right
+    stretch: bool = False
 
     @property
     def scale(self) -> float:
         return self.input_size / max(self.height, self.width)
 
     @property
+    def scale_xy(self) -> np.ndarray:
+        if self.stretch:
+            return np.array([self.input_size / self.width, self.input_size / self.height])
+        return np.array([self.scale, self.scale])
+
+    @property
     def resized(self) -> tuple[int, int]:
+        if self.stretch:
+            return self.input_size, self.input_size
         return int(self.height * self.scale + 0.5), int(self.width * self.scale + 0.5)
 
     def box_to_model(self, box_xyxy: np.ndarray) -> np.ndarray:
         """Pixel box [x0, y0, x1, y1] (inclusive pixel indices) -> model-frame box (continuous)."""
         b = np.asarray(box_xyxy, dtype=np.float64)
-        return np.array([b[0], b[1], b[2] + 1, b[3] + 1]) * self.scale
+        return np.array([b[0], b[1], b[2] + 1, b[3] + 1]) * np.tile(self.scale_xy, 2)
 
     def box_from_model(self, box: np.ndarray) -> np.ndarray:
         """Inverse of :meth:`box_to_model`."""
-        b = np.asarray(box, dtype=np.float64) / self.scale
+        b = np.asarray(box, dtype=np.float64) / np.tile(self.scale_xy, 2)
         return np.array([b[0], b[1], b[2] - 1, b[3] - 1])
 
     def points_to_model(self, points_xy: np.ndarray) -> np.ndarray:
         """Pixel centres (x, y) -> model frame."""
-        return (np.asarray(points_xy, dtype=np.float64) + 0.5) * self.scale
+        return (np.asarray(points_xy, dtype=np.float64) + 0.5) * self.scale_xy
 
-    def image_tensor(self, slice_unit: np.ndarray) -> torch.Tensor:
-        """A [0, 1] slice (H, W) -> (3, S, S) tensor: resized longest side, padded bottom/right."""
+    def image_tensor(self, slice_unit: np.ndarray,
+                     normalize: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """A [0, 1] slice (H, W) -> (3, S, S) tensor: resized, normalized, then padded bottom/right with 0.
+
+        Normalizing before padding is the references' order: padding first would add zeros to a
+        min-max normalization's minimum and shift SAM's mean/std normalization of the image.
+        """
         t = torch.from_numpy(np.ascontiguousarray(slice_unit, dtype=np.float32))[None, None]
         h, w = self.resized
         t = F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+        t = t.expand(1, 3, h, w)
+        if normalize is not None:
+            t = normalize(t)
         t = F.pad(t, (0, self.input_size - w, 0, self.input_size - h))
-        return t[0].expand(3, -1, -1)
+        return t[0]
 
     def logits_to_slice(self, low_res_logits: torch.Tensor) -> torch.Tensor:
         """Low-resolution mask logits (..., h, w) -> logits at the slice's full size (H, W)."""

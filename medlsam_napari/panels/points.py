@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from qtpy.QtWidgets import QComboBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
-from training.extreme_points import POINT_NAMES, POINT_PROMPTS
+from medlsam_training.extreme_points import POINT_NAMES, POINT_PROMPTS
 
 from ..project import ProjectError
 from ..state import AnnotatorState

@@ -6,13 +6,14 @@ from __future__ import annotations
 import numpy as np
 from qtpy.QtWidgets import QGridLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
-from training.propagate import PropagationConfig, VolumeSegmenter
+from medlsam_training.propagate import PropagationConfig, VolumeSegmenter
 
 from ..jobs import load_models
 from ..state import PROMPT_LAYER, AnnotatorState
 from ._messages import show_error
 
 POSITIVE, NEGATIVE = "SAM + points", "SAM − points"
+VISITED_VOLUMES_KEPT = 2  # volumes whose embeddings stay in RAM for instant re-prompting
 
 
 class ReviewPanel(QWidget):
@@ -85,9 +86,12 @@ class ReviewPanel(QWidget):
     def _prompts(self, z: int) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
         viewer = self.state.viewer
         box = None
-        if PROMPT_LAYER in viewer.layers and len(viewer.layers[PROMPT_LAYER].data):
-            corners = np.asarray(viewer.layers[PROMPT_LAYER].data[-1])
-            box = np.array([corners[:, 2].min(), corners[:, 1].min(), corners[:, 2].max(), corners[:, 1].max()])
+        if PROMPT_LAYER in viewer.layers:
+            # the last box drawn on this slice; boxes drawn on other slices are not this slice's prompt
+            on_slice = [np.asarray(c) for c in viewer.layers[PROMPT_LAYER].data if round(float(np.mean(c[:, 0]))) == z]
+            if on_slice:
+                corners = on_slice[-1]
+                box = np.array([corners[:, 2].min(), corners[:, 1].min(), corners[:, 2].max(), corners[:, 1].max()])
         pts, labels = [], []
         for name, value in ((POSITIVE, 1), (NEGATIVE, 0)):
             if name in viewer.layers:
@@ -101,10 +105,15 @@ class ReviewPanel(QWidget):
         name = self.state.volume_name
         if name not in self.state.volume_segmenters:
             _, segmenter = load_models(self.state.project, self.state.segmenter_cache)
-            from training.embedding_cache import default_cache_dir
+            from medlsam_training.embedding_cache import default_cache_dir
 
-            self.state.volume_segmenters[name] = VolumeSegmenter(self.state.volume, segmenter, cache_dir=default_cache_dir())
-        return self.state.volume_segmenters[name]
+            self.state.volume_segmenters[name] = VolumeSegmenter(self.state.volume, segmenter,
+                                                                 cache_dir=default_cache_dir())
+        cache = self.state.volume_segmenters
+        cache.move_to_end(name)
+        while len(cache) > VISITED_VOLUMES_KEPT:
+            cache.popitem(last=False)
+        return cache[name]
 
     def _target_label(self) -> int | None:
         p = self.state.project

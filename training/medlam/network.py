@@ -55,11 +55,18 @@ class MedLAMNet(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """-> position code (B, 3) and L2-normalised features [(B, C, P/4^3), (B, C, P/2^3)]."""
         s = self.encode(x)
+        return self.head(s[4]), self._decode(s)
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Fully convolutional features of any input whose sides are multiples of 16 (no position head)."""
+        return self._decode(self.encode(x))
+
+    def _decode(self, s: list[torch.Tensor]) -> list[torch.Tensor]:
         up = lambda t: F.interpolate(t, scale_factor=2, mode="trilinear", align_corners=False)  # noqa: E731
         d8 = self.dec8(torch.cat([up(s[4]), s[3]], 1))
         d16 = self.dec16(torch.cat([up(d8), s[2]], 1))
         d32 = self.dec32(torch.cat([up(d16), s[1]], 1))
-        return self.head(s[4]), [F.normalize(d16, dim=1), F.normalize(d32, dim=1)]
+        return [F.normalize(d16, dim=1), F.normalize(d32, dim=1)]
 
     def offset_mm(self, f_a: torch.Tensor, f_b: torch.Tensor) -> torch.Tensor:
         """Predicted physical offset a - b in mm (x, y, z)."""

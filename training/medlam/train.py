@@ -7,6 +7,7 @@ steps; starting again with the same output continues where it stopped.  A CSV lo
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
 import time
@@ -22,6 +23,7 @@ from ..atomic import atomic_path, write_json_atomic
 from ..config_file import load_config
 from ..datasets import find_cases
 from ..io import read_volume
+from ..segmenters import load_state_dict
 from ..lr_schedule import set_lr, warmup_cosine
 from .losses import mss_loss, rdr_loss
 from .network import MedLAMNet
@@ -43,17 +45,37 @@ class TrainConfig:
     seed: int = 0
     mss_anchors: int = 20
     threads: int = 0  # 0: torch's default
+    #: keep only cases of this split where a data folder has a ``manifest.json`` with per-case splits
+    #: (OpenKBP: train on ``train-pats``, never on the ``validation-pats`` that benchmarks report on)
+    split: str = ""
+    #: start a new run from these weights (a previous export or checkpoint); ignored when resuming
+    init: str = ""
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None, **overrides: Any) -> "TrainConfig":
         return load_config(cls, "medlam", path, overrides, "MedLAM training")
 
 
-def load_training_volumes(folders: list[str]) -> list[PreparedCT]:
-    """Every CT volume under the folders (labels unused), prepared on MedLAM's grid."""
+def _split_members(folder: Path, split: str) -> set[str] | None:
+    """Case names of ``split`` from the folder's ``manifest.json``, or None when it has no split list."""
+    manifest = folder / "manifest.json"
+    if not split or not manifest.is_file():
+        return None
+    cases = json.loads(manifest.read_text(encoding="utf-8")).get("cases", [])
+    return {c["patient"] for c in cases if c.get("split") == split}
+
+
+def load_training_volumes(folders: list[str], split: str = "") -> list[PreparedCT]:
+    """Every CT volume under the folders (labels unused), prepared on MedLAM's grid.
+
+    With ``split``, a folder that lists per-case splits contributes only that split's cases.
+    """
     volumes = []
     for folder in folders:
+        members = _split_members(Path(folder), split)
         for case in find_cases(folder):
+            if members is not None and case.name not in members:
+                continue
             vol = read_volume(case.image)
             if looks_like_ct(vol):
                 volumes.append(prepare_ct(vol))
@@ -69,7 +91,8 @@ def train(config: TrainConfig, out: str | os.PathLike[str], progress: Any = None
     rank, world, device = distributed.setup()
     if config.threads:
         torch.set_num_threads(config.threads)
-    volumes = load_training_volumes(config.data)
+    volumes = load_training_volumes(config.data, config.split)
+    torch.manual_seed(config.seed + 1000 * rank)  # dropout and anchor sampling draw from torch's generator
     model = MedLAMNet().to(device)
     optim = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     step, rng = 0, np.random.default_rng(config.seed + 1000 * rank)
@@ -79,7 +102,12 @@ def train(config: TrainConfig, out: str | os.PathLike[str], progress: Any = None
         optim.load_state_dict(state["optimizer"])
         step = int(state["step"])
         rng.bit_generator.state = state["rng"]
+        if "torch_rng" in state:
+            torch.set_rng_state(state["torch_rng"])
         log.info("resumed %s at step %d", out, step)
+    elif config.init:
+        model.load_state_dict({k: v.float() for k, v in load_state_dict(config.init).items()})
+        log.info("initialised from %s", config.init)
     net = distributed.wrap(model, world)
     log_path = out.with_suffix(".losses.csv")
     started = time.time()
@@ -115,6 +143,7 @@ def train(config: TrainConfig, out: str | os.PathLike[str], progress: Any = None
                 with atomic_path(out) as tmp:
                     torch.save({"model": model.state_dict(), "optimizer": optim.state_dict(),
                                 "step": step, "rng": rng.bit_generator.state,
+                                "torch_rng": torch.get_rng_state(),
                                 "config": asdict(config)}, tmp)
     distributed.barrier()
     return out

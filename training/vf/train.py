@@ -107,7 +107,7 @@ def save_checkpoint(path: Path, model: torch.nn.Module, optim: torch.optim.Optim
     with atomic_path(path) as tmp:
         torch.save({"model": model.state_dict(), "optimizer": optim.state_dict(),
                     "step": step, "config": asdict(cfg), "kind": kind, "labels": labels,
-                    "rng": rng.bit_generator.state}, tmp)
+                    "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()}, tmp)
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -146,6 +146,12 @@ def load_matching(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> tup
 # training loops
 # --------------------------------------------------------------------------------------------------
 
+def _seeded_network(cfg: VFConfig, n_classes: int) -> torch.nn.Module:
+    """The network with its initial weights drawn from the config's seed, not from the caller's torch state."""
+    torch.manual_seed(cfg.seed)
+    return cfg.network(n_classes)
+
+
 def _loop(model: torch.nn.Module, cfg: VFConfig, out: Path, kind: str, labels: list[tuple[int, str]] | None,
           sample: Callable[[np.random.Generator], tuple[np.ndarray, np.ndarray]], progress: ProgressFn | None,
           init: str | os.PathLike[str] | None = None) -> tuple[Path, list[str]]:
@@ -153,12 +159,15 @@ def _loop(model: torch.nn.Module, cfg: VFConfig, out: Path, kind: str, labels: l
     model = model.to(device)
     optim = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed + 1000 * rank)
+    torch.manual_seed(cfg.seed + 1000 * rank)  # dropout and any torch-side sampling
     step, skipped = 0, []
     if out.is_file():
         state = load_checkpoint(out)
         model.load_state_dict(state["model"])
         optim.load_state_dict(state["optimizer"])
         step, rng.bit_generator.state = int(state["step"]), state["rng"]
+        if "torch_rng" in state:
+            torch.set_rng_state(state["torch_rng"])
         log.info("resumed %s at step %d", out, step)
     elif init is not None:
         _, skipped = load_matching(model, load_checkpoint(init)["model"])
@@ -211,7 +220,7 @@ def pretrain_vf(cfg: VFConfig, folders: list[str | os.PathLike[str]], out: str |
     def sample(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         return fusion_sample(volumes[rng.integers(len(volumes))], rng, fusion)
 
-    path, _ = _loop(cfg.network(cfg.classes + 1), cfg, Path(out), "vf", None, sample, progress)
+    path, _ = _loop(_seeded_network(cfg, cfg.classes + 1), cfg, Path(out), "vf", None, sample, progress)
     return path
 
 
@@ -243,11 +252,41 @@ def load_labelled(cases: list[Case], labels: list[tuple[int, str]], spacing: flo
     return out
 
 
+_SIDES = (("left", "right"), ("Left", "Right"), ("LEFT", "RIGHT"), ("_l", "_r"), ("_L", "_R"))
+
+
+def _partner(name: str) -> str | None:
+    """'kidney_left' -> 'kidney_right', 'Left-Putamen' -> 'Right-Putamen'; None for a name without a side."""
+    for a, b in _SIDES:
+        for x, y in ((a, b), (b, a)):
+            if x in name and not (x in ("_l", "_L", "_r", "_R") and not name.endswith(x)):
+                return name[: name.rfind(x)] + y + name[name.rfind(x) + len(x):]
+    return None
+
+
+def lateral_swap(names: list[str]) -> np.ndarray | None:
+    """Class-index map (background 0, classes 1..n in ``names`` order) applied with a left-right flip.
+
+    Identity when no label names a side; None (no left-right flip) when a sided label's partner is missing.
+    """
+    index = {n: i + 1 for i, n in enumerate(names)}
+    mapping = np.arange(len(names) + 1)
+    for name, i in index.items():
+        other = _partner(name)
+        if other is None:
+            continue
+        if other not in index:
+            return None
+        mapping[i] = index[other]
+    return mapping
+
+
 def finetune(cfg: VFConfig, cases: list[Case], labels: list[tuple[int, str]], out: str | os.PathLike[str],
              init: str | os.PathLike[str] | None = None, progress: ProgressFn | None = None) -> tuple[Path, list[str]]:
     """Fine-tune PCT-Net on the labelled cases (optionally from a VF checkpoint); returns (path, skipped tensors)."""
     data = load_labelled(cases, labels, cfg.spacing, cfg.crop)
     fg = [np.argwhere(c > 0) for _, c in data]
+    mirror = lateral_swap([name for _, name in labels])  # class map for a left-right flip, or None: no flip
 
     def sample(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         i = int(rng.integers(len(data)))
@@ -259,12 +298,16 @@ def finetune(cfg: VFConfig, cases: list[Case], labels: list[tuple[int, str]], ou
         else:
             lo = np.array([rng.integers(0, n - s + 1) for n, s in zip(image.shape, size)])
         x, y = _crop(image, lo, cfg.crop), _crop(classes, lo, cfg.crop)
-        for axis in (1, 2):  # in-plane flips; z keeps its head-feet meaning
-            if rng.random() < 0.5:
-                x, y = np.flip(x, axis), np.flip(y, axis)
+        # in-plane flips on the LPS grid; z keeps its head-feet meaning.  Axis 2 is right-left: flipping it
+        # turns a left kidney into a right one, so paired labels swap with it, and it is skipped when a
+        # lateralised label has no partner among the labels
+        if rng.random() < 0.5:
+            x, y = np.flip(x, 1), np.flip(y, 1)
+        if mirror is not None and rng.random() < 0.5:
+            x, y = np.flip(x, 2), mirror[np.flip(y, 2)]
         return np.ascontiguousarray(x), np.ascontiguousarray(y)
 
-    return _loop(cfg.network(len(labels) + 1), cfg, Path(out), "seg", list(labels), sample, progress, init)
+    return _loop(_seeded_network(cfg, len(labels) + 1), cfg, Path(out), "seg", list(labels), sample, progress, init)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,0 +1,261 @@
+"""Failures are visible, outputs are right, and the annotator's files are safe (issue: trust)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from typer.testing import CliRunner
+
+from medlsam_training.atomic import write_json_atomic
+from medlsam_training.cli import app, expand_list_options
+from medlsam_training.errors import NaNVoxelsError
+from medlsam_training.io import read_volume, write_volume
+from medlsam_training.pipeline import query_cases
+from medlsam_training.propagate import PropagationConfig, clean_mask, for_target, single_part_target
+from medlsam_training.vf.train import lateral_swap
+from medlsam_training.volume import Volume
+
+runner = CliRunner()
+
+
+def _label_file(path: Path, array: np.ndarray) -> Path:
+    write_volume(Volume(array.astype(np.uint8), spacing=(2.0, 2.0, 3.0)), path)
+    return path
+
+
+def test_evaluate_counts_an_organ_the_prediction_missed(tmp_path: Path) -> None:
+    gt = np.zeros((8, 20, 20), np.uint8)
+    gt[2:6, 2:8, 2:8] = 1
+    gt[2:6, 12:18, 12:18] = 2
+    pred = np.where(gt == 1, 1, 0)
+    r = runner.invoke(app, ["evaluate", "--pred", str(_label_file(tmp_path / "p.nii.gz", pred)),
+                            "--gt", str(_label_file(tmp_path / "g.nii.gz", gt))])
+    assert r.exit_code == 0, r.output
+    rows = {line.split("│")[2].strip(): line for line in r.output.splitlines() if line.count("│") > 4}
+    assert "1.000" in rows["1"] and "0.000" in rows["2"], r.output  # label 2 missed entirely: Dice 0
+
+
+def test_evaluate_with_a_missing_folder_says_so_in_one_line(tmp_path: Path) -> None:
+    r = runner.invoke(app, ["evaluate", "--pred", str(tmp_path / "nope"), "--gt", str(tmp_path)])
+    assert r.exit_code == 2
+    assert "nope" in r.output and "no such file or folder" in r.output and "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("writer", ["nibabel", "simpleitk"])
+def test_nan_and_inf_in_a_float_nifti_are_refused(writer: str, tmp_path: Path) -> None:
+    arr = np.zeros((6, 7, 8), np.float32)
+    arr[1, 2, 3], arr[2, 2, 2] = np.nan, np.inf
+    path = tmp_path / "bad.nii.gz"
+    if writer == "nibabel":
+        nib.save(nib.Nifti1Image(arr, np.eye(4)), str(path))
+    else:
+        sitk.WriteImage(sitk.GetImageFromArray(arr), str(path))
+    with pytest.raises(NaNVoxelsError, match="bad.nii.gz: 2 of 336 voxels are NaN or infinite"):
+        read_volume(path)
+    assert np.isnan(read_volume(path, allow_nan=True).array).sum() == 0  # what ITK makes of them, when allowed
+
+
+def test_an_image_given_as_template_is_named(ct_example: Path, tmp_path: Path) -> None:
+    image = ct_example / "image.nii.gz"
+    r = runner.invoke(app, ["localize", "-t", str(image), "-q", str(image), "--out", str(tmp_path / "b.json"),
+                            "--localizer", "registration"])
+    assert r.exit_code == 2
+    assert "image.nii.gz: not an extreme-points JSON file" in r.output and "codec" not in r.output
+
+
+def test_list_options_take_several_values_after_one_flag() -> None:
+    argv = ["segment", "-t", "a.json", "b.json", "-q", "dir1", "dir2", "--out", "o", "--overwrite"]
+    assert expand_list_options(argv) == ["segment", "-t", "a.json", "-t", "b.json", "-q", "dir1", "-q", "dir2",
+                                         "--out", "o", "--overwrite"]
+    assert expand_list_options(["info", "x.nii.gz", "--label", "l.nii.gz"]) == ["info", "x.nii.gz", "--label",
+                                                                                  "l.nii.gz"]
+
+
+def test_extreme_points_finds_names_in_an_nnunet_dataset_json(openkbp: Path, tmp_path: Path) -> None:
+    out = tmp_path / "mandible.json"
+    r = runner.invoke(app, ["extreme-points", str(openkbp / "imagesTr" / "pt_1_0000.nii.gz"),
+                            str(openkbp / "labelsTr" / "pt_1.nii.gz"), "--target", "mandible", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert json.loads(out.read_text())["label"] == 7
+
+
+def test_a_bad_mode_fails_before_any_work(tmp_path: Path) -> None:
+    r = runner.invoke(app, ["segment", "-t", str(tmp_path / "missing.json"), "-q", str(tmp_path), "--out",
+                            str(tmp_path / "o"), "--mode", "wpI"])
+    assert r.exit_code == 2 and "unknown propagation mode 'wpI'" in r.output
+
+
+def test_a_folder_of_predictions_is_never_taken_as_queries(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    vol = Volume(np.zeros((4, 5, 6), np.int16), spacing=(1.0, 1.0, 1.0))
+    write_volume(vol, data / "case_a.nii.gz")
+    write_volume(vol, data / "masks" / "case_a.nii.gz")
+    write_json_atomic({"case_a": {}}, data / "masks" / "medlsam_results.json")
+    write_volume(vol, data / "out2" / "case_b.nii.gz")
+    names = [c.image for c in query_cases([data], exclude={data / "out2"})]
+    assert names == [data / "case_a.nii.gz"]
+
+
+def test_written_files_respect_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        new = write_json_atomic({"a": 1}, tmp_path / "new.json")
+        assert stat.S_IMODE(new.stat().st_mode) == 0o644
+        existing = tmp_path / "kept.json"
+        existing.write_text("{}")
+        existing.chmod(0o640)
+        write_json_atomic({"a": 2}, existing)
+        assert stat.S_IMODE(existing.stat().st_mode) == 0o640  # a replaced file keeps its mode
+        mask = write_volume(Volume(np.zeros((2, 3, 4), np.uint8)), tmp_path / "mask.nii.gz")
+        assert stat.S_IMODE(Path(mask).stat().st_mode) == 0o644
+    finally:
+        os.umask(old)
+
+
+def test_left_right_flips_swap_lateralised_labels() -> None:
+    assert lateral_swap(["liver", "kidney_left", "kidney_right"]).tolist() == [0, 1, 3, 2]
+    assert lateral_swap(["liver", "spleen"]).tolist() == [0, 1, 2]
+    assert lateral_swap(["parotid_right", "mandible"]) is None  # a partner is missing: no left-right flip
+    assert lateral_swap(["Left-Putamen", "Right-Putamen"]).tolist() == [0, 2, 1]
+
+
+def test_multi_part_targets_keep_every_part() -> None:
+    mask = np.zeros((5, 20, 20), bool)
+    mask[1:4, 2:6, 2:6] = True
+    mask[1:4, 12:18, 12:18] = True  # two separate parts
+    for target, parts in (("liver", 1), ("small_bowel", 2), ("parotids", 2), ("lesion", 2)):
+        config = for_target(PropagationConfig(), target)
+        cleaned = clean_mask(mask, config.largest_component, config.fill_holes)
+        from scipy import ndimage
+        assert ndimage.label(cleaned)[1] == parts, target
+    assert single_part_target("spleen") and not single_part_target("colon")
+    assert for_target(PropagationConfig(largest_component=True), "colon").largest_component is True  # explicit wins
+
+
+def test_a_dicom_series_with_a_missing_slice_is_refused(ct_dicom: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from medlsam_training.errors import CorruptFileError
+
+    files = sorted((ct_dicom / "dicom").iterdir())
+    series = tmp_path / "series"
+    series.mkdir()
+    for f in files:
+        shutil.copy(f, series / f.name)
+    read_volume(series)  # complete: fine
+    reference = read_volume(ct_dicom / "dicom")
+    # drop the slice at the middle position (files are not named in slice order)
+    z = {f: float(sitk.ReadImage(str(f)).GetOrigin()[2]) for f in series.iterdir()}
+    middle = sorted(z, key=z.get)[len(z) // 2]
+    middle.unlink()
+    with pytest.raises(CorruptFileError, match="unevenly spaced.*a slice is missing"):
+        read_volume(series)
+    assert reference.size[2] == len(files)
+
+
+def test_dicom_files_without_extension_are_found_in_a_dataset(ct_dicom: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from medlsam_training.datasets import find_cases
+
+    patient = tmp_path / "data" / "patient_7"
+    shutil.copytree(ct_dicom / "dicom", patient)
+    assert not any(p.suffix.lower() == ".dcm" for p in patient.iterdir())
+    cases = find_cases(tmp_path / "data")
+    assert [(c.name, c.image) for c in cases] == [("patient_7", patient)]
+
+
+def test_slice_preparation_matches_the_references_on_a_non_square_slice() -> None:
+    import torch
+
+    from medlsam_training.segmenters import Segmenter, _minmax, _sam_normalize
+
+    rng = np.random.default_rng(0)
+    slice_unit = rng.uniform(0.3, 0.9, (100, 160)).astype(np.float32)  # no pixel at 0: padding must not matter
+    lite = Segmenter(torch.nn.Identity(), 256, _minmax, "lite", "cpu")
+    frame = lite.frame(100, 160)
+    t = lite.prepare(frame, slice_unit)
+    h, w = frame.resized
+    assert (h, w) == (160, 256)
+    # LiteMedSAM: resize longest side, min-max normalize the image, then pad with 0
+    assert float(t[:, :h, :w].min()) == 0.0 and abs(float(t[:, :h, :w].max()) - 1.0) < 1e-6
+    assert float(t[:, h:, :].abs().max()) == 0.0
+    # SAM: mean/std normalization of the image, then zero padding (SAM's preprocess order)
+    sam = Segmenter(torch.nn.Identity(), 1024, _sam_normalize, "sam", "cpu")
+    ts = sam.prepare(sam.frame(100, 160), slice_unit)
+    resized = torch.nn.functional.interpolate(torch.from_numpy(slice_unit)[None, None], size=(640, 1024),
+                                              mode="bilinear", align_corners=False, antialias=True)[0]
+    torch.testing.assert_close(ts[:, :640, :], _sam_normalize(resized.expand(3, -1, -1)))
+    assert float(ts[:, 640:, :].abs().max()) == 0.0
+    # MedSAM: a plain resize to 1024 x 1024, boxes scaled per axis
+    medsam = Segmenter(torch.nn.Identity(), 1024, _minmax, "medsam", "cpu")
+    medsam.stretch = True
+    f = medsam.frame(100, 160)
+    tm = medsam.prepare(f, slice_unit)
+    assert tm.shape == (3, 1024, 1024) and float(tm[:, -1, :].min()) >= 0.0 and float(tm.min()) == 0.0
+    np.testing.assert_allclose(f.box_to_model([0, 0, 159, 99]), [0, 0, 1024, 1024])
+    np.testing.assert_allclose(f.box_from_model(f.box_to_model([10, 20, 30, 40])), [10, 20, 30, 40])
+
+
+def test_the_plugin_does_not_hide_triton_from_other_plugins() -> None:
+    import subprocess
+    import sys
+
+    code = "import medlsam_napari, sys; print(sys.modules.get('triton', 'absent') is not None)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True", out.stderr
+
+
+def test_the_embedding_cache_is_bounded_on_disk_and_in_memory(tmp_path: Path, monkeypatch) -> None:
+    import time
+
+    import torch
+
+    from medlsam_training.embedding_cache import SliceEmbeddings, prune_cache
+    from medlsam_training.segmenters import Segmenter, _minmax
+
+    class TinyEncoder(torch.nn.Module):  # a real encoder's interface, small enough for a unit test
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.avg_pool2d(x, 16)
+
+    model = torch.nn.Module()
+    model.image_encoder = TinyEncoder()
+    seg = Segmenter(model, 64, _minmax, "tiny", "cpu", encoder_backend="torch")
+    vol = np.random.default_rng(0).random((30, 40, 50), dtype=np.float32)
+    monkeypatch.setenv("MEDLSAM_CACHE_SLICES", "10")
+    emb = SliceEmbeddings(vol, seg, tmp_path / "cache")
+    emb.ensure(range(30))
+    assert len(emb._memory) == 10 and seg.encoder_calls == 30
+    first = emb.get(0)  # evicted from RAM, read back from disk, not encoded again
+    assert seg.encoder_calls == 30 and first.shape == (3, 4, 4)
+
+    for i in range(3):  # three older volumes' folders of 1 kB each
+        old = tmp_path / "cache" / f"old{i}"
+        old.mkdir()
+        (old / "slice_0000.npy").write_bytes(b"x" * 1000)
+        os.utime(old / "slice_0000.npy", (time.time() - 1000 + i, time.time() - 1000 + i))
+    removed = prune_cache(tmp_path / "cache", max_bytes=emb_bytes(tmp_path / "cache" / emb.key) + 1500,
+                          keep=emb.key)
+    assert [p.name for p in removed] == ["old0", "old1"]  # least recently used first, the open volume kept
+
+
+def emb_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.glob("*.npy"))
+
+
+def test_installed_import_names_cannot_collide(tmp_path: Path) -> None:
+    """The folders training/ and plugins/ install as medlsam_training and medlsam_plugins."""
+    import subprocess
+    import sys
+
+    code = ("import importlib.util as u; import medlsam_training, medlsam_plugins, medlsam_napari; "
+            "print(u.find_spec('training') is None, u.find_spec('plugins') is None)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True)
+    assert out.stdout.split() == ["True", "True"], out.stderr
