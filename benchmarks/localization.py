@@ -226,7 +226,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, nargs="+", default=[5], help="templates per organ (protocol hn)")
     ap.add_argument("--max-queries", type=int, default=None, help="first N validation queries (protocol hn)")
     ap.add_argument("--weights", type=Path, default=None, help="MedLAM weights (default: the shipped ones)")
-    ap.add_argument("--candidates", type=int, default=1, help="coarse MedLAM peaks refined at the fine scale")
+    ap.add_argument("--candidates", type=int, default=3, help="coarse MedLAM peaks refined at the fine scale")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = ap.parse_args()
     if args.threads:

@@ -75,7 +75,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, nargs="*", default=[DEFAULT_DATA])
     ap.add_argument("--segmenter", default="litemedsam")
-    ap.add_argument("--localizer", default="medlam+reg")
+    ap.add_argument("--localizer", default="medlam")
     ap.add_argument("--device", default=None)
     ap.add_argument("--cache", type=Path, default=Path("/tmp/medlsam-bench-cache"))
     ap.add_argument("--skip-accuracy", action="store_true")

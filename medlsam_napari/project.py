@@ -58,7 +58,7 @@ class Project:
     targets: list[Target] = field(default_factory=list)
     points: dict[str, dict[str, list[list[float] | None]]] = field(default_factory=dict)
     active_target: str | None = None
-    localizer: str = "medlam+reg"
+    localizer: str = "medlam"  # best on the head-and-neck benchmark (docs/benchmarks.md, section 1)
     segmenter: str = "litemedsam"
     device: str = "auto"
     mode: str = "mask"

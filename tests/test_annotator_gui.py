@@ -106,3 +106,16 @@ def test_cancel_stops_the_worker_and_bad_runs_are_messages(make_napari_viewer, q
     _wait_idle(qtbot, widget.run, 300)
     assert "cancelled" in widget.run.status.text()
     assert widget.state.project.entry("query").status == "pending"
+
+
+def test_only_the_box_drawn_on_the_current_slice_is_its_prompt(make_napari_viewer) -> None:
+    from medlsam_napari.panels.review import ReviewPanel
+    from medlsam_napari.state import AnnotatorState
+
+    viewer = make_napari_viewer()
+    panel = ReviewPanel(AnnotatorState(viewer))
+    rect = lambda z, y0, x0, y1, x1: np.array([[z, y0, x0], [z, y0, x1], [z, y1, x1], [z, y1, x0]], float)  # noqa: E731
+    viewer.add_shapes([rect(3, 10, 20, 30, 40), rect(7, 1, 2, 5, 6)], shape_type="rectangle", name=PROMPT_LAYER, ndim=3)
+    box, _, _ = panel._prompts(3)
+    np.testing.assert_array_equal(box, [20, 10, 40, 30])  # [x0, y0, x1, y1] of the slice-3 box, not the last one
+    assert panel._prompts(5)[0] is None  # nothing was drawn on slice 5

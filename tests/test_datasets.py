@@ -16,7 +16,7 @@ from medlsam_training.volume import Volume
 
 def test_shared_ct_cases_with_label_names(shared_data: Path) -> None:
     cases = {c.name: c for c in find_cases(shared_data / "ct", require_labels=True)}
-    assert set(cases) == {"ts_example", "ts_dicom_abdomen", "ts_aorta_crop"}
+    assert set(cases) == {"ts_example", "ts_dicom_abdomen", "ts_aorta_crop", "lidc_0001_chest"}
     assert cases["ts_example"].label_value("liver") == 5
     assert cases["ts_dicom_abdomen"].image.name == "dicom"
     assert cases["ts_aorta_crop"].label_names == {1: "aorta"}

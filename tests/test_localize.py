@@ -110,7 +110,9 @@ def test_a_volume_localized_in_itself_returns_its_own_points(method: str, hn_tem
         r = results[ep.target]
         error_vox = np.abs(image.physical_to_index(r.points_mm) - image.physical_to_index(ep.points_mm))
         assert error_vox.max() <= 1.0, (method, ep.target, error_vox)
-        assert r.status == "found" and r.box == box_from_points(ep.points_mm, image)
+        # pt_1's spinal cord runs into the bottom of its scan: that is "partly outside", in itself too
+        assert r.status == ("partly outside the scan" if r.unknown_faces else "found"), (ep.target, r.status)
+        assert r.box == box_from_points(ep.points_mm, image)
 
 
 @pytest.mark.slow
@@ -230,7 +232,7 @@ def test_default_localizer_meets_the_target_on_a_validation_patient(openkbp: Pat
             image, label = templates[name].volume, _hn_case(openkbp, name)[1]
             templates[name].targets.append(extreme_points_from_mask(organ, value, image, label))
     query, label = _hn_case(openkbp, "pt_201")  # the first recommended validation-pats patient
-    localizer = make_localizer("medlam+reg", device="cpu")
+    localizer = make_localizer("medlam", device="cpu")  # the default of the CLI and the annotator
     results = {r.target: r for r in localizer.localize(query, list(templates.values()))}
     ious = {organ: box_iou(results[organ].box, Box3D.from_mask(label.array == value)) if results[organ].box else 0.0
             for value, organ in HN_TARGET_ORGANS.items()}

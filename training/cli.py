@@ -196,7 +196,8 @@ def localize(
     templates: list[Path] = typer.Option(..., "--templates", "-t", help="Extreme-points JSON file(s)."),
     queries: list[Path] = typer.Option(..., "--queries", "-q", help="Query volume(s) or dataset folder(s)."),
     out: Path = typer.Option(..., "--out", help="boxes JSON to write."),
-    localizer: str = typer.Option("medlam+reg", help="medlam, registration, registration+bspline or medlam+reg."),
+    localizer: str = typer.Option("medlam", help="medlam (default: best on the H&N benchmark), registration, "
+                                  "registration+bspline or medlam+reg."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 (default: CUDA when present)."),
 ) -> None:
     """Find every template target in every query volume; write boxes (voxels) and points (mm)."""
@@ -245,7 +246,8 @@ def segment(
     templates: list[Path] = typer.Option(..., "--templates", "-t", help="Extreme-points JSON file(s)."),
     queries: list[Path] = typer.Option(..., "--queries", "-q", help="Query volume(s) or dataset folder(s)."),
     out: Path = typer.Option(..., "--out", help="Output folder: one <case>.nii.gz label map per query."),
-    localizer: str = typer.Option("medlam+reg", help="medlam, registration, registration+bspline or medlam+reg."),
+    localizer: str = typer.Option("medlam", help="medlam (default: best on the H&N benchmark), registration, "
+                                  "registration+bspline or medlam+reg."),
     mode: str = typer.Option("mask", help="wpl (one box on every slice), spl (z sub-boxes), mask (mask-guided)."),
     segmenter: str = typer.Option("litemedsam", help="litemedsam (embedded) or a SAM/MedSAM checkpoint path."),
     cache: Optional[Path] = typer.Option(None, help="Embedding cache folder (default: ~/.cache/medlsam-napari)."),

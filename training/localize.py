@@ -27,13 +27,15 @@ import torch
 
 from .boxes import Box3D
 from .errors import MedLSAMError
-from .extreme_points import ExtremePoints, validate_points
+from .extreme_points import POINT_NAMES, ExtremePoints, validate_points
 from .medlam.matching import COARSE_RADIUS, PointKernel, VolumeFeatures, match_point, point_kernel, volume_features
 from .medlam.network import MedLAMNet
 from .medlam.preprocess import PreparedCT, crop, prepare_ct
-from .registration import IdentityCache, RegistrationImage, register, registration_image
+from .identity_cache import IdentityCache
+from .registration import RegistrationImage, register, registration_image
 from .segmenters import default_device, load_state_dict
-from .template_fusion import FOUND, NOT_FOUND, box_status, edge_faces, fuse_points
+from .template_fusion import (FOUND, NOT_FOUND, PARTLY_OUTSIDE, box_status, content_box, edge_faces,
+                              fuse_points)
 from .volume import Volume
 
 log = logging.getLogger(__name__)
@@ -117,15 +119,35 @@ def _result(name: str, pairs: list[tuple[Template, ExtremePoints]],
             estimates: list[tuple[np.ndarray, list[np.ndarray]]],
             query: Volume, method: str, seconds: float, similarity: float | None = None) -> LocalizedTarget:
     """Fuse the templates' estimates of one target into its box, status and confidence."""
-    usable = [~edge_faces(ep.points_mm, tpl.volume.geometry) for tpl, ep in pairs]
-    fused = fuse_points([p for p, _ in estimates], usable)
+    # A template whose organ runs into its own scan edge only says "at least this far": on that face it
+    # votes for the query's own scan edge.  Where most templates are cut, so is the organ in the query.
+    cut = np.array([edge_faces(ep.points_mm, tpl.volume) for tpl, ep in pairs])  # (K, 6)
+    lo, hi = scan_bounds_mm(query)
+    points = []
+    for (p, _), c in zip(estimates, cut):
+        p = np.array(p, float)
+        for f in np.nonzero(c)[0]:
+            p[f, f // 2] = (lo if f % 2 == 0 else hi)[f // 2]
+        points.append(p)
+    fused = fuse_points(points)
+    fused.unknown_faces = [POINT_NAMES[f] for f in range(6) if cut[:, f].mean() > 0.5]
     pts = _ordered(fused.points_mm)
     box, status = box_status(pts, query.geometry)
+    if box is not None and fused.unknown_faces:
+        status = PARTLY_OUTSIDE  # it was taken to run on beyond the scan
     slabs = [_ordered(fuse_points([s[i] for _, s in estimates]).points_mm) for i in range(_n_slabs(pairs))]
     if status != FOUND:
         log.warning("%s: %s %s", query.name, name, status)
     return LocalizedTarget(name, pairs[0][1].label, pts, box, sub_boxes_in_view(slabs, query) if box else [], method,
                            seconds, status, fused.spread_mm, similarity, len(pairs), fused.unknown_faces)
+
+
+def scan_bounds_mm(volume: Volume) -> tuple[np.ndarray, np.ndarray]:
+    """Axis-aligned LPS bounds (mm) of the scanned content (:func:`template_fusion.content_box`)."""
+    lo, hi = content_box(volume)
+    corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])], float)
+    pts = volume.index_to_physical(corners)
+    return pts.min(0), pts.max(0)
 
 
 class Localizer(Protocol):
@@ -162,7 +184,7 @@ class MedLAMLocalizer:
 
     def __init__(self, weights: str | os.PathLike[str] | None = None, device: torch.device | str | None = None,
                  coarse_crops: int = 6, seed: int = 0, batch: int = 12, cache_volumes: int = 4,
-                 init_radius: float = 8.0, candidates: int = 1):
+                 init_radius: float = 8.0, candidates: int = 3):
         self.device = torch.device(device) if device else default_device()
         self.net = load_medlam(weights, self.device)
         self.coarse_crops = coarse_crops

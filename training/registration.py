@@ -9,48 +9,22 @@ takes it from there (optionally followed by a B-spline).
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import logging
 from dataclasses import dataclass
-from typing import Any, Callable
 
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from .identity_cache import IdentityCache  # noqa: F401 (re-exported for the localizers)
 from .resample import resample_to_spacing
 from .volume import Volume, orient
 
+log = logging.getLogger(__name__)
 BODY_HU = -500.0
 BONE_HU = 200.0
 #: the template and query profiles must overlap over at least this fraction of the shorter one
 MIN_OVERLAP = 0.3
-
-
-class IdentityCache:
-    """A small LRU cache keyed by object identity that holds the object itself.
-
-    Holding it keeps ``id(obj)`` from being reused by a later object while the entry lives, which a plain
-    ``{id(obj): value}`` does not: a new query could silently get an old query's result.
-    """
-
-    def __init__(self, maxsize: int):
-        self.maxsize = maxsize
-        self._items: OrderedDict[tuple[int, ...], tuple[tuple[Any, ...], Any]] = OrderedDict()
-
-    def get(self, objs: tuple[Any, ...], make: Callable[[], Any]) -> Any:
-        key = tuple(id(o) for o in objs)
-        hit = self._items.get(key)
-        if hit is not None and all(a is b for a, b in zip(hit[0], objs)):
-            self._items.move_to_end(key)
-            return hit[1]
-        value = make()
-        self._items[key] = (objs, value)
-        while len(self._items) > self.maxsize:
-            self._items.popitem(last=False)
-        return value
-
-    def __len__(self) -> int:
-        return len(self._items)
 
 
 @dataclass
@@ -163,7 +137,14 @@ def _register(template: RegistrationImage, query: RegistrationImage, deformable:
     reg.SetShrinkFactorsPerLevel([4, 2, 1])
     reg.SetSmoothingSigmasPerLevel([2.0, 1.0, 0.0])
     reg.SetInitialTransform(init, inPlace=False)
-    affine = reg.Execute(fixed, moving)
+    try:
+        affine = reg.Execute(fixed, moving)
+    except RuntimeError as exc:
+        # too little overlap for the metric (a thin slab against a long scan): the profile-matched start
+        # is the best estimate there is; keep it rather than failing the whole query
+        log.warning("affine registration failed (%s); using the profile-matched translation",
+                    str(exc).strip().splitlines()[-1][:160])
+        return init
     if not deformable:
         return affine
     bspline = sitk.BSplineTransformInitializer(fixed, [4, 4, 4])

@@ -14,12 +14,14 @@ import numpy as np
 
 from .boxes import Box3D, box_from_physical
 from .extreme_points import POINT_NAMES
-from .volume import Geometry
+from .identity_cache import IdentityCache
+from .volume import Geometry, Volume
 
 #: a face value this far (mm) from the median is an outlier when the templates otherwise agree
 MIN_OUTLIER_MM = 10.0
 MAD_TO_SIGMA = 1.4826
 
+EDGE_VOXELS = 2
 FOUND, PARTLY_OUTSIDE, NOT_FOUND = "found", "partly outside the scan", "not found"
 
 
@@ -35,17 +37,41 @@ def face_value(points: np.ndarray, face: int) -> float:
     return float(points[face, face // 2])
 
 
-def edge_faces(points_mm: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """(6,) True where the point lies on its template's scan edge: one voxel further out leaves the volume.
+_CONTENT = IdentityCache(32)
+
+
+def content_box(volume: Volume) -> tuple[np.ndarray, np.ndarray]:
+    """First and last voxel index (x, y, z) of the scanned content: planes that hold one constant value
+    (the -1000 HU fill outside a cropped or padded field of view) are not part of the scan."""
+    return _CONTENT.get((volume,), lambda: _content_box(volume.array))
+
+
+def _content_box(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    lo, hi = [], []
+    for axis in (2, 1, 0):  # x, y, z of the [z, y, x] array
+        others = tuple(a for a in range(3) if a != axis)
+        varying = np.nonzero(arr.max(axis=others) != arr.min(axis=others))[0]
+        lo.append(int(varying[0]) if varying.size else 0)
+        hi.append(int(varying[-1]) if varying.size else arr.shape[axis] - 1)
+    return np.array(lo), np.array(hi)
+
+
+def edge_faces(points_mm: np.ndarray, volume: Volume | Geometry) -> np.ndarray:
+    """(6,) True where the point lies on its template's scan edge: a voxel further out leaves the scanned
+    content (the volume, or its non-constant part when the scan was padded).
 
     Such a face is where the scan stopped, not where the organ ends.
     """
+    geometry = volume.geometry if isinstance(volume, Volume) else volume
+    lo, hi = content_box(volume) if isinstance(volume, Volume) else (np.zeros(3), np.array(geometry.size) - 1)
     out = np.zeros(6, bool)
-    step = min(geometry.spacing)
     for f in range(6):
         probe = np.array(points_mm[f], float)
+        # two voxels of margin: contours commonly stop one slice short of where the scan does
+        step = EDGE_VOXELS * geometry.spacing[int(np.argmax(np.abs(geometry.direction_matrix[f // 2])))]
         probe[f // 2] += step if f % 2 else -step
-        out[f] = not geometry.contains_index(geometry.physical_to_index(probe), tolerance=0.5)
+        idx = geometry.physical_to_index(probe)
+        out[f] = bool(np.any(idx < lo - 0.5) or np.any(idx > hi + 0.5))
     return out
 
 

@@ -6,7 +6,7 @@ from qtpy.QtWidgets import QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLi
 
 from ..state import AnnotatorState
 
-LOCALIZERS = ("medlam+reg", "medlam", "registration")
+LOCALIZERS = ("medlam", "medlam+reg", "registration")
 MODES = ("mask", "wpl", "spl")
 
 
