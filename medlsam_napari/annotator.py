@@ -49,6 +49,8 @@ class AnnotatorWidget(QWidget):
         self.scroll.setWidget(body)
         QVBoxLayout(self).addWidget(self.scroll)
         self.state.on_change(self._on_change)
+        if self.state.project is not None and project_dir is None:  # another dock opened it on this viewer
+            self.state.changed("project")
         if project_dir is not None:
             self.open_project(project_dir)
 

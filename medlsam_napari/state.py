@@ -65,7 +65,8 @@ class AnnotatorState:
     # --- project --------------------------------------------------------------------------
     def open_project(self, folder: str | Path) -> Project:
         if self.project is not None and self.project.folder.resolve() == Path(folder).resolve():
-            return self.project  # already open on this viewer: the same object, not a second copy
+            self.changed("project")  # already open on this viewer: the same object, shown by every dock
+            return self.project
         self.project = Project.open(folder)
         self.volume_name, self.volume = None, None
         self.volume_segmenters.clear()

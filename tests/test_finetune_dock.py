@@ -53,6 +53,7 @@ def test_dock_fine_tunes_and_presegments(make_napari_viewer, qtbot, tmp_path: Pa
 
     annotator = AnnotatorWidget(viewer)
     assert annotator.state.project is dock.project
+    assert "3 volumes" in annotator.project_label.text()  # and shows it, though another dock opened it
 
     # phantom_002 already has a mask painted by hand (not yet marked reviewed): the default keeps it
     image = read_volume(project.volume_path("phantom_002"))
