@@ -145,9 +145,7 @@ def _result(name: str, pairs: list[tuple[Template, ExtremePoints]],
 def scan_bounds_mm(volume: Volume) -> tuple[np.ndarray, np.ndarray]:
     """Axis-aligned LPS bounds (mm) of the scanned content (:func:`template_fusion.content_box`)."""
     lo, hi = content_box(volume)
-    corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])], float)
-    pts = volume.index_to_physical(corners)
-    return pts.min(0), pts.max(0)
+    return Box3D(tuple(lo), tuple(hi)).physical_bounds(volume.geometry)
 
 
 class Localizer(Protocol):

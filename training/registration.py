@@ -16,7 +16,6 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from .identity_cache import IdentityCache  # noqa: F401 (re-exported for the localizers)
 from .resample import resample_to_spacing
 from .volume import Volume, orient
 
