@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from medlsam_training.atomic import compound_suffix
+from medlsam_training.datasets import read_label_names
 from medlsam_training.io import as_label, is_volume_path, read_volume
 
 from .layer_geometry import layer_kwargs
@@ -36,7 +37,11 @@ def read_layers(path: str | list[str]) -> list[LayerData]:
         volume = read_volume(p)
         if _looks_like_labels(p):
             volume = as_label(volume)
-            layers.append((volume.array, layer_kwargs(volume, labels=True), "labels"))
+            kwargs = layer_kwargs(volume, labels=True)
+            names = p.parent / "labels.json"
+            if names.is_file():  # value -> structure name, for the report and the annotator
+                kwargs["metadata"]["label_names"] = {str(k): v for k, v in read_label_names(names).items()}
+            layers.append((volume.array, kwargs, "labels"))
         else:
             layers.append((volume.array, layer_kwargs(volume), "image"))
     return layers

@@ -483,6 +483,53 @@ def predict(
 LIST_OPTIONS = frozenset({"-t", "--templates", "-q", "--queries", "--data"})
 
 
+@app.command()
+def report(
+    image: Path = typer.Argument(..., help="Image file or DICOM series folder."),
+    label: Path = typer.Argument(..., help="Label map on that image (any grid holding the same voxels)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Markdown draft to write; .json (and .sr.dcm) beside it."),
+    names: Optional[str] = typer.Option(None, help="labels.json / dataset.json naming the label values, or "
+                                        "'1=tumour,2=oedema' (default: a names file beside the label map)."),
+    sex: Optional[str] = typer.Option(None, help="M or F, for sex-specific references (default: DICOM header)."),
+    age: Optional[float] = typer.Option(None, help="Age in years (default: DICOM header)."),
+    modality: Optional[str] = typer.Option(None, help="CT or MR (default: header, else guessed from the values)."),
+    references: Optional[Path] = typer.Option(None, help="Reference table JSON (default: the bundled one)."),
+    sr: bool = typer.Option(True, help="Also write a DICOM SR (TID 1500) when the image is a DICOM series."),
+) -> None:
+    """Draft a findings report: per-structure measurements against reference ranges (Markdown, JSON, DICOM SR)."""
+    from .report import Patient, build_report, load_references
+    from .report.export import write_report
+
+    try:
+        if sex is not None and sex.upper() not in ("M", "F"):
+            raise MedLSAMError(f"--sex {sex}: give M or F")
+        if modality is not None and modality.upper() not in ("CT", "MR"):
+            raise MedLSAMError(f"--modality {modality}: give CT or MR")
+        refs = load_references(references)
+        vol = read_volume(image)
+        lab = read_label(label, vol)
+        label_names = _names_option(names) if names else _label_names_near(label)
+        result = build_report(vol, lab, label_names, references=refs,
+                              patient=Patient.from_meta(vol.meta, sex=sex, age=age),
+                              modality=modality.upper() if modality else None)
+        written = write_report(result, out)
+    except MedLSAMError as exc:
+        _fail(exc)
+    for line in result.impression:
+        console.print(f"  {line}", highlight=False, soft_wrap=True)
+    console.print(f"wrote {', '.join(map(str, written))}")
+    if image.is_dir() and sr:
+        from .report.dicom_sr import series_datasets, write_measurement_report
+
+        try:
+            path = write_measurement_report(result, series_datasets(image, vol.meta.get("series_uid")),
+                                            Path(out).with_suffix(".sr.dcm"))
+        except MedLSAMError as exc:
+            err_console.print(f"[bold red]error:[/] DICOM SR not written: {exc}", soft_wrap=True, highlight=False)
+            raise typer.Exit(code=1)
+        console.print(f"wrote {path} (DICOM SR, TID 1500)")
+
+
 def expand_list_options(argv: list[str]) -> list[str]:
     """Repeat a list option's flag before each further value given after it."""
     out: list[str] = []
@@ -494,6 +541,16 @@ def expand_list_options(argv: list[str]) -> list[str]:
             out.append(current)
         out.append(tok)
     return out
+
+
+def _names_option(text: str) -> dict[int, str]:
+    """A names file, or inline '1=tumour,2=oedema'."""
+    if Path(text).is_file():
+        return read_label_names(Path(text))
+    pairs = [p.split("=", 1) for p in text.split(",") if p.strip()]
+    if not pairs or any(len(p) != 2 or not p[0].strip().isdigit() or not p[1].strip() for p in pairs):
+        raise MedLSAMError(f"--names {text}: neither a file nor 'value=name' pairs such as '1=tumour,2=oedema'")
+    return {int(v): n.strip() for v, n in pairs}
 
 
 def _label_names_near(label: Path) -> dict[int, str]:

@@ -36,7 +36,8 @@ WRITE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
 #: Default ceiling on voxels per volume (about 512 x 512 x 2300): beyond it a read is refused
 #: before any pixel is loaded, rather than exhausting memory.
 MAX_VOXELS = 600_000_000
-_DICOM_TAGS = {"modality": "0008|0060", "series_description": "0008|103e", "series_uid": "0020|000e"}
+_DICOM_TAGS = {"modality": "0008|0060", "series_description": "0008|103e", "series_uid": "0020|000e",
+               "patient_sex": "0010|0040", "patient_age": "0010|1010", "contrast_agent": "0018|0010"}
 
 
 def is_volume_path(path: str | os.PathLike[str]) -> bool:
