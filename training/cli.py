@@ -530,6 +530,167 @@ def report(
         console.print(f"wrote {path} (DICOM SR, TID 1500)")
 
 
+cam_app = typer.Typer(add_completion=False, no_args_is_help=True,
+                      help="Weak-label CAM seeding: masks from 'present on this slice' ticks (UM-CAM + GSE).")
+app.add_typer(cam_app, name="cam-seed")
+
+
+def _targets_arg(targets: str) -> list[str]:
+    names = [t.strip() for t in targets.split(",") if t.strip()]
+    if not names:
+        raise MedLSAMError(f"--targets {targets!r}: give target names separated by commas")
+    return names
+
+
+@cam_app.command("train")
+def cam_train(
+    data: Path = typer.Option(..., "--data", help="Dataset folder (MSD/nnU-Net, case folders, pairs)."),
+    targets: str = typer.Option(..., "--targets", help="Target names, e.g. brainstem,parotid_left."),
+    out: Path = typer.Option(..., "--out", help="Classifier checkpoint to write."),
+    tags: Optional[Path] = typer.Option(None, help="Slice tags (JSON/CSV); default: derived from the masks."),
+    split: Optional[str] = typer.Option(None, help="Only cases of this split (manifest.json), e.g. train-pats."),
+    epochs: int = typer.Option(8, min=1),
+    slices_per_epoch: int = typer.Option(6000, min=1),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for torch."),
+) -> None:
+    """Train the 2D slice classifier whose activation maps seed the masks."""
+    import torch
+
+    from .cam.run import train_from_dataset
+    from .cam.tags import read_tags
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        names = _targets_arg(targets)
+        tag_file = read_tags(tags) if tags else None
+        with _RichProgress("training") as bar:
+            path = train_from_dataset(data, names, out, split=split, tag_file=tag_file, epochs=epochs,
+                                      slices_per_epoch=slices_per_epoch, progress=bar)
+    except MedLSAMError as exc:
+        _fail(exc)
+    console.print(f"wrote {path}")
+
+
+@cam_app.command("run")
+def cam_run(
+    model: Path = typer.Option(..., "--model", help="Classifier from 'cam-seed train'."),
+    out: Path = typer.Option(..., "--out", help="Folder for the maps and pseudo-masks."),
+    image: Optional[Path] = typer.Option(None, help="One volume (with --tags, or --label for tags from a mask)."),
+    data: Optional[Path] = typer.Option(None, help="A dataset folder: every case the tags name (or, with "
+                                        "--from-labels, every labelled case)."),
+    tags: Optional[Path] = typer.Option(None, help="Slice tags JSON/CSV in the volume's own slice indices."),
+    label: Optional[Path] = typer.Option(None, help="Derive the tags of --image from this mask (tests, demos)."),
+    from_labels: bool = typer.Option(False, help="With --data: derive tags from each case's mask."),
+    targets: Optional[str] = typer.Option(None, help="Targets to seed (default: every target of the classifier)."),
+    sam: bool = typer.Option(False, help="Also refine each pseudo-mask with LiteMedSAM (per-slice boxes)."),
+) -> None:
+    """Seed masks from slice tags: UM-CAM soft map, uncertainty, GSE pseudo-mask (and LiteMedSAM) per target."""
+    from .cam.classifier import load_classifier
+    from .cam.run import seed_volume, write_seeds
+    from .cam.tags import read_tags, tags_from_mask, tags_from_ranges
+    from .datasets import Case, find_cases
+    from .report.measure import guess_modality
+
+    failed = 0
+    try:
+        net, learned, modality = load_classifier(model)
+        names = _targets_arg(targets) if targets else learned
+        if (image is None) == (data is None):
+            raise MedLSAMError("give exactly one of --image or --data")
+        tag_file = read_tags(tags) if tags else None
+        if image is not None:
+            cases = [Case(image.name.split(".")[0], image, label, _label_names_near(label) if label else {})]
+        else:
+            cases = [c for c in find_cases(data, require_labels=from_labels) if tag_file is None or c.name in tag_file]
+        if tag_file is None and not (label or from_labels):
+            raise MedLSAMError("give --tags, or --label / --from-labels to derive them from masks")
+        segmenter = _segmenter("litemedsam", None) if sam else None
+    except MedLSAMError as exc:
+        _fail(exc)
+    for case in cases:
+        try:
+            volume, lab = case.load()
+            own: dict[str, np.ndarray] = {}
+            for name in names:
+                if tag_file is not None:
+                    entry = tag_file.get(case.name, {}).get(name)
+                    if entry:
+                        own[name] = tags_from_ranges(volume.array.shape[0], entry.get("present", []),
+                                                     entry.get("absent"), where=f"{case.name}/{name}")
+                elif lab is not None:
+                    value = case.label_value(name) if case.label_names else None
+                    if value is not None and np.any(lab.array == value):
+                        own[name] = tags_from_mask(lab.array == value)
+            if not own:
+                raise MedLSAMError(f"{case.name}: no tags for {', '.join(names)}")
+            if guess_modality(volume) != modality:
+                raise MedLSAMError(f"{case.name}: looks like {guess_modality(volume)}, the classifier learned {modality}")
+            prep, seeds, sam_masks = seed_volume(net, learned, volume, own, modality=modality, segmenter=segmenter)
+            written = write_seeds(volume, prep.canonical, seeds, sam_masks, out, case.name)
+            console.print(f"{case.name}: {len(seeds)} target(s), {len(written)} files")
+        except MedLSAMError as exc:
+            failed += 1
+            err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True, highlight=False)
+    if failed:
+        err_console.print(f"{failed} of {len(cases)} volume(s) failed", soft_wrap=True, highlight=False)
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def value(
+    data: Path = typer.Option(..., "--data", help="Labelled dataset folder (the volumes to value)."),
+    targets: str = typer.Option(..., "--targets", help="Structures the probe segments, e.g. liver,spleen."),
+    out: Path = typer.Option(..., "--out", help="Folder for values.csv, selection.json, values.png, probe.pt."),
+    budget: float = typer.Option(0.3, help="Coreset size: a fraction in (0, 1) or a number of volumes."),
+    split: Optional[str] = typer.Option(None, help="Only cases of this split (manifest.json)."),
+    steps: int = typer.Option(400, min=1),
+    epochs: int = typer.Option(8, min=2),
+    seed: int = typer.Option(0),
+) -> None:
+    """'Train on less': per-volume Data-SI, GradNorm and Dice dynamics while a probe trains; coresets and
+    suspicious labels."""
+    from .coreset.run import value_dataset
+
+    try:
+        with _RichProgress("valuing") as bar:
+            v = value_dataset(data, _targets_arg(targets), out, budget=budget, split=split, steps=steps,
+                              epochs=epochs, seed=seed, progress=bar)
+    except MedLSAMError as exc:
+        _fail(exc)
+    for rule, names in v.selections.items():
+        console.print(f"{rule}: {len(names)} of {len(v.cases)} volumes")
+    console.print(f"suspicious labels to review: {', '.join(v.flagged)}", soft_wrap=True)
+    console.print(f"wrote {out / 'values.csv'}, {out / 'selection.json'}, {out / 'values.png'}")
+
+
+@app.command()
+def suggest(
+    pool: Path = typer.Option(..., "--pool", help="Folder of volumes not yet annotated."),
+    budget: float = typer.Option(..., "--budget", help="How many to annotate next: a fraction or a number."),
+    out: Path = typer.Option(..., "--out", help="Ranked list (CSV)."),
+    labelled_data: Optional[Path] = typer.Option(None, "--labelled", help="Volumes already annotated: the "
+                                                 "suggestions stay away from them."),
+    probe: Optional[Path] = typer.Option(None, help="probe.pt from 'medlsam value' for the uncertainty term."),
+    targets: Optional[str] = typer.Option(None, help="The probe's targets (with --probe)."),
+) -> None:
+    """'Annotate next': k-center greedy on MedLAM embeddings, with the probe's uncertainty when given."""
+    from .coreset.run import suggest as rank, write_suggestions
+
+    try:
+        if probe and not targets:
+            raise MedLSAMError("--probe needs --targets (the structures it was trained on)")
+        with _RichProgress("embedding") as bar:
+            items = rank(pool, budget, labelled_data=labelled_data, probe=probe,
+                         targets=_targets_arg(targets) if targets else None, progress=bar)
+        path = write_suggestions(items, out)
+    except MedLSAMError as exc:
+        _fail(exc)
+    for s in items:
+        console.print(f"{s.rank:3d}  {s.case}  ({s.reason})", highlight=False)
+    console.print(f"wrote {path}")
+
+
 def expand_list_options(argv: list[str]) -> list[str]:
     """Repeat a list option's flag before each further value given after it."""
     out: list[str] = []

@@ -23,6 +23,16 @@ def _onehot(mask: np.ndarray) -> torch.Tensor:
     return torch.stack([~fg, fg]).unsqueeze(0).float()
 
 
+def dice_score(pred: np.ndarray, gt: np.ndarray) -> float:
+    """Dice of two boolean masks (MONAI); both empty counts as agreement (1), one empty as 0."""
+    pred, gt = np.asarray(pred, bool), np.asarray(gt, bool)
+    if pred.shape != gt.shape:
+        raise ValueError(f"prediction shape {pred.shape} differs from ground truth {gt.shape}")
+    if not pred.any() or not gt.any():
+        return float(pred.any() == gt.any())
+    return float(compute_dice(_onehot(pred), _onehot(gt), include_background=False).item())
+
+
 def binary_metrics(
     pred: np.ndarray,
     gt: np.ndarray,

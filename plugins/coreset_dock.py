@@ -1,0 +1,235 @@
+"""napari dock "Coreset suggestions": which volumes to annotate next (unlabelled pool) or which labelled volumes
+are redundant and which labels look wrong, as a sortable table with a plot; open a volume, flag a label."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
+                            QProgressBar, QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+
+from medlsam_training.atomic import write_json_atomic
+from medlsam_training.datasets import find_cases
+from medlsam_training.errors import MedLSAMError
+
+NEXT, LESS = "Annotate next (unlabelled pool)", "Train on less (labelled volumes)"
+FLAGS_FILE = "medlsam_flags.json"
+
+
+class _Bridge(QObject):
+    progress = Signal(int, int, str)
+
+
+class _Number(QTableWidgetItem):
+    """A table cell that sorts by its number, not its text."""
+
+    def __init__(self, value: float, text: str | None = None):
+        super().__init__(text if text is not None else f"{value:.4g}")
+        self.setData(Qt.UserRole, float(value))
+
+    def __lt__(self, other) -> bool:
+        return float(self.data(Qt.UserRole)) < float(other.data(Qt.UserRole))
+
+
+class CoresetWidget(QWidget):
+    def __init__(self, napari_viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.worker = None
+        self._cancel = threading.Event()
+        self.mode = QComboBox()
+        self.mode.addItems([NEXT, LESS])
+        self.folder, self.labelled, self.targets = QLineEdit(), QLineEdit(), QLineEdit()
+        self.folder.setPlaceholderText("folder of volumes")
+        self.labelled.setPlaceholderText("optional: folder of volumes already annotated")
+        self.targets.setPlaceholderText("targets, e.g. liver,spleen (train on less)")
+        self.budget = QDoubleSpinBox(minimum=0.01, maximum=100000, decimals=2, value=0.3)
+        self.steps = QDoubleSpinBox(minimum=2, maximum=100000, decimals=0, value=400)
+        browse = QPushButton("…")
+        browse.clicked.connect(lambda: self._browse(self.folder))
+        self.run_btn, self.cancel_btn = QPushButton("Run"), QPushButton("Cancel")
+        self.open_btn, self.flag_btn = QPushButton("Open selected volume"), QPushButton("Flag label as suspicious")
+        self.bar, self.status = QProgressBar(), QLabel()
+        self.status.setWordWrap(True)
+        self.table = QTableWidget(0, 0)
+        self.table.setSortingEnabled(True)
+        self.table.setSelectionBehavior(QTableWidget.SelectRows)
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        self.figure = Figure(figsize=(4, 2.6))
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(180)
+        form = QFormLayout()
+        form.addRow("mode", self.mode)
+        row = QHBoxLayout()
+        row.addWidget(self.folder)
+        row.addWidget(browse)
+        form.addRow("volumes", row)
+        form.addRow("annotated", self.labelled)
+        form.addRow("targets", self.targets)
+        form.addRow("budget (fraction or count)", self.budget)
+        form.addRow("probe steps", self.steps)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        row = QHBoxLayout()
+        for w in (self.run_btn, self.cancel_btn):
+            row.addWidget(w)
+        layout.addLayout(row)
+        for w in (self.bar, self.table, self.canvas):
+            layout.addWidget(w)
+        row = QHBoxLayout()
+        for w in (self.open_btn, self.flag_btn):
+            row.addWidget(w)
+        layout.addLayout(row)
+        layout.addWidget(self.status)
+        self.bridge = _Bridge()
+        self.bridge.progress.connect(self._on_progress)
+        self.run_btn.clicked.connect(self.start)
+        self.cancel_btn.clicked.connect(self._cancel.set)
+        self.open_btn.clicked.connect(self.open_selected)
+        self.flag_btn.clicked.connect(lambda: self.flag_selected("flagged in the coreset dock"))
+
+    def _browse(self, edit: QLineEdit) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Folder of volumes")
+        if folder:
+            edit.setText(folder)
+
+    # --- running ----------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self.worker is not None:
+            return
+        folder = self.folder.text().strip()
+        if not folder or not Path(folder).is_dir():
+            self.status.setText("choose a folder of volumes first")
+            return
+        bridge, cancel = self.bridge, self._cancel
+        self._cancel.clear()
+
+        def progress(done: int, total: int, message: str) -> None:
+            if cancel.is_set():
+                raise InterruptedError("cancelled")
+            bridge.progress.emit(done, total, message)
+
+        budget = self.budget.value()
+        targets = [t.strip() for t in self.targets.text().split(",") if t.strip()]
+        if self.mode.currentText() == LESS:
+            if not targets:
+                self.status.setText("give the targets the probe should segment")
+                return
+            from medlsam_training.coreset.run import value_dataset
+
+            out = Path(folder) / "medlsam_coreset"
+            steps = int(self.steps.value())
+            work = lambda: value_dataset(folder, targets, out, budget=budget, steps=steps, progress=progress)  # noqa
+        else:
+            from medlsam_training.coreset.run import suggest
+
+            labelled = self.labelled.text().strip() or None
+            work = lambda: suggest(folder, budget, labelled_data=labelled, progress=progress)  # noqa: E731
+        from napari.qt.threading import thread_worker
+
+        self.worker = thread_worker(work)()
+        self.worker.returned.connect(self._show)
+        self.worker.errored.connect(lambda exc: self.status.setText(
+            "cancelled" if isinstance(exc, InterruptedError) else f"failed: {exc}"))
+        self.worker.finished.connect(self._idle)
+        self.run_btn.setEnabled(False)
+        self.status.setText("running…")
+        self.worker.start()
+
+    def _idle(self) -> None:
+        self.worker = None
+        self.run_btn.setEnabled(True)
+
+    def _on_progress(self, done: int, total: int, message: str) -> None:
+        self.bar.setRange(0, max(total, 1))
+        self.bar.setValue(done)
+        self.status.setText(message)
+
+    # --- results ----------------------------------------------------------------------------------
+    def _show(self, result) -> None:
+        self.table.setSortingEnabled(False)
+        self.figure.clear()
+        ax = self.figure.add_subplot(111)
+        if isinstance(result, list):  # suggestions
+            cols = ("rank", "case", "diversity order", "uncertainty", "reason")
+            self.table.setColumnCount(len(cols))
+            self.table.setHorizontalHeaderLabels(cols)
+            self.table.setRowCount(len(result))
+            for r, s in enumerate(result):
+                cells = (_Number(s.rank, str(s.rank)), QTableWidgetItem(s.case), _Number(s.diversity_order or 0),
+                         _Number(s.uncertainty if s.uncertainty is not None else np.nan), QTableWidgetItem(s.reason))
+                for c, item in enumerate(cells):
+                    self.table.setItem(r, c, item)
+            ax.bar([s.case for s in result], [s.diversity_order or 0 for s in result])
+            ax.set_ylabel("k-center pick order")
+            ax.tick_params(axis="x", labelrotation=90, labelsize=6)
+            self.status.setText(f"{len(result)} volume(s) to annotate next")
+        else:
+            v = result
+            gn = np.mean([e.sum(1) / max(e.sum(1).mean(), 1e-12) for e in v.gradnorm], 0)
+            dice, kept = v.dice.mean(0), v.kept.mean(0)
+            cols = ("case", "GradNorm / mean", "kept by online rule", "mean train Dice", "in coresets", "suspicious")
+            self.table.setColumnCount(len(cols))
+            self.table.setHorizontalHeaderLabels(cols)
+            self.table.setRowCount(len(v.cases))
+            for r, name in enumerate(v.cases):
+                rules = [k for k, names in v.selections.items() if name in names]
+                cells = (QTableWidgetItem(name), _Number(gn[r]), _Number(kept[r], f"{kept[r]:.0%}"),
+                         _Number(dice[r], f"{dice[r]:.3f}"), QTableWidgetItem(", ".join(rules)),
+                         QTableWidgetItem("yes" if name in v.flagged else ""))
+                for c, item in enumerate(cells):
+                    self.table.setItem(r, c, item)
+            flagged = np.isin(v.cases, v.flagged)
+            ax.scatter(dice[~flagged], gn[~flagged], s=10)
+            ax.scatter(dice[flagged], gn[flagged], s=14, c="red")
+            ax.set_xlabel("mean training Dice")
+            ax.set_ylabel("GradNorm / mean")
+            self.status.setText(f"{len(v.cases)} volumes valued; {len(v.flagged)} suspicious label(s) in red")
+        self.figure.tight_layout()
+        self.canvas.draw_idle()
+        self.table.setSortingEnabled(True)
+        self.table.resizeColumnsToContents()
+
+    def selected_case(self) -> str | None:
+        rows = {i.row() for i in self.table.selectedItems()}
+        if not rows:
+            return None
+        header = [self.table.horizontalHeaderItem(c).text() for c in range(self.table.columnCount())]
+        return self.table.item(min(rows), header.index("case")).text()
+
+    def open_selected(self) -> None:
+        name = self.selected_case()
+        case = next((c for c in find_cases(self.folder.text().strip()) if c.name == name), None) if name else None
+        if case is None:
+            self.status.setText("select a row first")
+            return
+        from medlsam_napari._reader import read_layers
+
+        for path in [case.image] + ([case.label] if case.label else []):
+            for data, kwargs, kind in read_layers(str(path)):
+                kwargs["name"] = f"{case.name} {kwargs['name']}"
+                getattr(self.viewer, f"add_{kind}")(data, **kwargs)
+        self.status.setText(f"opened {case.name}")
+
+    def flag_selected(self, reason: str) -> Path | None:
+        """Record the selected volume's label as suspicious in <folder>/medlsam_flags.json (kept across runs)."""
+        name = self.selected_case()
+        if name is None:
+            self.status.setText("select a row first")
+            return None
+        path = Path(self.folder.text().strip()) / FLAGS_FILE
+        try:
+            flags = json.loads(path.read_text()) if path.is_file() else []
+        except json.JSONDecodeError as exc:
+            raise MedLSAMError(f"{path}: unreadable flags file ({exc}); not overwritten") from exc
+        flags.append({"case": name, "reason": reason, "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        write_json_atomic(flags, path)
+        self.status.setText(f"{name}: flagged for review in {path.name}")
+        return path

@@ -1,0 +1,72 @@
+"""The 'CAM seeding' dock: ticks along z (strip, shortcuts, ranges), tags saved and loaded, training and seeding
+in a worker, result layers, and accepting a pseudo-mask without overwriting painted voxels."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+if not os.environ.get("DISPLAY"):
+    pytest.skip("napari layers need a GL context: run the tests under xvfb-run (see README)",
+                allow_module_level=True)
+
+from medlsam_napari.layer_geometry import layer_kwargs  # noqa: E402
+from medlsam_plugins.cam_dock import CamSeedWidget  # noqa: E402
+from medlsam_training.cam.tags import ABSENT, PRESENT, UNKNOWN  # noqa: E402
+from medlsam_training.io import read_label, read_volume  # noqa: E402
+from medlsam_training.phantom import write_phantom_dataset  # noqa: E402
+
+
+def test_cam_dock_tags_trains_seeds_and_accepts(make_napari_viewer, qtbot, tmp_path: Path) -> None:
+    write_phantom_dataset(tmp_path, n=1, size=(64, 56, 24), spacing=(5.4, 5.4, 9.0))
+    image = read_volume(tmp_path / "phantom_000" / "image.nii.gz")
+    truth = read_label(tmp_path / "phantom_000" / "label.nii.gz", image).array == 1  # liver
+    viewer = make_napari_viewer()
+    viewer.add_image(image.array, **layer_kwargs(image, "ct"))
+    painted = np.zeros(image.array.shape, np.uint8)
+    painted[truth.nonzero()[0][0], :, :] = 7            # one slice already painted by hand
+    viewer.add_labels(painted, **layer_kwargs(image.with_array(painted), "mask", labels=True))
+    dock = CamSeedWidget(viewer)
+    dock.target.setText("liver")
+    assert dock.image_box.currentText() == "ct" and dock.labels_box.currentText() == "mask"
+
+    # ticks: one by click/shortcut, then a range from the last ticked slice to the current one
+    present = np.nonzero(truth.any(axis=(1, 2)))[0]
+    dock.tag(int(present[0]), PRESENT)
+    viewer.dims.set_point(0, image.index_to_physical([0, 0, int(present[-1])])[2])
+    assert dock.current_slice() == int(present[-1])
+    dock.tag_range(dock.current_slice(), PRESENT)
+    dock.tag(0, ABSENT)
+    dock.tag_range(int(present[0]) - 1, ABSENT)
+    tags = dock.tags[("ct", "liver")]
+    assert np.all(tags[present[0]:present[-1] + 1] == PRESENT) and np.all(tags[:present[0]] == ABSENT)
+    assert np.all(tags[present[-1] + 1:] == UNKNOWN)
+    assert f"{present.size} present" in dock.summary.text()
+
+    saved = dock.save_tags(tmp_path / "tags.json")
+    dock.tags.clear()
+    dock.load_tags(saved)
+    assert np.array_equal(dock.tags[("ct", "liver")], tags)
+
+    dock.start_training(slices_per_epoch=96)
+    qtbot.waitUntil(lambda: dock.worker is None, timeout=120_000)
+    assert dock.model is not None and dock.model_targets == ["liver"], dock.status.text()
+    dock.start_seeding()
+    qtbot.waitUntil(lambda: dock.worker is None, timeout=120_000)
+    for name in ("liver UM-CAM", "liver uncertainty", "liver pseudo-mask"):
+        assert name in viewer.layers and viewer.layers[name].data.shape == image.array.shape, dock.status.text()
+    assert np.allclose(viewer.layers["liver UM-CAM"].affine.affine_matrix, viewer.layers["ct"].affine.affine_matrix)
+
+    # accepting never overwrites painted voxels, and can be undone
+    proposal = truth | np.roll(truth, 3, axis=2)
+    dock.results["liver"]["mask"] = proposal.astype(np.uint8)
+    dock.value.setValue(1)
+    dock.accept()
+    data = viewer.layers["mask"].data
+    assert np.all(data[painted == 7] == 7)
+    assert np.all(data[proposal & (painted == 0)] == 1)
+    dock.undo()
+    assert np.array_equal(viewer.layers["mask"].data, painted)

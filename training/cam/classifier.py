@@ -1,0 +1,174 @@
+"""The slice classifier whose activation maps become CAMs: a small 2D CNN trained from scratch on slice tags
+(multi-label: one output per target), with the slice preparation it was trained on."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import MedLSAMError
+from ..volume import Volume, orient
+from .tags import ABSENT, PRESENT
+
+SIZE = 128                                  # in-plane size of the classifier's input
+#: Two CT windows as two channels: soft tissue (organs, glands) and bone (mandible, vertebrae).
+CT_WINDOWS = ((-160.0, 240.0), (-200.0, 1300.0))
+WIDTHS = (16, 32, 64, 128)
+
+
+def _block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                         nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class SliceClassifier(nn.Module):
+    """Four conv blocks (strides 1, 2, 4, 8), a 1x1 class map and global average pooling: the class map is a CAM."""
+
+    def __init__(self, n_targets: int, widths: tuple[int, ...] = WIDTHS, in_channels: int = 2):
+        super().__init__()
+        chans = (in_channels,) + tuple(widths)
+        self.block1, self.block2, self.block3, self.block4 = (_block(chans[i], chans[i + 1]) for i in range(4))
+        self.dropout = nn.Dropout2d(0.2)
+        self.classmap = nn.Conv2d(widths[-1], n_targets, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.block1(x)
+        x = self.block2(F.max_pool2d(x, 2))
+        x = self.block3(F.max_pool2d(x, 2))
+        x = self.block4(F.max_pool2d(x, 2))
+        return self.classmap(self.dropout(x)).mean(dim=(2, 3))
+
+
+@dataclass
+class PreparedSlices:
+    """A volume's axial slices as classifier input, on the LPS-oriented grid."""
+
+    canonical: Volume         # the LPS-oriented volume (its grid is where maps and masks live)
+    images: torch.Tensor      # (Z, C, SIZE, SIZE) float16
+    body: np.ndarray          # (Z,) True where the slice holds scanned content (not padding)
+
+
+def prepare_slices(volume: Volume, modality: str = "CT") -> PreparedSlices:
+    """Orient to LPS, window to [0, 1] per channel, resize each slice to SIZE x SIZE."""
+    canonical = orient(volume, "LPS")
+    arr = torch.from_numpy(np.ascontiguousarray(canonical.array, dtype=np.float32))
+    if modality == "CT":
+        chans = [((arr - lo) / (hi - lo)).clamp(0, 1) for lo, hi in CT_WINDOWS]
+    else:
+        lo, hi = np.percentile(canonical.array, [0.5, 99.5])
+        unit = ((arr - float(lo)) / max(float(hi - lo), 1e-6)).clamp(0, 1)
+        chans = [unit, unit]
+    x = torch.stack(chans, 1)  # (Z, C, Y, X)
+    x = F.interpolate(x, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
+    flat = canonical.array.reshape(canonical.array.shape[0], -1)
+    body = flat.max(axis=1) != flat.min(axis=1)
+    return PreparedSlices(canonical, x.to(torch.float16), body)
+
+
+def to_slice_grid(maps: torch.Tensor | np.ndarray, shape_yx: tuple[int, int]) -> np.ndarray:
+    """(N, h, w) maps -> (N, Y, X) on the canonical slice grid (bilinear)."""
+    t = torch.as_tensor(np.asarray(maps, dtype=np.float32))[:, None]
+    return F.interpolate(t, size=shape_yx, mode="bilinear", align_corners=False)[:, 0].numpy()
+
+
+def save_classifier(model: SliceClassifier, targets: list[str], modality: str, path: str | os.PathLike[str],
+                    extra: dict | None = None) -> Path:
+    from ..atomic import atomic_path
+
+    state = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "targets": list(targets),
+             "modality": modality, "widths": list(WIDTHS), "size": SIZE, **(extra or {})}
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    return path
+
+
+def load_classifier(path: str | os.PathLike[str], device: str | torch.device = "cpu"
+                    ) -> tuple[SliceClassifier, list[str], str]:
+    """(model in eval mode, target names, modality); the file is untrusted: tensors and plain values only."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model = SliceClassifier(len(state["targets"]), tuple(state["widths"]))
+        model.load_state_dict(state["state_dict"])
+    except (OSError, RuntimeError, KeyError, TypeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
+        raise MedLSAMError(f"{path}: not a CAM slice-classifier checkpoint ({str(exc).splitlines()[0]})") from exc
+    return model.to(device).eval(), list(state["targets"]), str(state.get("modality", "CT"))
+
+
+def train_classifier(cases: list[tuple[PreparedSlices, np.ndarray]], targets: list[str], out: str | os.PathLike[str],
+                     *, epochs: int = 8, slices_per_epoch: int = 6000, batch: int = 48, lr: float = 1e-3,
+                     seed: int = 0, modality: str = "CT",
+                     progress: Callable[[int, int, str], None] | None = None) -> Path:
+    """Train on (slices, tags (Z, T) of PRESENT/ABSENT/UNKNOWN) pairs; unknown tags do not count in the loss.
+
+    Positive slices are oversampled to half of each epoch, since most slices show none of the targets."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = SliceClassifier(len(targets))
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    index = [(c, z) for c, (prep, tags) in enumerate(cases) for z in np.nonzero(prep.body)[0]]
+    if not index:
+        raise MedLSAMError("no slice with scanned content to train on")
+    positive = np.array([bool(np.any(cases[c][1][z] == PRESENT)) for c, z in index])
+    weights = np.where(positive, 0.5 / max(positive.sum(), 1), 0.5 / max((~positive).sum(), 1))
+    weights /= weights.sum()
+    steps = max(slices_per_epoch // batch, 1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps)
+    start = time.time()
+    for epoch in range(epochs):
+        model.train()
+        total = 0.0
+        for step in range(steps):
+            pick = rng.choice(len(index), size=batch, p=weights)
+            x = torch.stack([cases[index[i][0]][0].images[index[i][1]] for i in pick]).float()
+            y = torch.from_numpy(np.stack([cases[index[i][0]][1][index[i][1]] for i in pick]).astype(np.float32))
+            x = _augment(x, rng)
+            known = (y != -1).float()
+            logits = model(x)
+            loss = (F.binary_cross_entropy_with_logits(logits, y.clamp(min=0), reduction="none") * known).sum() \
+                / known.sum().clamp(min=1)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss.detach())
+            if progress:
+                progress(epoch * steps + step + 1, epochs * steps, f"loss {total / (step + 1):.4f}")
+        save_classifier(model, targets, modality, out, {"epoch": epoch + 1, "seconds": time.time() - start})
+    return Path(out)
+
+
+def _augment(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """Small rotations, shifts and scalings, and contrast jitter; no left-right flip (parotids have sides)."""
+    n = x.shape[0]
+    angle = torch.from_numpy(rng.uniform(-0.2, 0.2, n)).float()
+    scale = torch.from_numpy(rng.uniform(0.9, 1.1, n)).float()
+    shift = torch.from_numpy(rng.uniform(-0.08, 0.08, (n, 2))).float()
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, align_corners=False, padding_mode="zeros")
+    gain = torch.from_numpy(rng.uniform(0.9, 1.1, (n, 1, 1, 1))).float()
+    return (x * gain).clamp(0, 1)
+
+
+def predict_presence(model: SliceClassifier, prep: PreparedSlices, batch: int = 64) -> np.ndarray:
+    """(Z, T) probability that each slice shows each target."""
+    out = []
+    with torch.no_grad():
+        for i in range(0, prep.images.shape[0], batch):
+            out.append(torch.sigmoid(model(prep.images[i:i + batch].float())))
+    return torch.cat(out).numpy()
+
+
+__all__ = ["ABSENT", "PRESENT", "PreparedSlices", "SliceClassifier", "load_classifier", "predict_presence",
+           "prepare_slices", "save_classifier", "to_slice_grid", "train_classifier"]

@@ -1,0 +1,71 @@
+"""Tagged training cases from a labelled dataset: tags derived from masks (for benchmarks and tests) or read
+from a tag file; a target a case does not contain is unknown there, never absent."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from ..datasets import Case, find_cases
+from ..volume import orient
+from .classifier import PreparedSlices, prepare_slices
+from .tags import UNKNOWN, tags_from_mask, tags_from_ranges
+
+
+def split_members(root: str | Path, split: str | None) -> set[str] | None:
+    """Case names of a split from the dataset's manifest.json (OpenKBP lists train-pats / validation-pats)."""
+    manifest = Path(root) / "manifest.json"
+    if not split or not manifest.is_file():
+        return None
+    return {c["patient"] for c in json.loads(manifest.read_text())["cases"] if c.get("split") == split}
+
+
+def labelled_cases(root: str | Path, split: str | None = None, recommended_only: bool = False) -> list[Case]:
+    cases = find_cases(root, require_labels=True)
+    members = split_members(root, split)
+    if members is not None:
+        cases = [c for c in cases if c.name in members]
+    manifest = Path(root) / "manifest.json"
+    if recommended_only and manifest.is_file():
+        ok = {c["patient"] for c in json.loads(manifest.read_text())["cases"] if c.get("recommended", True)}
+        cases = [c for c in cases if c.name in ok]
+    return cases
+
+
+def mask_tags(case: Case, label_canonical: np.ndarray, targets: list[str]) -> np.ndarray:
+    """(Z, T) tags from the case's own mask; a target with no label value or no voxel is unknown."""
+    tags = np.full((label_canonical.shape[0], len(targets)), UNKNOWN, np.int8)
+    for t, name in enumerate(targets):
+        values = [int(name)] if name.isdigit() else [v for v, n in case.label_names.items() if n == name]
+        if values and np.any(label_canonical == values[0]):
+            tags[:, t] = tags_from_mask(label_canonical == values[0])
+    return tags
+
+
+def load_tagged(cases: list[Case], targets: list[str], tag_file: dict | None = None, modality: str = "CT",
+                progress: Callable[[int, int, str], None] | None = None
+                ) -> list[tuple[Case, PreparedSlices, np.ndarray, np.ndarray | None]]:
+    """(case, prepared slices, tags (Z, T), LPS-oriented label array or None) per case."""
+    out = []
+    for i, case in enumerate(cases):
+        image, label = case.load()
+        prep = prepare_slices(image, modality)
+        lab = orient(label, "LPS").array if label is not None else None
+        if tag_file is not None and case.name in tag_file:
+            tags = np.full((prep.images.shape[0], len(targets)), UNKNOWN, np.int8)
+            for t, name in enumerate(targets):
+                entry = tag_file[case.name].get(name)
+                if entry:
+                    tags[:, t] = tags_from_ranges(prep.images.shape[0], entry.get("present", []),
+                                                  entry.get("absent"), where=f"{case.name}/{name}")
+        elif lab is not None:
+            tags = mask_tags(case, lab, targets)
+        else:
+            continue
+        out.append((case, prep, tags, lab))
+        if progress:
+            progress(i + 1, len(cases), case.name)
+    return out

@@ -1,0 +1,122 @@
+"""CAM seeding as the CLI and the dock run it: train the slice classifier on a tagged dataset, seed a volume from
+its tags, and write the maps and pseudo-masks with the image's geometry."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from ..io import align_label_to_image, write_volume
+from ..volume import Volume, orient
+from .classifier import SliceClassifier, prepare_slices, train_classifier
+from .data import labelled_cases, load_tagged
+from .seeding import TargetSeeds, sam_from_mask, seed_target
+from .tags import ABSENT, PRESENT, TagError, require_usable
+
+ProgressFn = Callable[[int, int, str], None]
+
+
+def canonical_order(volume: Volume) -> np.ndarray:
+    """For each axial slice of the LPS-oriented volume, the index of the same slice in the volume's own array.
+
+    Tags are given in the volume's own slice indices (what a viewer scrolls through); the classifier works on the
+    LPS-oriented grid."""
+    marker = volume.with_array(np.broadcast_to(np.arange(volume.array.shape[0], dtype=np.int32)[:, None, None],
+                                               volume.array.shape).copy())
+    canon = orient(marker, "LPS").array
+    if not np.all(canon == canon[:, :1, :1]):
+        raise TagError(f"{volume.name}: its array slices are not axial; slice tags need an axial volume")
+    return canon[:, 0, 0]
+
+
+def tags_to_canonical(volume: Volume, own_tags: np.ndarray) -> np.ndarray:
+    own_tags = np.asarray(own_tags)
+    if own_tags.shape[0] != volume.array.shape[0]:
+        raise TagError(f"{volume.name}: {own_tags.shape[0]} slice tags for {volume.array.shape[0]} slices")
+    return own_tags[canonical_order(volume)]
+
+
+def train_from_dataset(data: str | os.PathLike[str], targets: list[str], out: str | os.PathLike[str], *,
+                       split: str | None = None, tag_file: dict | None = None, epochs: int = 8,
+                       slices_per_epoch: int = 6000, progress: ProgressFn | None = None) -> Path:
+    """Train on every labelled case of ``data`` (tags from ``tag_file`` where it lists a case, else from masks)."""
+    cases = labelled_cases(data, split) if tag_file is None else _cases_with_tags(data, tag_file)
+    if not cases:
+        raise TagError(f"{data}: no case to train on{f' in split {split}' if split else ''}")
+    known = {n for c in cases for n in c.label_names.values()}
+    missing = [t for t in targets if t not in known and tag_file is None]
+    if missing:
+        raise TagError(f"{data}: no case has a label named {', '.join(missing)} (known: {', '.join(sorted(known))})")
+    tagged = load_tagged(cases, targets, tag_file)
+    for t, name in enumerate(targets):
+        require_usable(np.concatenate([tags[:, t] for _, _, tags, _ in tagged]), f"{data}/{name}")
+    return train_classifier([(p, tags) for _, p, tags, _ in tagged], targets, out, epochs=epochs,
+                            slices_per_epoch=slices_per_epoch, progress=progress)
+
+
+def _cases_with_tags(data, tag_file: dict):
+    from ..datasets import find_cases
+
+    cases = [c for c in find_cases(data) if c.name in tag_file]
+    if not cases:
+        raise TagError(f"{data}: none of its cases is named in the tag file ({', '.join(list(tag_file)[:5])}…)")
+    return cases
+
+
+def seed_volume(model: SliceClassifier, model_targets: list[str], volume: Volume, own_tags: dict[str, np.ndarray],
+                *, modality: str = "CT", segmenter=None, progress: ProgressFn | None = None
+                ) -> tuple[object, dict[str, TargetSeeds], dict[str, np.ndarray]]:
+    """(prepared slices, seeds per target, SAM masks per target when a segmenter is given) on the LPS grid."""
+    for name, tags in own_tags.items():
+        if name not in model_targets:
+            raise TagError(f"{volume.name}: target {name!r} is not one the classifier learned "
+                           f"({', '.join(model_targets)})")
+        if not np.any(np.asarray(tags) == PRESENT):
+            raise TagError(f"{volume.name}/{name}: no slice tagged present; nothing to seed")
+    prep = prepare_slices(volume, modality)
+    seeds, sam = {}, {}
+    vs = None
+    if segmenter is not None:
+        from ..propagate import VolumeSegmenter
+
+        vs = VolumeSegmenter(prep.canonical, segmenter)
+    for i, (name, tags) in enumerate(own_tags.items()):
+        if progress:
+            progress(i, len(own_tags), name)
+        seeds[name] = seed_target(model, prep, tags_to_canonical(volume, tags), model_targets.index(name), name)
+        if vs is not None:
+            sam[name] = sam_from_mask(vs, seeds[name].masks["umcam_gse"])
+    if progress:
+        progress(len(own_tags), len(own_tags), "done")
+    return prep, seeds, sam
+
+
+def on_volume_grid(canonical: Volume, array: np.ndarray, volume: Volume) -> Volume:
+    """A map or mask on the LPS-oriented grid, re-indexed exactly onto the volume's own grid and geometry."""
+    return align_label_to_image(canonical.with_array(array), volume)
+
+
+def write_seeds(volume: Volume, canonical: Volume, seeds: dict[str, TargetSeeds], sam: dict[str, np.ndarray],
+                out: str | os.PathLike[str], case: str) -> list[Path]:
+    """<case>_<target>_{umcam,uncertainty}.nii.gz (soft maps), _pseudo.nii.gz (GSE mask), _sam.nii.gz."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, s in seeds.items():
+        if not s.masks:
+            continue
+        items = {"umcam": s.maps["umcam_gse"].astype(np.float32), "pseudo": s.masks["umcam_gse"].astype(np.uint8)}
+        if s.uncertainty is not None:
+            items["uncertainty"] = s.uncertainty.astype(np.float32)
+        if name in sam:
+            items["sam"] = sam[name].astype(np.uint8)
+        for kind, arr in items.items():
+            written.append(write_volume(on_volume_grid(canonical, arr, volume), out / f"{case}_{name}_{kind}.nii.gz"))
+    return written
+
+
+__all__ = ["ABSENT", "PRESENT", "canonical_order", "on_volume_grid", "seed_volume", "tags_to_canonical",
+           "train_from_dataset", "write_seeds"]
