@@ -34,6 +34,14 @@ def read_layers(path: str | list[str]) -> list[LayerData]:
     paths = [path] if isinstance(path, str) else list(path)
     layers: list[LayerData] = []
     for p in map(Path, paths):
+        if p.name.lower().endswith(".seg.nrrd"):  # 3D Slicer segmentation: one labels layer with segment names
+            from medlsam_training.interop.seg_nrrd import read_seg_nrrd
+
+            volume, names, _ = read_seg_nrrd(p)
+            kwargs = layer_kwargs(volume, labels=True)
+            kwargs["metadata"]["label_names"] = {str(k): v for k, v in names.items()}
+            layers.append((volume.array, kwargs, "labels"))
+            continue
         volume = read_volume(p)
         if _looks_like_labels(p):
             volume = as_label(volume)

@@ -11,6 +11,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="medlsam-napari", description=__doc__)
     parser.add_argument("project", nargs="?", help="folder of volumes to annotate (resumed if it has a session)")
     args = parser.parse_args(argv)
+    import importlib.util
+    import os
+
+    # qtpy prefers PyQt5 when both bindings are installed; PyQt6 is napari's recommended one (QT_API overrides)
+    if "QT_API" not in os.environ and importlib.util.find_spec("PyQt6") is not None:
+        os.environ["QT_API"] = "pyqt6"
     import napari
 
     from .annotator import AnnotatorWidget

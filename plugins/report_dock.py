@@ -217,7 +217,8 @@ class ReportWidget(QWidget):
         written = write_report(self.report, path, text=self.text.toPlainText())
         source = self.viewer.layers[self.image_box.currentText()].metadata.get("source_path")
         if source and Path(source).is_dir() and is_volume_path(source):
-            from medlsam_training.report.dicom_sr import series_datasets, write_measurement_report
+            from medlsam_training.dicom_series import series_datasets
+            from medlsam_training.report.dicom_sr import write_measurement_report
 
             try:
                 uid = self.viewer.layers[self.image_box.currentText()].metadata.get("series_uid")

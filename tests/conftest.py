@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
 import pytest
+
+# With both bindings installed (CI tests PyQt5 too), qtpy would take PyQt5 first: the default is PyQt6, the binding
+# the set-up script installs; QT_API chooses explicitly.
+if "QT_API" not in os.environ and importlib.util.find_spec("PyQt6") is not None:
+    os.environ["QT_API"] = "pyqt6"
+os.environ.setdefault("PYTEST_QT_API", os.environ.get("QT_API", "pyqt6"))
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -162,7 +162,7 @@ def test_cli_trains_and_seeds_with_the_image_geometry(phantoms_and_model) -> Non
                                  "--label", str(case / "label.nii.gz"), "--out", str(out)])
     assert result.exit_code == 0, result.output
     image = read_volume(case / "image.nii.gz")
-    for kind in ("umcam", "uncertainty", "pseudo"):
+    for kind in ("umcam", "gse", "uncertainty", "pseudo"):
         written = read_volume(out / f"image_liver_{kind}.nii.gz")
         assert written.geometry.is_close(image.geometry)
     soft = read_volume(out / "image_liver_umcam.nii.gz").array

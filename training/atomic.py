@@ -64,3 +64,19 @@ def write_json_atomic(data: Any, target: str | os.PathLike[str]) -> Path:
     with atomic_path(target) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     return target
+
+
+def keep_previous(path: str | os.PathLike[str]) -> Path | None:
+    """Copy an existing file to ``<folder>/.previous/<stem>-<time><suffix>`` before it is replaced."""
+    import shutil
+    import time
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    suffix = compound_suffix(path)
+    stem = path.name[: -len(suffix)] if suffix else path.name
+    backup = path.parent / ".previous" / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}{suffix}"
+    backup.parent.mkdir(exist_ok=True)
+    shutil.copy2(path, backup)
+    return backup

@@ -519,7 +519,8 @@ def report(
         console.print(f"  {line}", highlight=False, soft_wrap=True)
     console.print(f"wrote {', '.join(map(str, written))}")
     if image.is_dir() and sr:
-        from .report.dicom_sr import series_datasets, write_measurement_report
+        from .dicom_series import series_datasets
+        from .report.dicom_sr import write_measurement_report
 
         try:
             path = write_measurement_report(result, series_datasets(image, vol.meta.get("series_uid")),
@@ -689,6 +690,77 @@ def suggest(
     for s in items:
         console.print(f"{s.rank:3d}  {s.case}  ({s.reason})", highlight=False)
     console.print(f"wrote {path}")
+
+
+seg_app = typer.Typer(add_completion=False, no_args_is_help=True,
+                      help="Segmentation files for 3D Slicer (.seg.nrrd) and PACS (DICOM SEG).")
+app.add_typer(seg_app, name="seg")
+
+
+@seg_app.command("export")
+def seg_export(
+    label: Path = typer.Argument(..., help="Label map (NIfTI, NRRD, MHA, .seg.nrrd)."),
+    image: Path = typer.Option(..., "--image", help="Its image; a DICOM series folder for DICOM SEG."),
+    out: Path = typer.Option(..., "--out", help="X.seg.nrrd (3D Slicer) or X.dcm (DICOM SEG)."),
+    names: Optional[str] = typer.Option(None, help="labels.json / dataset.json, or '1=liver,2=spleen' "
+                                        "(default: a names file beside the label map)."),
+) -> None:
+    """Export a label map with segment names (and SNOMED codes in DICOM SEG), on its image's grid."""
+    from .interop.dicom_seg import export_dicom_seg
+    from .interop.seg_nrrd import read_seg_nrrd, write_seg_nrrd
+
+    try:
+        vol = read_volume(image)
+        if label.name.lower().endswith(".seg.nrrd"):
+            lab, label_names, _ = read_seg_nrrd(label)
+            from .io import align_label_to_image
+
+            lab = align_label_to_image(lab, vol)
+        else:
+            lab = read_label(label, vol)
+            label_names = {}
+        label_names = {**label_names, **(_names_option(names) if names else _label_names_near(label))}
+        if out.name.lower().endswith(".seg.nrrd"):
+            path = write_seg_nrrd(lab, label_names, out)
+        elif out.suffix.lower() == ".dcm":
+            if not image.is_dir():
+                raise MedLSAMError(f"{image}: DICOM SEG needs the source DICOM series folder as --image")
+            path = export_dicom_seg(lab, label_names, image, out)
+        else:
+            raise MedLSAMError(f"{out}: write .seg.nrrd (3D Slicer) or .dcm (DICOM SEG)")
+    except MedLSAMError as exc:
+        _fail(exc)
+    console.print(f"wrote {path} ({len(np.unique(lab.array)) - 1} segments)")
+
+
+@seg_app.command("import")
+def seg_import(
+    src: Path = typer.Argument(..., help="A .seg.nrrd or a DICOM SEG file."),
+    out: Path = typer.Option(..., "--out", help="Label map to write (.nii.gz, .nrrd, .mha); labels.json beside it."),
+    image: Optional[Path] = typer.Option(None, "--image", help="The image (for DICOM SEG: its series folder)."),
+) -> None:
+    """Import a segmentation file as one label map on its image's grid, with a labels.json of segment names."""
+    from .atomic import keep_previous, write_json_atomic
+    from .interop.dicom_seg import import_dicom_seg
+    from .interop.seg_nrrd import read_seg_nrrd
+    from .io import align_label_to_image
+
+    try:
+        if src.name.lower().endswith(".seg.nrrd"):
+            lab, label_names, _ = read_seg_nrrd(src)
+            if image is not None:
+                lab = align_label_to_image(lab, read_volume(image))
+        else:
+            if image is None or not image.is_dir():
+                raise MedLSAMError(f"{src}: importing a DICOM SEG needs --image, its source series folder")
+            lab, label_names = import_dicom_seg(src, image)
+        keep_previous(out)
+        keep_previous(out.parent / "labels.json")
+        write_volume(lab, out)
+        names_path = write_json_atomic({str(k): v for k, v in label_names.items()}, out.parent / "labels.json")
+    except MedLSAMError as exc:
+        _fail(exc)
+    console.print(f"wrote {out} and {names_path}")
 
 
 def expand_list_options(argv: list[str]) -> list[str]:

@@ -101,14 +101,16 @@ def on_volume_grid(canonical: Volume, array: np.ndarray, volume: Volume) -> Volu
 
 def write_seeds(volume: Volume, canonical: Volume, seeds: dict[str, TargetSeeds], sam: dict[str, np.ndarray],
                 out: str | os.PathLike[str], case: str) -> list[Path]:
-    """<case>_<target>_{umcam,uncertainty}.nii.gz (soft maps), _pseudo.nii.gz (GSE mask), _sam.nii.gz."""
+    """<case>_<target>_{umcam,gse,uncertainty}.nii.gz (fused CAM, after GSE, its uncertainty), _pseudo.nii.gz (the
+    GSE pseudo-mask) and _sam.nii.gz (LiteMedSAM from it) with the volume's geometry."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name, s in seeds.items():
         if not s.masks:
             continue
-        items = {"umcam": s.maps["umcam_gse"].astype(np.float32), "pseudo": s.masks["umcam_gse"].astype(np.uint8)}
+        items = {"umcam": s.maps["umcam"].astype(np.float32), "gse": s.maps["umcam_gse"].astype(np.float32),
+                 "pseudo": s.masks["umcam_gse"].astype(np.uint8)}
         if s.uncertainty is not None:
             items["uncertainty"] = s.uncertainty.astype(np.float32)
         if name in sam:

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import highdicom as hd
 import pydicom
-import SimpleITK as sitk
 from pydicom.sr.codedict import codes
 
 from ..atomic import atomic_path
@@ -16,29 +15,6 @@ from .draft import Report
 
 _ML = hd.sr.CodedConcept("ml", "UCUM", "milliliter")
 _FINDING = hd.sr.CodedConcept("121071", "DCM", "Finding")
-
-
-def series_datasets(folder: str | os.PathLike[str], series_uid: str | None = None) -> list[pydicom.Dataset]:
-    """Headers (no pixels) of the series' files, in ITK's slice order: the evidence an SR must reference."""
-    folder = Path(folder)
-    ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
-    if not ids:
-        raise MedLSAMError(f"{folder}: no DICOM series; a structured report needs the source series")
-    uid = series_uid if series_uid in ids else ids[0]
-    out = []
-    for f in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid):
-        ds = pydicom.dcmread(f, stop_before_pixels=True)
-        if not ds.get("SOPClassUID") and "MediaStorageSOPClassUID" in ds.file_meta:
-            ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID  # the same UID, blanked by some anonymisers
-        if "SpecificCharacterSet" in ds and not ds.SpecificCharacterSet:
-            del ds.SpecificCharacterSet  # empty means the default repertoire, which highdicom wants unstated
-        missing = [k for k in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
-                   if not ds.get(k)]
-        if missing:
-            raise MedLSAMError(f"{f}: no {', '.join(missing)} (anonymised without new UIDs?): a structured report "
-                               "cannot reference this series")
-        out.append(ds)
-    return out
 
 
 def _group(finding, algorithm: hd.sr.AlgorithmIdentification, ct: bool) -> hd.sr.MeasurementsAndQualitativeEvaluations:

@@ -6,22 +6,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import time
 from pathlib import Path
 
-from ..atomic import atomic_path, write_json_atomic
+from ..atomic import atomic_path, keep_previous, write_json_atomic
 from .draft import Report
-
-
-def keep_previous(path: Path) -> Path | None:
-    """Copy an existing file to ``<folder>/.previous/<stem>-<time><suffix>`` before it is replaced."""
-    if not path.is_file():
-        return None
-    backup = path.parent / ".previous" / f"{path.stem}-{time.strftime('%Y%m%d-%H%M%S')}{path.suffix}"
-    backup.parent.mkdir(exist_ok=True)
-    shutil.copy2(path, backup)
-    return backup
 
 
 def write_text_atomic(text: str, target: str | os.PathLike[str]) -> Path:
