@@ -119,7 +119,7 @@ class CamSeedWidget(QWidget):
         self.bridge = _Bridge()
         self.bridge.progress.connect(self._on_progress)
         self.strip.clicked.connect(lambda z: self.tag(z, [PRESENT, ABSENT, UNKNOWN][self.state_box.currentIndex()]))
-        self.train_btn.clicked.connect(self.start_training)
+        self.train_btn.clicked.connect(lambda: self.start_training())  # clicked(bool) must not fill the argument
         self.load_btn.clicked.connect(self._choose_model)
         self.run_btn.clicked.connect(self.start_seeding)
         self.cancel_btn.clicked.connect(self._cancel.set)

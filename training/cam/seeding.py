@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,6 +23,7 @@ from .tags import PRESENT
 FUSED = ("layercam_block2", "layercam_block3", "gradcam_block4", "cam")
 VARIANTS = ("gradcam", "layercam", "mean", "umcam", "umcam_gse")
 _LAYERS = ("block2", "block3", "block4")
+_HOOKED: "weakref.WeakKeyDictionary[SliceClassifier, ModelWithHooks]" = weakref.WeakKeyDictionary()
 
 
 def cam_maps(model: SliceClassifier, prep: PreparedSlices, target: int, slices: np.ndarray, batch: int = 32
@@ -31,7 +33,9 @@ def cam_maps(model: SliceClassifier, prep: PreparedSlices, target: int, slices: 
     Grad-CAM weights a layer's channels by their mean gradient; LayerCAM weights every location by its positive
     gradient, which keeps shallow layers' detail (MONAI provides the hooks; its default normaliser inverts maps,
     so each map is min-max scaled here)."""
-    hooked = ModelWithHooks(model, list(_LAYERS), register_forward=True, register_backward=True)
+    if model not in _HOOKED:  # hooks are registered once per model: each construction would add another set
+        _HOOKED[model] = ModelWithHooks(model, list(_LAYERS), register_forward=True, register_backward=True)
+    hooked = _HOOKED[model]
     out: dict[str, list[np.ndarray]] = {k: [] for k in FUSED}
     shape_yx = prep.canonical.array.shape[1:]
     for i in range(0, len(slices), batch):
