@@ -119,3 +119,36 @@ def test_only_the_box_drawn_on_the_current_slice_is_its_prompt(make_napari_viewe
     box, _, _ = panel._prompts(3)
     np.testing.assert_array_equal(box, [20, 10, 40, 30])  # [x0, y0, x1, y1] of the slice-3 box, not the last one
     assert panel._prompts(5)[0] is None  # nothing was drawn on slice 5
+
+
+def test_review_without_models_loads_no_network(make_napari_viewer, qtbot, project_dir, ct_dicom, monkeypatch) -> None:
+    """Opening a project to correct and accept masks never loads a localizer or a segmenter."""
+    import medlsam_napari.jobs as jobs
+    import medlsam_training.localize as localize
+    import medlsam_training.segmenters as segmenters
+    from medlsam_training.io import read_volume, write_mask
+
+    def refuse(*_a, **_k):
+        raise AssertionError("a network was loaded during review")
+
+    for module, name in ((segmenters, "load_segmenter"), (segmenters, "load_litemedsam"), (segmenters, "load_sam"),
+                         (localize, "load_medlam"), (jobs, "load_models"), (jobs, "load_segmenter")):
+        monkeypatch.setattr(module, name, refuse)
+    project = Project.open(project_dir)
+    image = read_volume(ct_dicom / "dicom")
+    _, truth = read_image_label(ct_dicom / "dicom", ct_dicom / "label.nii.gz")
+    project.set_status("query", "segmented", write_mask((truth.array == 5).astype(np.uint8), image,
+                                                        project.mask_path("query")))
+    viewer = make_napari_viewer()
+    widget = AnnotatorWidget(viewer, project_dir)
+    widget.volumes.open("query")
+    state = widget.state
+    corrected = np.array(state.mask_layer.data, copy=True)
+    corrected[0] = 0                                   # an eraser stroke on the first slice
+    state.mask_layer.data = corrected
+    widget.review.mark_reviewed()
+    assert state.project.entry("query").status == "reviewed"
+    from medlsam_training.io import read_label
+
+    saved = read_label(project_dir / "masks" / "query.nii.gz", image, allow_empty=True).array
+    assert np.array_equal(saved, corrected)
