@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from qtpy.QtCore import QSize, Qt
 from qtpy.QtWidgets import QFileDialog, QGroupBox, QLabel, QPushButton, QScrollArea, QVBoxLayout, QWidget
 
 from .panels._messages import show_error
@@ -14,6 +15,19 @@ from .panels.settings import SettingsPanel
 from .panels.targets import TargetsPanel
 from .panels.volumes import VolumesPanel
 from .state import state_for
+
+
+class _VerticalScroll(QScrollArea):
+    """Scrolls vertically only, and asks for the width its content needs, so that a dock never squeezes the steps
+    under their minimum (which would clip them on the right)."""
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt's name
+        hint = super().minimumSizeHint()
+        body = self.widget()
+        if body is None:
+            return hint
+        width = body.minimumSizeHint().width() + self.verticalScrollBar().sizeHint().width() + 2 * self.frameWidth()
+        return QSize(width, hint.height())
 
 
 class AnnotatorWidget(QWidget):
@@ -44,8 +58,10 @@ class AnnotatorWidget(QWidget):
             QVBoxLayout(box).addWidget(panel)
             layout.addWidget(box)
         layout.addStretch()
-        self.scroll = QScrollArea()
+        self.scroll = _VerticalScroll()
         self.scroll.setWidgetResizable(True)
+        # steps scroll vertically, never sideways: every row is built to fit a narrow dock
+        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
         self.scroll.setWidget(body)
         QVBoxLayout(self).addWidget(self.scroll)
         self.state.on_change(self._on_change)
@@ -66,6 +82,7 @@ class AnnotatorWidget(QWidget):
             self.open_project(folder)
 
     def _on_change(self, what: str) -> None:
+        self.scroll.updateGeometry()  # content may need more width now: let the dock follow
         p = self.state.project
         if p is not None and what in ("project", "status", "mask"):
             counts = {s: sum(v.status == s for v in p.volumes) for s in ("pending", "segmented", "reviewed")}

@@ -1,6 +1,6 @@
 """Render the real napari window with the annotator dock through each step and save screenshots.
 
-    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python scripts/screenshots.py [OUT_DIR]
+    xvfb-run -a -s "-screen 0 1366x768x24" .venv/bin/python scripts/screenshots.py [OUT_DIR]
 
 Uses two real CT volumes from ../shared/data (a template and a query, linked into a temporary
 project folder, never copied into the project) and the embedded models.
@@ -39,7 +39,7 @@ def main() -> None:
     (project / "query_ts_dicom" / "dicom").symlink_to(SHARED / "ts_dicom_abdomen" / "dicom", target_is_directory=True)
 
     viewer = napari.Viewer(title="MedLSAM annotator", show=True)
-    viewer.window.resize(1600, 1000)
+    viewer.window.resize(1366, 768)  # the smallest common laptop screen: the dock must fit without scrolling sideways
     widget = AnnotatorWidget(viewer, project)
     viewer.window.add_dock_widget(widget, name="MedLSAM annotator", area="right")
     app = QApplication.instance()

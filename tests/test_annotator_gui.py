@@ -152,3 +152,20 @@ def test_review_without_models_loads_no_network(make_napari_viewer, qtbot, proje
 
     saved = read_label(project_dir / "masks" / "query.nii.gz", image, allow_empty=True).array
     assert np.array_equal(saved, corrected)
+
+
+def test_dock_fits_a_1366x768_window_without_horizontal_scrolling(make_napari_viewer, qtbot, project_dir) -> None:
+    viewer = make_napari_viewer(show=True)
+    viewer.window.resize(1366, 768)
+    widget = AnnotatorWidget(viewer, project_dir)
+    widget.state.project.add_target("liver", 5)
+    widget.state.changed("project")
+    viewer.window.add_dock_widget(widget, name="MedLSAM annotator", area="right")
+    widget.volumes.open("template")
+    widget.state.project.set_template("template")
+    widget.state.project.active_target = "liver"
+    widget.state.changed("active_target")              # the six point names and ticks are shown
+    qtbot.wait(500)
+    assert widget.points.slots.text().count("○") == 6
+    assert widget.scroll.widget().minimumSizeHint().width() <= widget.scroll.viewport().width()
+    assert widget.width() < 1366 // 3  # and the dock leaves the canvas most of the window

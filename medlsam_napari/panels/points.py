@@ -19,6 +19,7 @@ class PointsPanel(QWidget):
         self.prompt = QLabel("Open a template volume and pick a target.")
         self.prompt.setWordWrap(True)
         self.slots = QLabel()
+        self.slots.setWordWrap(True)  # six point names and ticks: must wrap in a narrow dock
         self.redo_which = QComboBox()
         self.redo_which.addItems(POINT_NAMES)
         redo, clear = QPushButton("Redo point"), QPushButton("Clear all")
@@ -26,11 +27,11 @@ class PointsPanel(QWidget):
         clear.clicked.connect(lambda: self._clear(range(6)))
         self.status = QLabel()
         self.status.setWordWrap(True)
-        row = QHBoxLayout()
-        for w in (self.redo_which, redo, clear):
+        row = QHBoxLayout()  # the point to redo on its own line, its buttons below: the dock stays narrow
+        for w in (redo, clear):
             row.addWidget(w)
         layout = QVBoxLayout(self)
-        for w in (self.prompt, self.slots):
+        for w in (self.prompt, self.slots, self.redo_which):
             layout.addWidget(w)
         layout.addLayout(row)
         layout.addWidget(self.status)

@@ -23,12 +23,16 @@ class ReviewPanel(QWidget):
         buttons = {
             "◀ previous": lambda: self._step(-1), "next ▶": lambda: self._step(1),
             "Draw prompt box": self._prompt_layers, "Segment this slice": self.segment_slice,
-            "Re-propagate from slice": self.repropagate, "Mark reviewed ✓": self.mark_reviewed,
+            "Re-propagate": self.repropagate, "Mark reviewed ✓": self.mark_reviewed,
         }
+        tips = {"Re-propagate": "Propagate the mask from this slice to the slices above and below it",
+                "Draw prompt box": "Add a layer for a box or points on the current slice",
+                "Segment this slice": "Re-segment the current slice from the box / points drawn on it"}
         grid = QGridLayout()
         self.buttons = {}
         for i, (text, slot) in enumerate(buttons.items()):
             b = QPushButton(text)
+            b.setToolTip(tips.get(text, ""))
             b.clicked.connect(slot)
             grid.addWidget(b, i // 2, i % 2)
             self.buttons[text] = b

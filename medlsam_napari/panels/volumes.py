@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QCheckBox, QLabel, QListWidget, QListWidgetItem, QPushButton, QVBoxLayout, QWidget
 
 from ..state import AnnotatorState
 from ._messages import show_error
@@ -23,12 +23,10 @@ class VolumesPanel(QWidget):
         open_btn.clicked.connect(lambda: self.open(self._selected()))
         self.status = QLabel()
         self.status.setWordWrap(True)
-        row = QHBoxLayout()
-        row.addWidget(self.template)
-        row.addWidget(open_btn)
         layout = QVBoxLayout(self)
         layout.addWidget(self.list)
-        layout.addLayout(row)
+        layout.addWidget(self.template)  # one per line: the dock must fit a 1366-pixel-wide screen
+        layout.addWidget(open_btn)
         layout.addWidget(self.status)
         self.list.currentItemChanged.connect(lambda *_: self._sync_checkbox())
         state.on_change(lambda what: self.refresh() if what in ("project", "mask", "volume", "status") else None)
