@@ -9,11 +9,12 @@ import threading
 from pathlib import Path
 
 import numpy as np
-from qtpy.QtCore import QObject, QRect, Qt, Signal
+from qtpy.QtCore import QRect, Qt, Signal
 from qtpy.QtGui import QColor, QPainter
 from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QProgressBar,
                             QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
+from medlsam_plugins._progress import ProgressBridge
 from medlsam_napari.layer_geometry import layer_kwargs, volume_from_layer
 from medlsam_training.atomic import write_json_atomic
 from medlsam_training.cam.classifier import load_classifier
@@ -57,10 +58,6 @@ class TagStrip(QWidget):
             painter.fillRect(QRect(int(z * w), 0, max(int(w + 1), 1), self.height()), _COLOURS[int(tag)])
         painter.setPen(Qt.white)
         painter.drawRect(QRect(int(self.current * w), 0, max(int(w), 2), self.height() - 1))
-
-
-class _Bridge(QObject):
-    progress = Signal(int, int, str)
 
 
 class CamSeedWidget(QWidget):
@@ -116,7 +113,7 @@ class CamSeedWidget(QWidget):
         layout.addWidget(self.status)
         self.undo_btn.setEnabled(False)
         self._last_tagged: int | None = None
-        self.bridge = _Bridge()
+        self.bridge = ProgressBridge()
         self.bridge.progress.connect(self._on_progress)
         self.strip.clicked.connect(lambda z: self.tag(z, [PRESENT, ABSENT, UNKNOWN][self.state_box.currentIndex()]))
         self.train_btn.clicked.connect(lambda: self.start_training())  # clicked(bool) must not fill the argument
@@ -257,15 +254,6 @@ class CamSeedWidget(QWidget):
         return volume.with_array(np.asarray(volume.array), meta={k: v for k, v in layer.metadata.items()
                                                                  if k == "modality"})
 
-    def _progress_fn(self):
-        bridge, cancel = self.bridge, self._cancel
-
-        def progress(done: int, total: int, message: str) -> None:
-            if cancel.is_set():
-                raise InterruptedError("cancelled")
-            bridge.progress.emit(done, total, message)
-        return progress
-
     def start_training(self, slices_per_epoch: int = 2000) -> None:
         """Train on every image of this session that has tags for the targets ticked so far."""
         if self.worker is not None:
@@ -287,7 +275,7 @@ class CamSeedWidget(QWidget):
         from medlsam_training.cam.run import tags_to_canonical
         from medlsam_training.report.measure import guess_modality
 
-        epochs, progress = self.epochs.value(), self._progress_fn()
+        epochs, progress = self.epochs.value(), self.bridge.reporter(self._cancel)
         out = Path(tempfile.mkdtemp(prefix="medlsam-cam-")) / "classifier.pt"
 
         def work():
@@ -319,7 +307,7 @@ class CamSeedWidget(QWidget):
             self.status.setText(f"the classifier knows {', '.join(self.model_targets)}, not {target!r}")
             return
         volume = self._volume(image)
-        model, learned, progress = self.model, self.model_targets, self._progress_fn()
+        model, learned, progress = self.model, self.model_targets, self.bridge.reporter(self._cancel)
         from medlsam_training.cam.run import on_volume_grid, seed_volume
         from medlsam_training.report.measure import guess_modality
 

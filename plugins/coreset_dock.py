@@ -9,20 +9,17 @@ import time
 from pathlib import Path
 
 import numpy as np
-from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
                             QProgressBar, QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
+from medlsam_plugins._progress import ProgressBridge
 from medlsam_training.atomic import write_json_atomic
 from medlsam_training.datasets import find_cases
 from medlsam_training.errors import MedLSAMError
 
 NEXT, LESS = "Annotate next (unlabelled pool)", "Train on less (labelled volumes)"
 FLAGS_FILE = "medlsam_flags.json"
-
-
-class _Bridge(QObject):
-    progress = Signal(int, int, str)
 
 
 class _Number(QTableWidgetItem):
@@ -88,7 +85,7 @@ class CoresetWidget(QWidget):
             row.addWidget(w)
         layout.addLayout(row)
         layout.addWidget(self.status)
-        self.bridge = _Bridge()
+        self.bridge = ProgressBridge()
         self.bridge.progress.connect(self._on_progress)
         self.run_btn.clicked.connect(self.start)
         self.cancel_btn.clicked.connect(self._cancel.set)
@@ -108,13 +105,8 @@ class CoresetWidget(QWidget):
         if not folder or not Path(folder).is_dir():
             self.status.setText("choose a folder of volumes first")
             return
-        bridge, cancel = self.bridge, self._cancel
         self._cancel.clear()
-
-        def progress(done: int, total: int, message: str) -> None:
-            if cancel.is_set():
-                raise InterruptedError("cancelled")
-            bridge.progress.emit(done, total, message)
+        progress = self.bridge.reporter(self._cancel)
 
         budget = self.budget.value()
         targets = [t.strip() for t in self.targets.text().split(",") if t.strip()]

@@ -9,11 +9,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from qtpy.QtCore import QObject, QPointF, Qt, Signal
+from qtpy.QtCore import QPointF, Qt
 from qtpy.QtGui import QPainter, QPen
 from qtpy.QtWidgets import (QComboBox, QFileDialog, QHBoxLayout, QLabel, QLineEdit, QListWidget, QListWidgetItem,
                             QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
+from medlsam_plugins._progress import ProgressBridge
 from medlsam_napari.layer_geometry import layer_kwargs
 from medlsam_napari.project import Project
 from medlsam_napari.state import state_for
@@ -51,10 +52,6 @@ class LossCurve(QWidget):
         painter.drawPolyline(pts)
         painter.setPen(Qt.white)
         painter.drawText(6, 14, f"loss {self.values[-1]:.3f} (from {self.values[0]:.3f})")
-
-
-class _Bridge(QObject):
-    progress = Signal(int, int, str)
 
 
 class FinetuneWidget(QWidget):
@@ -102,7 +99,7 @@ class FinetuneWidget(QWidget):
         for w in (self.bar, self.curve, QLabel("Volumes to pre-segment"), self.predict_list, self.existing,
                   self.predict_btn, self.status):
             layout.addWidget(w)
-        self.bridge = _Bridge()
+        self.bridge = ProgressBridge()
         self.bridge.progress.connect(self._on_progress)
         if project_dir is not None:
             self.open_project(project_dir)
@@ -166,12 +163,7 @@ class FinetuneWidget(QWidget):
         out.parent.mkdir(exist_ok=True)
         self._cancel.clear()
         self.curve.values.clear()
-        bridge, cancel = self.bridge, self._cancel
-
-        def progress(done: int, total: int, message: str) -> None:
-            if cancel.is_set():
-                raise InterruptedError("fine-tuning cancelled; the last checkpoint is kept and resumable")
-            bridge.progress.emit(done, total, message)
+        progress = self.bridge.reporter(self._cancel, "fine-tuning cancelled; the last checkpoint is kept and resumable")
 
         from napari.qt.threading import thread_worker
 

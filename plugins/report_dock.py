@@ -7,10 +7,10 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QPlainTextEdit, QProgressBar,
                             QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
+from medlsam_plugins._progress import ProgressBridge
 from medlsam_napari.layer_geometry import volume_from_layer
 from medlsam_napari.state import state_for
 from medlsam_training.datasets import read_label_names
@@ -22,10 +22,6 @@ from medlsam_training.report.export import write_report
 COLUMNS = ("structure", "volume (mL)", "max 3D Ø (mm)", "craniocaudal (mm)", "mean ± SD", "complete", "verdict", "")
 #: Header values kept in layer metadata by the reader, which the report uses (modality, patient, contrast).
 _META_KEYS = ("modality", "patient_sex", "patient_age", "contrast_agent", "series_uid")
-
-
-class _Bridge(QObject):
-    progress = Signal(int, int, str)
 
 
 def label_names_for(layer, viewer) -> dict[int, str]:
@@ -81,7 +77,7 @@ class ReportWidget(QWidget):
         self.cancel_btn.clicked.connect(self._cancel.set)
         self.regen_btn.clicked.connect(self.replace_text)
         self.save_btn.clicked.connect(self._choose_save)
-        self.bridge = _Bridge()
+        self.bridge = ProgressBridge()
         self.bridge.progress.connect(self._on_progress)
         for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
             event.connect(lambda _e: self.refresh_layers())
