@@ -14,7 +14,7 @@ from rich.table import Table
 
 from .datasets import read_label_names
 from .errors import MedLSAMError
-from .io import as_label, read_label, read_volume, write_volume
+from .io import align_label_to_image, as_label, read_label, read_volume, write_volume
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="MedLSAM annotation tools: volume I/O, localization, SAM segmentation, training.")
@@ -713,8 +713,6 @@ def seg_export(
         vol = read_volume(image)
         if label.name.lower().endswith(".seg.nrrd"):
             lab, label_names, _ = read_seg_nrrd(label)
-            from .io import align_label_to_image
-
             lab = align_label_to_image(lab, vol)
         else:
             lab = read_label(label, vol)
@@ -743,7 +741,6 @@ def seg_import(
     from .atomic import keep_previous, write_json_atomic
     from .interop.dicom_seg import import_dicom_seg
     from .interop.seg_nrrd import read_seg_nrrd
-    from .io import align_label_to_image
 
     try:
         if src.name.lower().endswith(".seg.nrrd"):

@@ -151,6 +151,16 @@ def _loose_volumes(folder: Path) -> list[Case]:
     return [Case(_stem(p), p) for p in files if not _stem(p).lower().endswith(hints) and _stem(p).lower() not in _LABEL_STEMS]
 
 
+def split_members(folder: str | os.PathLike[str], split: str | None) -> set[str] | None:
+    """Case names of ``split`` from the folder's ``manifest.json`` (OpenKBP lists train-pats / validation-pats),
+    or None when there is no split or no manifest."""
+    manifest = Path(folder) / "manifest.json"
+    if not split or not manifest.is_file():
+        return None
+    cases = json.loads(manifest.read_text(encoding="utf-8")).get("cases", [])
+    return {c["patient"] for c in cases if c.get("split") == split}
+
+
 def find_cases(root: str | os.PathLike[str], *, require_labels: bool = False, max_depth: int = 3) -> list[Case]:
     """All cases under ``root`` (see the module docstring for the layouts), sorted by path."""
     root = Path(root)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_path, write_json_atomic
-from ..datasets import Case, find_cases
+from ..datasets import Case, find_cases, split_members
 from ..errors import MedLSAMError
 from .kcenter import k_center_greedy
 from .probe import FEATURES, load_slice_case, make_probe, train_probe, tta_entropy
@@ -37,8 +37,6 @@ def budget_count(budget: float, n: int, where: str) -> int:
 
 
 def labelled(data: str | os.PathLike[str], split: str | None = None) -> list[Case]:
-    from ..cam.data import split_members
-
     cases = find_cases(data)
     members = split_members(data, split)
     if members is not None:

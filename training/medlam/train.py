@@ -7,7 +7,6 @@ steps; starting again with the same output continues where it stopped.  A CSV lo
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import os
 import time
@@ -21,7 +20,7 @@ import torch
 from .. import distributed
 from ..atomic import atomic_path, write_json_atomic
 from ..config_file import load_config
-from ..datasets import find_cases
+from ..datasets import find_cases, split_members
 from ..io import read_volume
 from ..segmenters import load_state_dict
 from ..lr_schedule import set_lr, warmup_cosine
@@ -56,15 +55,6 @@ class TrainConfig:
         return load_config(cls, "medlam", path, overrides, "MedLAM training")
 
 
-def _split_members(folder: Path, split: str) -> set[str] | None:
-    """Case names of ``split`` from the folder's ``manifest.json``, or None when it has no split list."""
-    manifest = folder / "manifest.json"
-    if not split or not manifest.is_file():
-        return None
-    cases = json.loads(manifest.read_text(encoding="utf-8")).get("cases", [])
-    return {c["patient"] for c in cases if c.get("split") == split}
-
-
 def load_training_volumes(folders: list[str], split: str = "") -> list[PreparedCT]:
     """Every CT volume under the folders (labels unused), prepared on MedLAM's grid.
 
@@ -72,7 +62,7 @@ def load_training_volumes(folders: list[str], split: str = "") -> list[PreparedC
     """
     volumes = []
     for folder in folders:
-        members = _split_members(Path(folder), split)
+        members = split_members(folder, split)
         for case in find_cases(folder):
             if members is not None and case.name not in members:
                 continue
