@@ -94,8 +94,7 @@ def main() -> None:
             others = [(p, t) for j, (_, p, t, _) in enumerate(tagged) if j != i]
             path = Path(tempfile.mkdtemp()) / "loo.pt"
             train_classifier(others, targets, path, epochs=args.epochs, slices_per_epoch=args.slices_per_epoch,
-                             progress=_progress(t0), modality="CT" if held_out[1].canonical.array.min() <= -500
-                             else "MR")
+                             progress=_progress(t0), modality=held_out[1].modality)
             model, _, _ = load_classifier(path)
             evaluate(model, targets, [held_out], dice, seconds, segmenter)
         source = f"leave-one-out over {len(tagged)} cases of {args.data}"

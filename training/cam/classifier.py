@@ -55,6 +55,7 @@ class PreparedSlices:
     canonical: Volume         # the LPS-oriented volume (its grid is where maps and masks live)
     images: torch.Tensor      # (Z, C, SIZE, SIZE) float16
     body: np.ndarray          # (Z,) True where the slice holds scanned content (not padding)
+    modality: str = "CT"      # how the slices were windowed
 
 
 def prepare_slices(volume: Volume, modality: str = "CT") -> PreparedSlices:
@@ -71,7 +72,7 @@ def prepare_slices(volume: Volume, modality: str = "CT") -> PreparedSlices:
     x = F.interpolate(x, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
     flat = canonical.array.reshape(canonical.array.shape[0], -1)
     body = flat.max(axis=1) != flat.min(axis=1)
-    return PreparedSlices(canonical, x.to(torch.float16), body)
+    return PreparedSlices(canonical, x.to(torch.float16), body, modality)
 
 
 def to_slice_grid(maps: torch.Tensor | np.ndarray, shape_yx: tuple[int, int]) -> np.ndarray:

@@ -9,18 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..datasets import Case, find_cases
+from ..datasets import Case, find_cases, split_members
+from ..errors import DatasetError
+from ..report.measure import guess_modality
 from ..volume import orient
 from .classifier import PreparedSlices, prepare_slices
 from .tags import UNKNOWN, tags_from_mask, tags_from_ranges
-
-
-def split_members(root: str | Path, split: str | None) -> set[str] | None:
-    """Case names of a split from the dataset's manifest.json (OpenKBP lists train-pats / validation-pats)."""
-    manifest = Path(root) / "manifest.json"
-    if not split or not manifest.is_file():
-        return None
-    return {c["patient"] for c in json.loads(manifest.read_text())["cases"] if c.get("split") == split}
 
 
 def labelled_cases(root: str | Path, split: str | None = None, recommended_only: bool = False) -> list[Case]:
@@ -39,20 +33,24 @@ def mask_tags(case: Case, label_canonical: np.ndarray, targets: list[str]) -> np
     """(Z, T) tags from the case's own mask; a target with no label value or no voxel is unknown."""
     tags = np.full((label_canonical.shape[0], len(targets)), UNKNOWN, np.int8)
     for t, name in enumerate(targets):
-        values = [int(name)] if name.isdigit() else [v for v, n in case.label_names.items() if n == name]
-        if values and np.any(label_canonical == values[0]):
-            tags[:, t] = tags_from_mask(label_canonical == values[0])
+        try:
+            value = case.label_value(name)
+        except DatasetError:
+            continue
+        if np.any(label_canonical == value):
+            tags[:, t] = tags_from_mask(label_canonical == value)
     return tags
 
 
-def load_tagged(cases: list[Case], targets: list[str], tag_file: dict | None = None, modality: str = "CT",
+def load_tagged(cases: list[Case], targets: list[str], tag_file: dict | None = None, modality: str | None = None,
                 progress: Callable[[int, int, str], None] | None = None
                 ) -> list[tuple[Case, PreparedSlices, np.ndarray, np.ndarray | None]]:
-    """(case, prepared slices, tags (Z, T), LPS-oriented label array or None) per case."""
+    """(case, prepared slices, tags (Z, T), LPS-oriented label array or None) per case; each case windowed as its
+    own modality unless ``modality`` is given."""
     out = []
     for i, case in enumerate(cases):
         image, label = case.load()
-        prep = prepare_slices(image, modality)
+        prep = prepare_slices(image, modality or guess_modality(image))
         lab = orient(label, "LPS").array if label is not None else None
         if tag_file is not None and case.name in tag_file:
             tags = np.full((prep.images.shape[0], len(targets)), UNKNOWN, np.int8)

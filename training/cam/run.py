@@ -54,7 +54,7 @@ def train_from_dataset(data: str | os.PathLike[str], targets: list[str], out: st
     for t, name in enumerate(targets):
         require_usable(np.concatenate([tags[:, t] for _, _, tags, _ in tagged]), f"{data}/{name}")
     return train_classifier([(p, tags) for _, p, tags, _ in tagged], targets, out, epochs=epochs,
-                            slices_per_epoch=slices_per_epoch, progress=progress)
+                            slices_per_epoch=slices_per_epoch, modality=tagged[0][1].modality, progress=progress)
 
 
 def _cases_with_tags(data, tag_file: dict):

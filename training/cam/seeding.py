@@ -48,10 +48,8 @@ def cam_maps(model: SliceClassifier, prep: PreparedSlices, target: int, slices: 
             "layercam_block3": F.relu((F.relu(g["block3"]) * a["block3"]).sum(1)),
             "gradcam_block4": F.relu((g["block4"].mean((2, 3), keepdim=True) * a["block4"]).sum(1)),
         }
-        with torch.no_grad():
-            feats = model.block4(F.max_pool2d(model.block3(F.max_pool2d(model.block2(F.max_pool2d(
-                model.block1(x), 2)), 2)), 2))
-            maps["cam"] = F.relu(model.classmap(feats)[:, target])
+        with torch.no_grad():  # the class map of the block-4 activations the hooks kept (dropout is off in eval)
+            maps["cam"] = F.relu(model.classmap(a["block4"])[:, target])
         for k, m in maps.items():
             m = m.detach()
             m = m / m.flatten(1).max(1).values.clamp(min=1e-12)[:, None, None]
@@ -74,7 +72,7 @@ class TargetSeeds:
 def standardised(prep: PreparedSlices) -> np.ndarray:
     """The canonical image scaled for geodesic costs: soft-tissue window for CT, then zero mean, unit SD."""
     arr = prep.canonical.array.astype(np.float32)
-    if arr.min() <= -500:
+    if prep.modality == "CT":
         arr = np.clip(arr, -160, 240)
     return (arr - arr.mean()) / max(float(arr.std()), 1e-6)
 
@@ -82,7 +80,7 @@ def standardised(prep: PreparedSlices) -> np.ndarray:
 def body_mask(prep: PreparedSlices) -> np.ndarray:
     """Voxels of the patient: above -500 HU for CT (above the 5th percentile for MR), holes filled per slice."""
     arr = prep.canonical.array
-    inside = arr > (-500 if arr.min() <= -500 else np.percentile(arr, 5))
+    inside = arr > (-500 if prep.modality == "CT" else np.percentile(arr, 5))
     return np.stack([ndimage.binary_fill_holes(s) for s in inside])
 
 

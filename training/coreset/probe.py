@@ -15,6 +15,8 @@ from monai.networks.nets import BasicUNet
 
 from ..cam.classifier import SIZE, prepare_slices
 from ..datasets import Case
+from ..errors import DatasetError
+from ..report.measure import guess_modality
 from ..volume import orient
 from .rules import online_cluster_rule
 from .valuation import data_si_values, gradnorm_values, per_sample_gradients, predicted_sgd_step
@@ -37,13 +39,14 @@ class SliceCase:
 def load_slice_case(case: Case, targets: list[str]) -> SliceCase:
     """Slices of an LPS-oriented, labelled case; classes 1..T are ``targets`` by name (or digit value)."""
     image, label = case.load()
-    prep = prepare_slices(image, "CT" if image.array.min() <= -500 else "MR")
+    prep = prepare_slices(image, guess_modality(image))
     lab = orient(label, "LPS").array if label is not None else np.zeros(prep.canonical.array.shape, np.uint8)
     classes = np.zeros(lab.shape, np.int64)
     for c, name in enumerate(targets, start=1):
-        values = [int(name)] if name.isdigit() else [v for v, n in case.label_names.items() if n == name]
-        if values:
-            classes[lab == values[0]] = c
+        try:
+            classes[lab == case.label_value(name)] = c
+        except DatasetError:
+            pass  # a case without this target: background there
     t = torch.from_numpy(classes)[:, None].float()
     t = F.interpolate(t, size=(SIZE, SIZE), mode="nearest")[:, 0].long()
     rows = np.flatnonzero(t.flatten(1).amax(1).numpy() > 0)
