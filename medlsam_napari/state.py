@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from medlsam_training.io import read_label, read_volume, write_mask
+from medlsam_training.project import Project
 from medlsam_training.volume import Volume
 
 from .layer_geometry import layer_kwargs
-from .project import Project
 
 log = logging.getLogger(__name__)
 POINTS_LAYER = "extreme points"
@@ -49,6 +49,7 @@ class AnnotatorState:
         self.segmenter_cache: dict[str, object] = {}  # loaded models, keyed by spec+device
         # per volume, for instant re-prompting; only the last few visited (each holds slice embeddings in RAM)
         self.volume_segmenters: OrderedDict[str, object] = OrderedDict()
+        self._saved_mask: np.ndarray | None = None  # the mask as last written: locked labels are restored from it
         self._listeners: list[Callable[[str], None]] = []
 
     # --- listeners ------------------------------------------------------------------------
@@ -103,6 +104,7 @@ class AnnotatorState:
         mask = np.zeros(volume.array.shape, np.uint16 if max((t.label for t in self.project.targets), default=0) > 255 else np.uint8)
         if mask_path.is_file():
             mask = read_label(mask_path, volume, allow_empty=True).array.astype(mask.dtype)
+        self._saved_mask = mask.copy()
         labels = self.viewer.add_labels(mask, **layer_kwargs(volume.with_array(mask), f"{name} mask", labels=True))
         labels.events.paint.connect(lambda event: self.save_mask("painted"))
         self._show_boxes(name, volume)
@@ -139,12 +141,40 @@ class AnnotatorState:
             layer.data = mask.astype(layer.data.dtype)
             layer.refresh()
 
+    def locked_labels(self) -> list[int]:
+        """Label values of the open volume's locked (reviewed) targets."""
+        if self.project is None or self.volume_name is None:
+            return []
+        return [self.project.target(t).label for t in self.project.locked_targets(self.volume_name)]
+
+    def _restore_locked(self) -> int:
+        """Undo any change to a locked target's voxels (a paint stroke over it, or painting it elsewhere)."""
+        locked, saved, layer = self.locked_labels(), self._saved_mask, self.mask_layer
+        if not locked or saved is None or layer is None or saved.shape != layer.data.shape:
+            return 0
+        data = layer.data
+        changed = (np.isin(saved, locked) | np.isin(data, locked)) & (data != saved)
+        n = int(changed.sum())
+        if n:
+            data[changed] = saved[changed]
+            layer.refresh()
+        return n
+
     def save_mask(self, reason: str = "saved") -> Path | None:
-        """Write the open volume's mask atomically next to the project (autosave after every change)."""
+        """Write the open volume's mask atomically next to the project (autosave after every change).
+
+        Changes to locked targets are reverted first: a reviewed structure cannot be painted over by accident.
+        """
         if self.project is None or self.volume is None or self.mask_layer is None:
             return None
+        restored = self._restore_locked()
+        if restored:
+            from napari.utils.notifications import show_warning
+
+            show_warning(f"{restored} voxels of locked (reviewed) targets were restored; unlock a target to edit it.")
         path = self.project.mask_path(self.volume_name)
-        write_mask(np.asarray(self.mask_layer.data), self.volume, path)
+        self._saved_mask = np.array(self.mask_layer.data, copy=True)
+        write_mask(self._saved_mask, self.volume, path)
         entry = self.project.entry(self.volume_name)
         status = entry.status if entry.status in ("reviewed", "segmented") else "segmented"
         self.project.set_status(self.volume_name, status, path)

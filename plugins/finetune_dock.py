@@ -16,7 +16,8 @@ from qtpy.QtWidgets import (QComboBox, QFileDialog, QHBoxLayout, QLabel, QLineEd
 
 from medlsam_plugins._progress import ProgressBridge
 from medlsam_napari.layer_geometry import layer_kwargs
-from medlsam_napari.project import Project
+from medlsam_training.atomic import keep_previous
+from medlsam_training.project import Project
 from medlsam_napari.state import state_for
 from medlsam_training.datasets import Case
 from medlsam_training.io import read_volume, write_mask
@@ -223,7 +224,7 @@ class FinetuneWidget(QWidget):
         elif target.is_file() and self.existing.currentText() == KEEP:
             note = "it already has a mask (maybe painted by hand): kept; the prediction is only a layer"
         else:
-            backup = p.keep_previous_mask(name)
+            backup = keep_previous(target)
             p.set_status(name, "segmented", write_mask(labels, volume, target))
             note = f"saved{f'; the previous mask is in {backup.parent.name}/' if backup else ''}"
         self.status.setText(f"{name}: pre-segmented ({int(np.count_nonzero(labels))} voxels); {note}")

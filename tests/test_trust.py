@@ -71,9 +71,9 @@ def test_an_image_given_as_template_is_named(ct_example: Path, tmp_path: Path) -
 
 
 def test_list_options_take_several_values_after_one_flag() -> None:
-    argv = ["segment", "-t", "a.json", "b.json", "-q", "dir1", "dir2", "--out", "o", "--overwrite"]
+    argv = ["segment", "-t", "a.json", "b.json", "-q", "dir1", "dir2", "--out", "o", "--existing", "keep"]
     assert expand_list_options(argv) == ["segment", "-t", "a.json", "-t", "b.json", "-q", "dir1", "-q", "dir2",
-                                         "--out", "o", "--overwrite"]
+                                         "--out", "o", "--existing", "keep"]
     assert expand_list_options(["info", "x.nii.gz", "--label", "l.nii.gz"]) == ["info", "x.nii.gz", "--label",
                                                                                   "l.nii.gz"]
 

@@ -243,40 +243,76 @@ def _segmenter(segmenter: str, device: Optional[str]):
 
 @app.command()
 def segment(
-    templates: list[Path] = typer.Option(..., "--templates", "-t", help="Extreme-points JSON file(s)."),
-    queries: list[Path] = typer.Option(..., "--queries", "-q", help="Query volume(s) or dataset folder(s)."),
-    out: Path = typer.Option(..., "--out", help="Output folder: one <case>.nii.gz label map per query."),
-    localizer: str = typer.Option("medlam", help="medlam (default: best on the H&N benchmark), registration, "
-                                  "registration+bspline or medlam+reg."),
-    mode: str = typer.Option("mask", help="wpl (one box on every slice), spl (z sub-boxes), mask (mask-guided)."),
-    segmenter: str = typer.Option("litemedsam", help="litemedsam (embedded) or a SAM/MedSAM checkpoint path."),
+    templates: Optional[list[Path]] = typer.Option(None, "--templates", "-t", help="Extreme-points JSON file(s)."),
+    queries: Optional[list[Path]] = typer.Option(None, "--queries", "-q", help="Query volume(s) or dataset folder(s)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder: one <case>.nii.gz label map per query."),
+    project: Optional[Path] = typer.Option(None, "--project", help="A project folder (the annotator's): its templates "
+                                           "and queries, masks into its masks/, statuses and locks kept; replaces "
+                                           "-t, -q and --out."),
+    localizer: Optional[str] = typer.Option(None, help="medlam (default: best on the H&N benchmark), registration, "
+                                            "registration+bspline or medlam+reg (default with --project: the "
+                                            "project's)."),
+    mode: Optional[str] = typer.Option(None, help="wpl (one box on every slice), spl (z sub-boxes), mask (mask-guided; "
+                                       "default; with --project: the project's)."),
+    segmenter: Optional[str] = typer.Option(None, help="litemedsam (embedded, default) or a SAM/MedSAM checkpoint path."),
     cache: Optional[Path] = typer.Option(None, help="Embedding cache folder (default: ~/.cache/medlsam-napari)."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 (default: CUDA when present)."),
-    overwrite: bool = typer.Option(False, help="Redo queries whose output exists (default: skip them)."),
+    existing: str = typer.Option("skip", help="A query whose mask exists: skip it (resumable runs), or write this "
+                                 "run's targets into it: keep (other labels kept), overwrite (over other labels too), "
+                                 "empty (only empty voxels). Locked (reviewed) targets are never changed."),
 ) -> None:
     """The MedLSAM pipeline: localize every target in every query, segment it slice by slice, write masks."""
     from .embedding_cache import default_cache_dir
+    from .label_merge import EXISTING, check_policy
     from .localize import load_templates, make_localizer
     from .pipeline import query_cases, run_queries
     from .propagate import PropagationConfig
 
     try:
-        config = PropagationConfig(mode=mode)  # options first: a typo must not cost a model load
+        check_policy(existing, EXISTING)  # options first: a typo must not cost a model load
+        if project is not None:
+            if templates or queries or out:
+                raise ValueError("--project takes its templates, queries and output folder from the project; "
+                                 "leave out -t, -q and --out (put extra template files in its templates/)")
+            from .project import Project
+            from .project_run import build_templates, run_project
+
+            proj = Project.open(project)
+            for message in proj.messages:
+                console.print(f"[yellow]{message}[/]")
+            localizer, mode, segmenter = localizer or proj.localizer, mode or proj.mode, segmenter or proj.segmenter
+        elif not (templates and queries and out):
+            raise ValueError("give -t (extreme-points files), -q (queries) and --out, or --project FOLDER")
+        localizer, mode, segmenter = localizer or "medlam", mode or "mask", segmenter or "litemedsam"
+        config = PropagationConfig(mode=mode)
         loc = make_localizer(localizer, **({"device": _parse_device(device)} if localizer.startswith("medlam") else {}))
-        tpls = load_templates(templates)
-        cases = query_cases(queries, exclude={t.volume.path for t in tpls if t.volume.path} | {out})
+        if project is not None:
+            tpls = build_templates(proj)
+            cases, out = proj.queries, proj.folder / proj.output_dir
+        else:
+            tpls = load_templates(templates)
+            cases = query_cases(queries, exclude={t.volume.path for t in tpls if t.volume.path} | {out})
         seg = _segmenter(segmenter, device)
     except (MedLSAMError, ValueError) as exc:
         _fail(exc)
     table = Table(title=f"MedLSAM: {len(cases)} queries, {localizer} + {seg.name}, mode {mode}")
     for col in ("query", "status", "targets", "seconds", "output / error"):
         table.add_column(col)
-    failed = 0
+    results = []
+
+    def add_row(r) -> None:
+        results.append(r)
+        table.add_row(r.name, r.status, ", ".join(t.target for t in r.targets), f"{r.seconds:.1f}",
+                      str(r.output) if r.output else (r.error or "")[:100])
+
     with _RichProgress("segmenting") as bar:
-        for r in run_queries(cases, tpls, loc, seg, out, config, cache or default_cache_dir(), overwrite, bar):
-            failed += r.status == "failed"
-            table.add_row(r.name, r.status, ", ".join(t.target for t in r.targets), f"{r.seconds:.1f}",
-                          str(r.output) if r.output else (r.error or "")[:100])
+        if project is not None:  # reviewed volumes and locked targets are left alone, statuses saved
+            run_project(proj, tpls, cases, loc, seg, bar, add_row, existing=existing, config=config,
+                        cache_dir=cache)
+        else:
+            for r in run_queries(cases, tpls, loc, seg, out, config, cache or default_cache_dir(), existing, bar):
+                add_row(r)
+    failed = sum(r.status == "failed" for r in results)
     console.print(table)
     if failed:
         err_console.print(f"[bold red]error:[/] {failed} of {len(cases)} queries failed; see "

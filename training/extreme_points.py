@@ -49,6 +49,16 @@ class ExtremePointsError(MedLSAMError, ValueError):
     """Extreme points that are missing, outside their volume, or inconsistent."""
 
 
+def template_volume_path(json_path: str | os.PathLike[str], template_path: str) -> Path:
+    """Where an extreme-points file's template volume is: a relative path is read from the file's own folder
+    first (files written by the annotator, portable with their project), then from the working folder."""
+    path = Path(template_path)
+    if path.is_absolute():
+        return path
+    beside = Path(json_path).parent / path
+    return beside if beside.exists() else path
+
+
 def validate_points(points_mm: np.ndarray, geometry: Geometry | None = None, where: str = "extreme points") -> np.ndarray:
     """Check six LPS points: finite, min < max on each axis, inside the volume when its geometry is known."""
     pts = np.asarray(points_mm, dtype=float)

@@ -27,7 +27,7 @@ import torch
 
 from .boxes import Box3D
 from .errors import MedLSAMError
-from .extreme_points import POINT_NAMES, ExtremePoints, validate_points
+from .extreme_points import POINT_NAMES, ExtremePoints, template_volume_path, validate_points
 from .medlam.matching import COARSE_RADIUS, PointKernel, VolumeFeatures, match_point, point_kernel, volume_features
 from .medlam.network import MedLAMNet
 from .medlam.preprocess import PreparedCT, crop, prepare_ct
@@ -373,9 +373,7 @@ def load_templates(paths: list[str | os.PathLike[str]]) -> list[Template]:
         ep = ExtremePoints.load(p)
         if not ep.template_path:
             raise ValueError(f"{p}: names no template volume")
-        vpath = ep.template_path
-        if not Path(vpath).exists():
-            vpath = str((Path(p).parent / vpath))
+        vpath = str(template_volume_path(p, ep.template_path))
         if vpath not in by_volume:
             by_volume[vpath] = Template(read_volume(vpath), [])
         tpl = by_volume[vpath]

@@ -11,19 +11,20 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .atomic import write_json_atomic
+from .atomic import keep_previous, write_json_atomic
 from .boxes import Box3D, box_from_physical
-from .datasets import Case, find_cases
+from .datasets import Case, find_cases, read_label_names
 from .embedding_cache import ProgressFn
 from .errors import MedLSAMError
-from .io import is_volume_path, read_volume, write_mask
+from .io import is_volume_path, read_label, read_volume, write_mask
+from .label_merge import EXISTING, check_policy, merge_target
 from .localize import LocalizedTarget, Localizer, Template
 from .propagate import PropagationConfig, VolumeSegmenter, for_target
 from .segmenters import Segmenter
@@ -31,6 +32,7 @@ from .volume import Volume
 
 log = logging.getLogger(__name__)
 RESULTS_NAME = "medlsam_results.json"  # the run summary written beside a run's masks
+LABELS_NAME = "labels.json"  # label value -> target name, beside the masks (read by Slicer export, report, evaluate)
 
 
 @dataclass
@@ -91,6 +93,12 @@ def query_cases(sources: list[str | os.PathLike[str]], exclude: set[Path] = froz
     return [c for c in cases if not skip(c.image)]
 
 
+def without_targets(templates: list[Template], targets: Collection[str]) -> list[Template]:
+    """The templates less the named targets (locked ones); templates left with no target are dropped."""
+    kept = [Template(t.volume, [ep for ep in t.targets if ep.target not in targets]) for t in templates]
+    return [t for t in kept if t.targets]
+
+
 def segment_query(
     query: Volume,
     templates: list[Template],
@@ -100,13 +108,25 @@ def segment_query(
     cache_dir: Path | None = None,
     progress: ProgressFn | None = None,
     cancelled: Callable[[], bool] | None = None,
+    existing: np.ndarray | None = None,
+    policy: str = "keep",
+    locked: Collection[str] = (),
 ) -> tuple[np.ndarray, list[LocalizedTarget]]:
-    """Localize every template target in ``query`` and segment it -> (label map [z, y, x], targets)."""
+    """Localize every template target in ``query`` and segment it -> (label map [z, y, x], targets).
+
+    With ``existing`` (the volume's label map so far) each target is merged into it under ``policy``
+    (``training/label_merge.py``); ``locked`` targets are neither localized nor changed.
+    """
     config = config or PropagationConfig()
     labels = target_labels(templates)
-    located = localizer.localize(query, templates)
+    dtype = np.uint16 if max(labels.values()) > 255 or (existing is not None and existing.max() > 255) else np.uint8
+    label_map = np.zeros(query.array.shape, dtype) if existing is None else existing.astype(dtype)
+    locked_values = [labels[t] for t in locked if t in labels]
+    active = without_targets(templates, locked)
+    if not active:
+        return label_map, []
+    located = localizer.localize(query, active)
     vs = VolumeSegmenter(query, segmenter, cache_dir=cache_dir)
-    label_map = np.zeros(query.array.shape, np.uint16 if max(labels.values()) > 255 else np.uint8)
     for t in located:
         if t.box is None:
             log.warning("%s: %s not found in this scan; nothing segmented for it", query.name, t.target)
@@ -115,8 +135,22 @@ def segment_query(
         if config.mode == "spl" and not t.sub_boxes:
             log.warning("%s: no z-slabs on the templates of %s; using one box (wpl)", query.name, t.target)
         mask = vs.propagate(boxes, for_target(config, t.target), progress, cancelled)
-        label_map[mask] = labels[t.target]
+        label_map = merge_target(label_map, mask, labels[t.target], policy, locked_values)
     return label_map, located
+
+
+def write_label_names(out_dir: Path, names: Mapping[str, int]) -> Path:
+    """Add the run's targets to ``labels.json`` beside the masks (values already named there keep their name)."""
+    path = out_dir / LABELS_NAME
+    try:
+        known = read_label_names(path) if path.is_file() else {}
+    except MedLSAMError as exc:  # unreadable: kept aside, rewritten from this run's names
+        log.warning("%s; a copy is kept in .previous/", exc)
+        keep_previous(path)
+        known = {}
+    for name, value in names.items():
+        known.setdefault(int(value), name)
+    return write_json_atomic({str(v): n for v, n in sorted(known.items())}, path)
 
 
 def run_queries(
@@ -127,31 +161,44 @@ def run_queries(
     out_dir: str | os.PathLike[str],
     config: PropagationConfig | None = None,
     cache_dir: Path | None = None,
-    overwrite: bool = False,
+    existing: str = "skip",
     progress: ProgressFn | None = None,
     cancelled: Callable[[], bool] | None = None,
+    locked: Mapping[str, Collection[str]] | None = None,
 ) -> Iterator[QueryResult]:
-    """Segment every case into ``out_dir/<case>.nii.gz``; yields one result per case as it finishes."""
+    """Segment every case into ``out_dir/<case>.nii.gz``; yields one result per case as it finishes.
+
+    A case whose label map exists is skipped (``existing="skip"``, resumable runs) or has this run's
+    targets merged into it by the policy ``keep``, ``overwrite`` or ``empty``; the previous file is first
+    copied to ``out_dir/.previous/``.  ``locked`` names, per case, targets never to touch (reviewed ones).
+    """
+    check_policy(existing, EXISTING)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary_path = out_dir / RESULTS_NAME
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    write_label_names(out_dir, target_labels(templates))
+    all_targets = set(target_labels(templates))
     for i, case in enumerate(cases):
         if cancelled and cancelled():
             return
         output = out_dir / f"{case.name}.nii.gz"
         result = QueryResult(case.name, case.image, output)
-        if output.is_file() and not overwrite:
+        case_locked = set((locked or {}).get(case.name, ()))
+        if output.is_file() and (existing == "skip" or all_targets <= case_locked):
             result.status = "skipped"
             yield result
             continue
         t0 = time.perf_counter()
         try:
             query = read_volume(case.image)
+            before = read_label(output, query, allow_empty=True).array if output.is_file() else None
             slice_progress = (lambda d, n, m, i=i: progress(d, n, f"{case.name} ({i + 1}/{len(cases)}): {m}")) \
                 if progress else None
-            label_map, result.targets = segment_query(query, templates, localizer, segmenter, config, cache_dir,
-                                                      slice_progress, cancelled)
+            label_map, result.targets = segment_query(
+                query, templates, localizer, segmenter, config, cache_dir, slice_progress, cancelled,
+                existing=before, policy="keep" if existing == "skip" else existing, locked=case_locked)
+            keep_previous(output)  # a mask that is replaced (hand corrections, perhaps) keeps a copy
             write_mask(label_map, query, output)
         except InterruptedError:
             raise
@@ -159,7 +206,10 @@ def run_queries(
             log.error("%s: %s", case.image, exc)
             result.status, result.error, result.output = "failed", f"{type(exc).__name__}: {exc}", None
         result.seconds = time.perf_counter() - t0
-        summary[case.name] = result.to_json()
+        entry = result.to_json()
+        if result.status == "done" and before is not None:  # targets not re-run keep their record
+            entry["targets"] = {**summary.get(case.name, {}).get("targets", {}), **entry["targets"]}
+        summary[case.name] = entry
         write_json_atomic(summary, summary_path)
         yield result
 

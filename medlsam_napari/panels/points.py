@@ -7,7 +7,8 @@ from qtpy.QtWidgets import QComboBox, QHBoxLayout, QLabel, QPushButton, QVBoxLay
 
 from medlsam_training.extreme_points import POINT_NAMES, POINT_PROMPTS
 
-from ..project import ProjectError
+from medlsam_training.project import ProjectError
+
 from ..state import AnnotatorState
 from ._messages import show_error
 
@@ -89,9 +90,10 @@ class PointsPanel(QWidget):
         if self.state.project.next_point(volume, target) is not None:
             self.status.setText("")
             return
-        try:
-            self.state.project.extreme_points(self.state.volume, volume, target)
-            self.status.setText(f"✓ {target}: six valid points on {volume}.")
+        try:  # valid: also written for the command line ('medlsam segment -t templates/*.json')
+            path = self.state.project.export_template(self.state.volume, volume, target)
+            self.status.setText(f"✓ {target}: six valid points on {volume} (saved as "
+                                f"{path.relative_to(self.state.project.folder)}).")
         except Exception as exc:
             self.status.setText(f"⚠ {exc}")
 

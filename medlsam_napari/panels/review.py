@@ -1,11 +1,14 @@
 """Review: move through volumes, re-prompt SAM on the current slice from cached embeddings, re-propagate,
-mark reviewed.  Paint/erase corrections use napari's own Labels tools; every accepted change autosaves."""
+lock a finished target, mark the volume reviewed.  Paint/erase corrections use napari's own Labels tools; every
+accepted change autosaves.  SAM's new voxels go into the one label map by the project's policy for existing labels
+(``training/label_merge.py``); locked targets are never changed."""
 
 from __future__ import annotations
 
 import numpy as np
 from qtpy.QtWidgets import QGridLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
+from medlsam_training.label_merge import merge_target
 from medlsam_training.propagate import PropagationConfig, VolumeSegmenter
 
 from ..jobs import load_models
@@ -27,7 +30,8 @@ class ReviewPanel(QWidget):
         }
         tips = {"Re-propagate": "Propagate the mask from this slice to the slices above and below it",
                 "Draw prompt box": "Add a layer for a box or points on the current slice",
-                "Segment this slice": "Re-segment the current slice from the box / points drawn on it"}
+                "Segment this slice": "Re-segment the current slice from the box / points drawn on it",
+                "Mark reviewed ✓": "Save, lock every target of this volume and never re-segment it"}
         grid = QGridLayout()
         self.buttons = {}
         for i, (text, slot) in enumerate(buttons.items()):
@@ -36,6 +40,12 @@ class ReviewPanel(QWidget):
             b.clicked.connect(slot)
             grid.addWidget(b, i // 2, i % 2)
             self.buttons[text] = b
+        self.lock = QPushButton("Lock target")
+        self.lock.setCheckable(True)
+        self.lock.setToolTip("A locked (reviewed) target is never re-segmented, re-prompted or painted over on this "
+                             "volume; other targets can still be corrected")
+        self.lock.clicked.connect(self.set_locked)
+        grid.addWidget(self.lock, len(buttons) // 2, len(buttons) % 2)
         self.status = QLabel("Correct with the mask layer's paint/erase tools, or draw a box / click points "
                              "and press 'Segment this slice'.")
         self.status.setWordWrap(True)
@@ -43,6 +53,8 @@ class ReviewPanel(QWidget):
         layout.addLayout(grid)
         layout.addWidget(self.status)
         self.worker = None
+        state.on_change(lambda what: self._sync_lock() if what in ("volume", "active_target", "status", "project",
+                                                                   "targets") else None)
 
     # --- navigation -----------------------------------------------------------------------
     def _step(self, delta: int) -> None:
@@ -62,9 +74,30 @@ class ReviewPanel(QWidget):
         if self.state.volume_name is None:
             return
         self.state.save_mask("reviewed")
-        self.state.project.set_status(self.state.volume_name, "reviewed")
+        self.state.project.mark_reviewed(self.state.volume_name)
         self.state.changed("status")
-        self.status.setText(f"{self.state.volume_name} marked reviewed and saved.")
+        self.status.setText(f"{self.state.volume_name} marked reviewed and saved; its targets are locked.")
+
+    # --- locks ----------------------------------------------------------------------------
+    def _active_locked(self) -> bool:
+        p, name = self.state.project, self.state.volume_name
+        return bool(p and name and p.active_target and p.active_target in p.locked_targets(name))
+
+    def _sync_lock(self) -> None:
+        p = self.state.project
+        self.lock.setEnabled(bool(p and self.state.volume_name and p.active_target))
+        self.lock.setChecked(self._active_locked())
+        self.lock.setText(f"Locked: {p.active_target}" if self._active_locked() else "Lock target")
+
+    def set_locked(self, locked: bool) -> None:
+        """Lock or unlock the active target on the open volume (the changes so far are saved first)."""
+        p, name = self.state.project, self.state.volume_name
+        if p is None or name is None or not p.active_target:
+            return
+        self.state.save_mask("locked" if locked else "unlocked")
+        p.set_locked(name, p.active_target, locked)
+        self.state.changed("status")
+        self.status.setText(f"{p.active_target} on {name} {'locked' if locked else 'unlocked'}.")
 
     # --- prompting ------------------------------------------------------------------------
     def _prompt_layers(self) -> None:
@@ -124,7 +157,15 @@ class ReviewPanel(QWidget):
         if not p or not p.active_target:
             show_error(self, "No target", "pick the active target first")
             return None
+        if self._active_locked():
+            show_error(self, "Target locked", f"{p.active_target} is locked (reviewed) on {self.state.volume_name}; "
+                       "unlock it to re-segment it")
+            return None
         return p.target(p.active_target).label
+
+    def _merge(self, current: np.ndarray, mask: np.ndarray, label: int) -> np.ndarray:
+        """SAM's mask written into the label map by the project's policy; locked targets untouched."""
+        return merge_target(current, mask, label, self.state.project.existing, self.state.locked_labels())
 
     def _run(self, job, on_done) -> None:
         from napari.qt.threading import thread_worker
@@ -156,8 +197,7 @@ class ReviewPanel(QWidget):
 
         def apply(mask2d: np.ndarray) -> None:
             data = np.asarray(self.state.mask_layer.data).copy()
-            data[z][data[z] == label] = 0
-            data[z][mask2d] = label
+            data[z] = self._merge(data[z], mask2d, label)
             self.state.set_mask(data)
             self.state.save_mask("re-prompted")
             self.status.setText(f"slice {z}: {int(mask2d.sum())} pixels from the prompt, saved.")
@@ -176,9 +216,7 @@ class ReviewPanel(QWidget):
         z_range = (int(zs.min()) - 3, int(zs.max()) + 3)
 
         def apply(mask3d: np.ndarray) -> None:
-            new = np.asarray(self.state.mask_layer.data).copy()
-            new[new == label] = 0
-            new[mask3d] = label
+            new = self._merge(np.asarray(self.state.mask_layer.data), mask3d, label)
             self.state.set_mask(new)
             self.state.save_mask("re-propagated")
             self.status.setText(f"re-propagated from slice {z}: {int(mask3d.sum())} voxels, saved.")

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import threading
 
+from medlsam_training.project_run import build_templates, run_project
 from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
-from ..jobs import build_templates, load_models, run_project
+from ..jobs import load_models
 from ..state import AnnotatorState
 from ._messages import show_error, show_info
 

@@ -1,7 +1,9 @@
-"""Backend and device: localizer, segmenter (embedded LiteMedSAM or a checkpoint on disk), CPU/CUDA, mode."""
+"""Backend and device: localizer, segmenter (embedded LiteMedSAM or a checkpoint on disk), CPU/CUDA, mode, and what
+re-segmenting a target does to the labels already in the volume's label map."""
 
 from __future__ import annotations
 
+from medlsam_training.label_merge import POLICIES, POLICY_HELP
 from qtpy.QtWidgets import QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLineEdit, QPushButton, QWidget
 
 from ..state import AnnotatorState
@@ -24,6 +26,11 @@ class SettingsPanel(QWidget):
         browse.clicked.connect(self._browse)
         self.device = QComboBox()
         self.device.addItems(self._devices())
+        self.existing = QComboBox()
+        for policy in POLICIES:
+            self.existing.addItem(POLICY_HELP[policy], policy)
+        self.existing.setToolTip("When a target is segmented again (run, re-prompt, re-propagate): what its new "
+                                 "voxels may replace. Locked (reviewed) targets are never changed.")
         seg_row = QHBoxLayout()
         seg_row.addWidget(self.segmenter)
         seg_row.addWidget(browse)
@@ -32,7 +39,8 @@ class SettingsPanel(QWidget):
         form.addRow("segmenter", seg_row)
         form.addRow("device", self.device)
         form.addRow("propagation", self.mode)
-        for combo in (self.localizer, self.mode, self.device):
+        form.addRow("existing labels", self.existing)
+        for combo in (self.localizer, self.mode, self.device, self.existing):
             combo.currentTextChanged.connect(self._store)
         self.segmenter.editingFinished.connect(self._store)
         state.on_change(lambda what: self.refresh() if what == "project" else None)
@@ -52,6 +60,9 @@ class SettingsPanel(QWidget):
             if combo.findText(value) >= 0:
                 combo.setCurrentText(value)
             combo.blockSignals(False)
+        self.existing.blockSignals(True)
+        self.existing.setCurrentIndex(max(self.existing.findData(p.existing), 0))
+        self.existing.blockSignals(False)
         self.segmenter.setText(p.segmenter)
 
     def _browse(self) -> None:
@@ -65,5 +76,6 @@ class SettingsPanel(QWidget):
         if p is None:
             return
         p.localizer, p.mode, p.device = self.localizer.currentText(), self.mode.currentText(), self.device.currentText()
+        p.existing = self.existing.currentData()
         p.segmenter = self.segmenter.text().strip() or "litemedsam"
         p.save()

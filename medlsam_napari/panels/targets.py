@@ -6,7 +6,8 @@ from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (QHBoxLayout, QInputDialog, QLineEdit, QListWidget, QListWidgetItem, QPushButton,
                             QSpinBox, QVBoxLayout, QWidget)
 
-from ..project import ProjectError
+from medlsam_training.project import ProjectError
+
 from ..state import AnnotatorState
 from ._messages import show_error
 

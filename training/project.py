@@ -1,0 +1,460 @@
+"""An annotation project: one folder that the annotator and the ``medlsam`` command line both open.
+
+The folder layout (the same whichever door wrote it)::
+
+    <project>/
+      <volumes>                    any layout ``find_cases`` reads: files, case folders, DICOM folders
+      medlsam_project.json         the session: targets, templates, clicked points, statuses, locks, settings
+      templates/<name>.json        extreme points per template and target, the CLI's format
+                                   ('medlsam extreme-points'); the annotator writes one when six points are valid
+      masks/<volume>.nii.gz        one label map per volume, every target in it, the volume's own geometry
+      masks/labels.json            label value -> target name
+      masks/medlsam_results.json   the last runs: per volume and target, box, status, spread, similarity
+      masks/.previous/             a copy of every mask before a run or a tool replaced it
+
+The session records which volumes are templates, the targets (name, label value, colour), each
+template's extreme points per target (voxel indices of that volume, x, y, z), the chosen localizer,
+segmenter, device, propagation mode and policy for existing labels, and each volume's status and
+locked targets.  Every change is saved atomically, so reopening the folder resumes exactly where the
+annotator stopped.  Opening also takes in what the CLI wrote: extreme-point files in ``templates/``
+(newer than the session: the file wins), masks and failures of ``masks/medlsam_results.json``, and
+target names from ``masks/labels.json``.  A corrupt session file is kept as a backup and the user is
+told; volumes that moved are reported, their points kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .atomic import write_json_atomic
+from .datasets import find_cases, read_label_names
+from .errors import DatasetError, MedLSAMError
+from .extreme_points import POINT_NAMES, ExtremePoints, template_volume_path
+from .label_merge import check_policy
+from .pipeline import LABELS_NAME, RESULTS_NAME
+from .volume import Volume
+
+SESSION_FILE = "medlsam_project.json"
+TEMPLATES_DIR = "templates"
+SCHEMA = "medlsam-project"
+VERSION = 1
+STATUSES = ("pending", "segmented", "reviewed", "failed", "missing")
+PALETTE = ("#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c", "#fabebe")
+
+
+class ProjectError(MedLSAMError, ValueError):
+    """A project action that cannot be done (unknown target, duplicate label, ...)."""
+
+
+@dataclass
+class Target:
+    name: str
+    label: int
+    color: str
+
+
+@dataclass
+class VolumeEntry:
+    name: str
+    path: str
+    template: bool = False
+    status: str = "pending"
+    mask: str | None = None
+    locked: list[str] = field(default_factory=list)  # targets reviewed on this volume: never re-segmented
+
+
+@dataclass
+class Project:
+    folder: Path
+    volumes: list[VolumeEntry] = field(default_factory=list)
+    targets: list[Target] = field(default_factory=list)
+    points: dict[str, dict[str, list[list[float] | None]]] = field(default_factory=dict)
+    active_target: str | None = None
+    localizer: str = "medlam"  # best on the head-and-neck benchmark (docs/benchmarks.md, section 1)
+    segmenter: str = "litemedsam"
+    device: str = "auto"
+    mode: str = "mask"
+    existing: str = "keep"  # what re-segmenting a target does to labels already there (training/label_merge.py)
+    output_dir: str = "masks"
+    point_files: dict[str, dict[str, str]] = field(default_factory=dict)  # volume -> target -> templates/ file
+    messages: list[str] = field(default_factory=list)  # what opening found (moved files, backups); not saved
+
+    # --- opening and saving ---------------------------------------------------------------
+    @property
+    def session_path(self) -> Path:
+        return self.folder / SESSION_FILE
+
+    @classmethod
+    def open(cls, folder: str | Path) -> "Project":
+        """Resume the session in ``folder``, or start one over the volumes found there."""
+        folder = Path(folder).resolve()
+        if not folder.is_dir():
+            raise ProjectError(f"{folder}: not a folder")
+        project = cls(folder)
+        if project.session_path.is_file():
+            try:
+                project._load(json.loads(project.session_path.read_text(encoding="utf-8")))
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                backup = folder / f"{SESSION_FILE}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}"
+                shutil.copy2(project.session_path, backup)
+                project = cls(folder)
+                project.messages.append(f"The session file was unreadable ({exc}); it was kept as {backup.name} "
+                                        "and a new session was started.")
+        project._discover()
+        project._take_in_cli_outputs()
+        project.save()
+        return project
+
+    def _load(self, data: dict[str, Any]) -> None:
+        if data.get("schema") != SCHEMA:
+            raise ValueError("not a medlsam project session")
+        if data.get("version") != VERSION:
+            raise ValueError(f"session version {data.get('version')} is not supported (expected {VERSION})")
+        self.volumes = [VolumeEntry(**v) for v in data["volumes"]]
+        self.targets = [Target(**t) for t in data["targets"]]
+        self.points = {v: {t: list(p) for t, p in tp.items()} for v, tp in data.get("points", {}).items()}
+        for key in ("active_target", "localizer", "segmenter", "device", "mode", "existing", "output_dir",
+                    "point_files"):
+            if key in data:
+                setattr(self, key, data[key])
+        check_policy(self.existing)
+        for v in self.volumes:
+            if v.status not in STATUSES:
+                raise ValueError(f"volume {v.name}: unknown status {v.status!r}")
+
+    def _discover(self) -> None:
+        """Add volumes that appeared in the folder; flag those that moved."""
+        known = {v.name for v in self.volumes}
+        try:
+            cases = find_cases(self.folder)
+        except DatasetError:
+            cases = []
+        out_dir = (self.folder / self.output_dir).resolve()
+        for case in cases:
+            if out_dir in case.image.resolve().parents:
+                continue  # our own masks are not volumes to annotate
+            if case.name not in known:
+                self.volumes.append(VolumeEntry(case.name, self._relative(case.image)))
+        for v in self.volumes:
+            if not self.volume_path(v.name).exists():
+                if v.status != "missing":
+                    self.messages.append(f"{v.name}: {v.path} is missing (moved or deleted); its points are kept.")
+                v.status = "missing"
+            elif v.status == "missing":
+                v.status = "segmented" if v.mask and (self.folder / v.mask).is_file() else "pending"
+        if not self.volumes:
+            self.messages.append(f"{self.folder}: no volume found (NIfTI, NRRD, MHA or DICOM folders).")
+
+    # --- what the command line wrote -------------------------------------------------------
+    def _take_in_cli_outputs(self) -> None:
+        """Masks, failures and target names of CLI runs, and extreme-point files in ``templates/``."""
+        out = self.folder / self.output_dir
+        summary: dict[str, Any] = {}
+        if (out / RESULTS_NAME).is_file():
+            try:
+                summary = json.loads((out / RESULTS_NAME).read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError) as exc:
+                self.messages.append(f"{out / RESULTS_NAME}: unreadable run summary ({exc}); ignored.")
+        names: dict[int, str] = {}
+        if (out / LABELS_NAME).is_file():
+            try:
+                names = read_label_names(out / LABELS_NAME)
+            except DatasetError as exc:
+                self.messages.append(f"{exc}; target names not taken from it.")
+        else:  # an older run: the names its summary gave each label
+            for record in summary.values():
+                for target, info in (record.get("targets") or {}).items():
+                    if isinstance(info, dict) and info.get("label"):
+                        names.setdefault(int(info["label"]), target)
+        for value, name in sorted(names.items()):
+            self._adopt_target(name, value, str(out / LABELS_NAME))
+        for v in self.volumes:
+            if v.status in ("pending", "failed") and self.mask_path(v.name).is_file():
+                v.status, v.mask = "segmented", self._relative(self.mask_path(v.name))
+            elif v.status == "pending" and summary.get(v.name, {}).get("status") == "failed":
+                v.status = "failed"
+        for file in sorted((self.folder / TEMPLATES_DIR).glob("*.json")):
+            try:
+                self._take_in_template_file(file)
+            except MedLSAMError as exc:
+                self.messages.append(f"{exc}; not used.")
+
+    def _adopt_target(self, name: str, value: int, where: str) -> Target:
+        """The project's target of that name, added when new; a different label value is reported, ours kept."""
+        for t in self.targets:
+            if t.name == name:
+                if value and t.label != value:
+                    self.messages.append(f"{where}: {name} has label {value} there and {t.label} in this project; "
+                                         f"{t.label} is used.")
+                return t
+        if value and any(t.label == value for t in self.targets):
+            value = 0  # taken by another target: the next free value
+        value = value or max((t.label for t in self.targets), default=0) + 1
+        target = Target(name, int(value), PALETTE[len(self.targets) % len(PALETTE)])
+        self.targets.append(target)
+        self.active_target = self.active_target or name
+        return target
+
+    def _take_in_template_file(self, file: Path) -> None:
+        ep = ExtremePoints.load(file)
+        volume = self._volume_of(file, ep.template_path or "")
+        if volume is None:
+            raise ProjectError(f"{file}: its template {ep.template_path} is not a volume of this project")
+        target = self._adopt_target(ep.target, int(ep.label or 0), str(file))
+        indices = ep.indices()
+        if not all(ep.template_geometry.contains_index(i) for i in indices):
+            raise ProjectError(f"{file}: a point lies outside {volume}")
+        slots = self.points.get(volume, {}).get(target.name)
+        complete = slots is not None and all(p is not None for p in slots)
+        newer = not self.session_path.is_file() or file.stat().st_mtime > self.session_path.stat().st_mtime
+        if not complete or (newer and not np.allclose(np.array(slots, float), indices, atol=1e-3)):
+            if complete:
+                self.messages.append(f"{file.name} is newer than the session: its {target.name} points on {volume} "
+                                     "replace the clicked ones.")
+            self.points.setdefault(volume, {})[target.name] = [[float(v) for v in i] for i in indices]
+        self.entry(volume).template = True
+        self.point_files.setdefault(volume, {})[target.name] = self._relative(file)
+
+    def _volume_of(self, file: Path, template_path: str) -> str | None:
+        """The project volume a template file names: the same path, else the same trailing path parts."""
+        wanted = template_volume_path(file, template_path).resolve() if template_path else None
+        for v in self.volumes:
+            if wanted is not None and self.volume_path(v.name).resolve() == wanted:
+                return v.name
+        tail = Path(template_path).parts
+        for v in self.volumes:  # a relative path written from another working folder
+            parts = Path(v.path).parts
+            n = min(len(parts), len(tail))
+            if n and parts[-n:] == tail[-n:] and (n > 1 or len(parts) == 1):
+                return v.name
+        return None
+
+    def template_file(self, volume: str, target: str) -> Path:
+        """Where a template's extreme points of ``target`` are exported for the CLI."""
+        rel = self.point_files.get(volume, {}).get(target)
+        return self.folder / rel if rel else self.folder / TEMPLATES_DIR / f"{volume}_{target}.json"
+
+    def export_template(self, volume: Volume, name: str, target: str) -> Path:
+        """Write ``templates/<volume>_<target>.json`` (CLI format) from the six clicked points.
+
+        An existing file with the same points is left as it is (it may hold SPL slabs the session does not).
+        """
+        ep = self.extreme_points(volume, name, target)
+        path = self.template_file(name, target)
+        if path.is_file():
+            try:
+                old = ExtremePoints.load(path)
+                if old.target == target and np.allclose(old.points_mm, ep.points_mm, atol=1e-3):
+                    return path
+            except MedLSAMError:
+                pass  # unreadable: rewritten below
+        data = ep.to_json()
+        # relative to the file, so that the project folder can move (load_templates resolves it so)
+        data["template"]["path"] = os.path.relpath(self.volume_path(name).resolve(), path.parent.resolve())
+        write_json_atomic(data, path)
+        self.point_files.setdefault(name, {})[target] = self._relative(path)
+        self.save()
+        return path
+
+    def _drop_template_file(self, volume: str, target: str) -> None:
+        """Points no longer complete (or the target gone): the CLI must not run the stale file."""
+        rel = self.point_files.get(volume, {}).pop(target, None)
+        path = self.folder / rel if rel else self.template_file(volume, target)
+        if path.is_file():
+            path.unlink()
+
+    def write_label_names(self) -> None:
+        """``masks/labels.json`` from the targets, so masks carry their names to Slicer, reports and evaluate."""
+        path = self.folder / self.output_dir / LABELS_NAME
+        if self.targets or path.is_file():
+            write_json_atomic({str(t.label): t.name for t in sorted(self.targets, key=lambda t: t.label)},
+                              path)
+
+    def _relative(self, path: Path) -> str:
+        try:
+            return str(Path(path).resolve().relative_to(self.folder))
+        except ValueError:
+            return str(Path(path).resolve())
+
+    def to_json(self) -> dict[str, Any]:
+        return {"schema": SCHEMA, "version": VERSION, "volumes": [asdict(v) for v in self.volumes],
+                "targets": [asdict(t) for t in self.targets], "points": self.points,
+                "active_target": self.active_target, "localizer": self.localizer, "segmenter": self.segmenter,
+                "device": self.device, "mode": self.mode, "existing": self.existing, "output_dir": self.output_dir,
+                "point_files": self.point_files}
+
+    def save(self) -> None:
+        write_json_atomic(self.to_json(), self.session_path)
+
+    # --- volumes --------------------------------------------------------------------------
+    def entry(self, name: str) -> VolumeEntry:
+        for v in self.volumes:
+            if v.name == name:
+                return v
+        raise ProjectError(f"no volume named {name!r} in this project")
+
+    def volume_path(self, name: str) -> Path:
+        p = Path(self.entry(name).path)
+        return p if p.is_absolute() else self.folder / p
+
+    def mask_path(self, name: str) -> Path:
+        return self.folder / self.output_dir / f"{name}.nii.gz"
+
+    def set_template(self, name: str, is_template: bool = True) -> None:
+        self.entry(name).template = is_template
+        if not is_template:
+            for target in list(self.point_files.get(name, {})):
+                self._drop_template_file(name, target)
+        self.save()
+
+    def set_status(self, name: str, status: str, mask: Path | None = None) -> None:
+        if status not in STATUSES:
+            raise ProjectError(f"unknown status {status!r}")
+        entry = self.entry(name)
+        entry.status = status
+        if mask is not None:
+            entry.mask = self._relative(mask)
+        self.save()
+
+    # --- review locks ---------------------------------------------------------------------
+    def locked_targets(self, name: str) -> list[str]:
+        """Targets never to re-segment or overwrite on this volume: all of them once it is reviewed."""
+        entry = self.entry(name)
+        if entry.status == "reviewed":
+            return [t.name for t in self.targets]
+        return [t.name for t in self.targets if t.name in entry.locked]
+
+    def set_locked(self, name: str, target: str, locked: bool = True) -> None:
+        """Lock (reviewed) or unlock one target of a volume; unlocking one of a reviewed volume un-reviews it."""
+        self.target(target)
+        entry = self.entry(name)
+        if locked and target not in entry.locked:
+            entry.locked.append(target)
+        elif not locked:
+            if entry.status == "reviewed":
+                entry.locked = [t.name for t in self.targets]
+                entry.status = "segmented" if entry.mask else "pending"
+            entry.locked = [t for t in entry.locked if t != target]
+        self.save()
+
+    def mark_reviewed(self, name: str) -> None:
+        """The whole volume is reviewed: every target locked, the volume never re-segmented."""
+        entry = self.entry(name)
+        entry.status = "reviewed"
+        entry.locked = [t.name for t in self.targets]
+        self.save()
+
+    @property
+    def templates(self) -> list[str]:
+        return [v.name for v in self.volumes if v.template and v.status != "missing"]
+
+    @property
+    def queries(self) -> list[str]:
+        return [v.name for v in self.volumes if not v.template and v.status != "missing"]
+
+    # --- targets --------------------------------------------------------------------------
+    def target(self, name: str) -> Target:
+        for t in self.targets:
+            if t.name == name:
+                return t
+        raise ProjectError(f"no target named {name!r}")
+
+    def add_target(self, name: str, label: int | None = None) -> Target:
+        name = name.strip()
+        if not name:
+            raise ProjectError("a target needs a name")
+        if any(t.name == name for t in self.targets):
+            raise ProjectError(f"a target named {name!r} exists already")
+        label = label or max((t.label for t in self.targets), default=0) + 1
+        if not 0 < label < 65536 or any(t.label == label for t in self.targets):
+            raise ProjectError(f"label value {label} is invalid or used by another target")
+        target = Target(name, int(label), PALETTE[len(self.targets) % len(PALETTE)])
+        self.targets.append(target)
+        self.active_target = self.active_target or name
+        self.write_label_names()
+        self.save()
+        return target
+
+    def rename_target(self, old: str, new: str) -> None:
+        new = new.strip()
+        if not new or any(t.name == new for t in self.targets):
+            raise ProjectError(f"cannot rename {old!r} to {new!r}: empty or already used")
+        for volume in list(self.point_files):
+            if old in self.point_files[volume]:
+                self._drop_template_file(volume, old)  # rewritten under the new name when next exported
+        self.target(old).name = new
+        for per_volume in self.points.values():
+            if old in per_volume:
+                per_volume[new] = per_volume.pop(old)
+        for v in self.volumes:
+            v.locked = [new if t == old else t for t in v.locked]
+        if self.active_target == old:
+            self.active_target = new
+        self.write_label_names()
+        self.save()
+
+    def delete_target(self, name: str) -> None:
+        self.targets.remove(self.target(name))
+        for volume in list(self.point_files):
+            if name in self.point_files[volume]:
+                self._drop_template_file(volume, name)
+        for per_volume in self.points.values():
+            per_volume.pop(name, None)
+        for v in self.volumes:
+            v.locked = [t for t in v.locked if t != name]
+        self.write_label_names()
+        if self.active_target == name:
+            self.active_target = self.targets[0].name if self.targets else None
+        self.save()
+
+    # --- extreme points -------------------------------------------------------------------
+    def point_slots(self, volume: str, target: str) -> list[list[float] | None]:
+        self.target(target)
+        return self.points.setdefault(volume, {}).setdefault(target, [None] * len(POINT_NAMES))
+
+    def next_point(self, volume: str, target: str) -> int | None:
+        """Index (into POINT_NAMES) of the first point still to click, None when all six are set."""
+        slots = self.point_slots(volume, target)
+        return next((i for i, p in enumerate(slots) if p is None), None)
+
+    def set_point(self, volume: str, target: str, which: int, index_xyz: Any, size_xyz: tuple[int, int, int]) -> None:
+        """Record one clicked point (voxel index x, y, z); refuses points outside the volume."""
+        idx = np.asarray(index_xyz, dtype=float)
+        if idx.shape != (3,) or not np.all(np.isfinite(idx)):
+            raise ProjectError(f"a point needs three finite coordinates, got {index_xyz}")
+        if np.any(idx < -0.5) or np.any(idx > np.asarray(size_xyz) - 0.5):
+            raise ProjectError(f"the point {np.round(idx, 1).tolist()} lies outside the volume of size {size_xyz}")
+        self.point_slots(volume, target)[which] = [float(v) for v in idx]
+        self._drop_template_file(volume, target)  # exported again once the six points are valid
+        self.save()
+
+    def clear_point(self, volume: str, target: str, which: int) -> None:
+        self.point_slots(volume, target)[which] = None
+        self._drop_template_file(volume, target)
+        self.save()
+
+    def extreme_points(self, volume: Volume, name: str, target: str) -> ExtremePoints:
+        """The validated ExtremePoints of a target on a template (raises with the reason when incomplete)."""
+        slots = self.point_slots(name, target)
+        missing = [POINT_NAMES[i] for i, p in enumerate(slots) if p is None]
+        if missing:
+            raise ProjectError(f"{target} on {name}: {6 - len(missing)} of six points set; missing {', '.join(missing)}")
+        t = self.target(target)
+        return ExtremePoints.from_index_points(target, t.label, volume, np.array(slots))
+
+    def ready_templates(self) -> dict[str, list[str]]:
+        """Template name -> targets whose six points are complete on it."""
+        out: dict[str, list[str]] = {}
+        for name in self.templates:
+            done = [t.name for t in self.targets if self.next_point(name, t.name) is None]
+            if done:
+                out[name] = done
+        return out

@@ -1,0 +1,67 @@
+"""Running the MedLSAM pipeline over a project: the annotator's run button and ``medlsam segment --project``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from .datasets import Case
+from .embedding_cache import ProgressFn, default_cache_dir
+from .io import read_volume
+from .localize import Template
+from .pipeline import QueryResult, run_queries
+from .project import Project, ProjectError
+from .propagate import PropagationConfig
+
+
+def build_templates(project: Project) -> list[Template]:
+    """Every template volume with its complete, validated targets; explains what is missing.
+
+    Each template's points are also (re)exported to ``templates/`` so that the plain CLI runs the same.
+    """
+    if not project.targets:
+        raise ProjectError("no target: add one (name and label value) first")
+    if not project.templates:
+        raise ProjectError("no template: mark a volume as template and click six points on it")
+    ready = project.ready_templates()
+    if not ready:
+        raise ProjectError("no template has all six points of a target yet")
+    templates = []
+    for name, targets in ready.items():
+        volume = read_volume(project.volume_path(name))
+        for t in targets:
+            project.export_template(volume, name, t)
+        templates.append(Template(volume, [project.extreme_points(volume, name, t) for t in targets]))
+    return templates
+
+
+def run_project(project: Project, templates: list[Template], queries: list[str], localizer, segmenter,
+                progress: ProgressFn | None = None, on_result: Callable[[QueryResult], None] | None = None,
+                cancelled: Callable[[], bool] | None = None, existing: str | None = None,
+                config: PropagationConfig | None = None, cache_dir: Path | None = None) -> list[QueryResult]:
+    """Segment every query into the project's mask folder; statuses are saved as each volume finishes.
+
+    ``existing`` (default: the project's policy) says what happens to a volume's label map when it exists:
+    ``skip`` it, or merge the run's targets into it (``keep``, ``overwrite``, ``empty``).  Reviewed volumes
+    and locked targets are never re-segmented, and any mask replaced is first copied to ``<masks>/.previous/``.
+    """
+    queries = [q for q in queries if project.entry(q).status != "reviewed"]
+    cases = [Case(name, project.volume_path(name)) for name in queries]
+    locked = {name: project.locked_targets(name) for name in queries}
+    project.write_label_names()
+    results = []
+    try:
+        for r in run_queries(cases, templates, localizer, segmenter, project.folder / project.output_dir,
+                             config or PropagationConfig(mode=project.mode), cache_dir or default_cache_dir(),
+                             existing=existing or project.existing, progress=progress, cancelled=cancelled,
+                             locked=locked):
+            if r.status == "done":
+                project.set_status(r.name, "segmented", r.output)
+            elif r.status == "failed":
+                project.set_status(r.name, "failed")
+            results.append(r)
+            if on_result:
+                on_result(r)
+    except InterruptedError:
+        pass  # cancelled: finished volumes are saved, the current one is left as it was
+    return results
