@@ -47,3 +47,28 @@ def ct_dicom(shared_data: Path) -> Path:
 def openkbp(shared_data: Path) -> Path:
     """OpenKBP head-and-neck CT with manual contours (nnU-Net layout); train-pats for templates only."""
     return _require(shared_data / "ct_hn_openkbp")
+
+
+@pytest.fixture(scope="session")
+def cli_project(tmp_path_factory) -> Path:
+    """A project folder made with the command line alone (the documented layout): three small phantoms, the
+    liver's extreme points from phantom_000's mask in templates/liver.json, masks of the others by
+    'medlsam segment' in masks/.  Copy it before changing it."""
+    from typer.testing import CliRunner
+
+    from medlsam_training.cli import app
+    from medlsam_training.phantom import write_phantom_dataset
+
+    root = tmp_path_factory.mktemp("cli_project") / "project"
+    # the CI-sized phantom of test_pipeline_cli: clinical in-plane spacing, 20 thick slices
+    write_phantom_dataset(root, n=3, size=(192, 160, 20), spacing=(1.8, 1.8, 6.0))
+    runner = CliRunner()
+    template = root / "templates" / "liver.json"
+    r = runner.invoke(app, ["extreme-points", str(root / "phantom_000" / "image.nii.gz"),
+                            str(root / "phantom_000" / "label.nii.gz"), "--target", "liver", "--out", str(template)])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["segment", "-t", str(template), "-q", str(root), "--out", str(root / "masks"),
+                            "--localizer", "registration", "--device", "cpu",
+                            "--cache", str(tmp_path_factory.mktemp("embeddings"))])
+    assert r.exit_code == 0, r.output
+    return root

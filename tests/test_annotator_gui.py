@@ -169,3 +169,54 @@ def test_dock_fits_a_1366x768_window_without_horizontal_scrolling(make_napari_vi
     assert widget.points.slots.text().count("○") == 6
     assert widget.scroll.widget().minimumSizeHint().width() <= widget.scroll.viewport().width()
     assert widget.width() < 1366 // 3  # and the dock leaves the canvas most of the window
+
+
+def test_cli_made_project_opens_in_the_annotator(make_napari_viewer, qtbot, cli_project, tmp_path) -> None:
+    """What 'medlsam extreme-points' and 'medlsam segment' wrote is the annotator's project: template, points,
+    target, statuses, masks and boxes, with no model loaded."""
+    import shutil
+
+    from medlsam_napari.state import BOX_LAYER, POINTS_LAYER
+    from medlsam_training.extreme_points import ExtremePoints
+    from medlsam_training.io import read_label
+
+    folder = shutil.copytree(cli_project, tmp_path / "p")
+    viewer = make_napari_viewer()
+    widget = AnnotatorWidget(viewer, folder)
+    state = widget.state
+    items = [widget.volumes.list.item(i).text() for i in range(widget.volumes.list.count())]
+    assert items == ["· phantom_000  [template]", "◐ phantom_001  [segmented]", "◐ phantom_002  [segmented]"]
+    assert [widget.targets.list.item(i).text() for i in range(widget.targets.list.count())][0].startswith("liver")
+
+    widget.volumes.open("phantom_000")
+    clicked = np.asarray(viewer.layers[POINTS_LAYER].data)[:, ::-1]  # napari z, y, x -> x, y, z
+    np.testing.assert_allclose(clicked, ExtremePoints.load(folder / "templates" / "liver.json").indices(), atol=1e-6)
+    assert widget.points.slots.text().count("✓") == 6 and "six valid points" in widget.points.status.text()
+
+    widget.volumes.open("phantom_001")
+    saved = read_label(folder / "masks" / "phantom_001.nii.gz", state.volume).array
+    np.testing.assert_array_equal(np.asarray(state.mask_layer.data), saved)
+    assert BOX_LAYER in viewer.layers  # the run's localized box, from masks/medlsam_results.json
+
+    # the liver is locked: a paint stroke over it is undone and the file keeps it
+    state.project.active_target = "liver"
+    state.changed("active_target")
+    widget.review.lock.click()
+    assert state.project.entry("phantom_001").locked == ["liver"] and widget.review.lock.text() == "Locked: liver"
+    z, y, x = np.argwhere(saved == 1)[len(np.argwhere(saved == 1)) // 2]
+    layer = state.mask_layer
+    layer.brush_size = 5
+
+    def stroke() -> None:  # as a mouse drag: the paint event comes once the stroke is in the data
+        with layer.block_history():
+            layer.paint((z, y, x), 0)
+
+    stroke()
+    np.testing.assert_array_equal(np.asarray(layer.data), saved)
+    np.testing.assert_array_equal(read_label(folder / "masks" / "phantom_001.nii.gz", state.volume).array, saved)
+    widget.review.segment_slice()  # re-prompting a locked target is refused with a message
+    assert widget.review.worker is None
+    widget.review.lock.click()  # unlocked: the stroke now sticks
+    stroke()
+    assert (np.asarray(layer.data) == 1).sum() < (saved == 1).sum()
+    assert (read_label(folder / "masks" / "phantom_001.nii.gz", state.volume).array == 1).sum() < (saved == 1).sum()

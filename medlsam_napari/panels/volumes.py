@@ -36,7 +36,8 @@ class VolumesPanel(QWidget):
         current = self._selected()
         self.list.clear()
         for v in p.volumes if p else []:
-            label = f"{_ICONS.get(v.status, '')} {v.name}  [{'template' if v.template else v.status}]"
+            locked = f"; locked: {', '.join(v.locked)}" if v.locked and v.status != "reviewed" else ""
+            label = f"{_ICONS.get(v.status, '')} {v.name}  [{'template' if v.template else v.status}{locked}]"
             item = QListWidgetItem(label)
             item.setData(Qt.UserRole, v.name)
             if v.status == "missing":
