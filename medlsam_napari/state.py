@@ -106,6 +106,7 @@ class AnnotatorState:
             mask = read_label(mask_path, volume, allow_empty=True).array.astype(mask.dtype)
         self._saved_mask = mask.copy()
         labels = self.viewer.add_labels(mask, **layer_kwargs(volume.with_array(mask), f"{name} mask", labels=True))
+        self._name_labels(labels)
         labels.events.paint.connect(lambda event: self.save_mask("painted"))
         self._show_boxes(name, volume)
         points = self.viewer.add_points(np.empty((0, 3)), name=POINTS_LAYER, ndim=3, size=4, face_color="yellow",
@@ -141,6 +142,11 @@ class AnnotatorState:
             layer.data = mask.astype(layer.data.dtype)
             layer.refresh()
 
+    def _name_labels(self, layer) -> None:
+        """Target names in the layer's metadata: 'Save layer' as .seg.nrrd writes them as Slicer segment names."""
+        if self.project is not None:
+            layer.metadata["label_names"] = {str(t.label): t.name for t in self.project.targets}
+
     def locked_labels(self) -> list[int]:
         """Label values of the open volume's locked (reviewed) targets."""
         if self.project is None or self.volume_name is None:
@@ -173,6 +179,7 @@ class AnnotatorState:
 
             show_warning(f"{restored} voxels of locked (reviewed) targets were restored; unlock a target to edit it.")
         path = self.project.mask_path(self.volume_name)
+        self._name_labels(self.mask_layer)
         self._saved_mask = np.array(self.mask_layer.data, copy=True)
         write_mask(self._saved_mask, self.volume, path)
         entry = self.project.entry(self.volume_name)

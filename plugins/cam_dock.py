@@ -14,7 +14,7 @@ from qtpy.QtGui import QColor, QPainter
 from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QProgressBar,
                             QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
-from medlsam_plugins._progress import ProgressBridge
+from medlsam_napari.progress import ProgressBridge
 from medlsam_napari.layer_geometry import layer_kwargs, volume_from_layer
 from medlsam_training.atomic import write_json_atomic
 from medlsam_training.cam.classifier import load_classifier
@@ -113,7 +113,7 @@ class CamSeedWidget(QWidget):
         layout.addWidget(self.status)
         self.undo_btn.setEnabled(False)
         self._last_tagged: int | None = None
-        self.bridge = ProgressBridge()
+        self.bridge = ProgressBridge("CAM seeding")
         self.bridge.progress.connect(self._on_progress)
         self.strip.clicked.connect(lambda z: self.tag(z, [PRESENT, ABSENT, UNKNOWN][self.state_box.currentIndex()]))
         self.train_btn.clicked.connect(lambda: self.start_training())  # clicked(bool) must not fill the argument
@@ -396,6 +396,7 @@ class CamSeedWidget(QWidget):
         self.worker.start()
 
     def _idle(self) -> None:
+        self.bridge.close()
         self.worker = None
         for b in (self.train_btn, self.run_btn):
             b.setEnabled(True)

@@ -13,7 +13,7 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
                             QProgressBar, QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
-from medlsam_plugins._progress import ProgressBridge
+from medlsam_napari.progress import ProgressBridge
 from medlsam_training.atomic import write_json_atomic
 from medlsam_training.datasets import find_cases
 from medlsam_training.errors import MedLSAMError
@@ -85,7 +85,7 @@ class CoresetWidget(QWidget):
             row.addWidget(w)
         layout.addLayout(row)
         layout.addWidget(self.status)
-        self.bridge = ProgressBridge()
+        self.bridge = ProgressBridge("coreset")
         self.bridge.progress.connect(self._on_progress)
         self.run_btn.clicked.connect(self.start)
         self.cancel_btn.clicked.connect(self._cancel.set)
@@ -136,6 +136,7 @@ class CoresetWidget(QWidget):
         self.worker.start()
 
     def _idle(self) -> None:
+        self.bridge.close()
         self.worker = None
         self.run_btn.setEnabled(True)
 

@@ -14,7 +14,7 @@ from qtpy.QtGui import QPainter, QPen
 from qtpy.QtWidgets import (QComboBox, QFileDialog, QHBoxLayout, QLabel, QLineEdit, QListWidget, QListWidgetItem,
                             QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
-from medlsam_plugins._progress import ProgressBridge
+from medlsam_napari.progress import ProgressBridge
 from medlsam_napari.layer_geometry import layer_kwargs
 from medlsam_training.atomic import keep_previous
 from medlsam_training.project import Project
@@ -100,7 +100,7 @@ class FinetuneWidget(QWidget):
         for w in (self.bar, self.curve, QLabel("Volumes to pre-segment"), self.predict_list, self.existing,
                   self.predict_btn, self.status):
             layout.addWidget(w)
-        self.bridge = ProgressBridge()
+        self.bridge = ProgressBridge("fine-tuning")
         self.bridge.progress.connect(self._on_progress)
         if project_dir is not None:
             self.open_project(project_dir)
@@ -189,6 +189,7 @@ class FinetuneWidget(QWidget):
         self.status.setText(f"fine-tuned: {path.name}{note}")
 
     def _idle(self) -> None:
+        self.bridge.close()
         self.worker = None
         self.train_btn.setEnabled(True)
         self.predict_btn.setEnabled(True)

@@ -10,7 +10,7 @@ from pathlib import Path
 from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QPlainTextEdit, QProgressBar,
                             QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
-from medlsam_plugins._progress import ProgressBridge
+from medlsam_napari.progress import ProgressBridge
 from medlsam_napari.layer_geometry import volume_from_layer
 from medlsam_napari.state import state_for
 from medlsam_training.datasets import read_label_names
@@ -77,7 +77,7 @@ class ReportWidget(QWidget):
         self.cancel_btn.clicked.connect(self._cancel.set)
         self.regen_btn.clicked.connect(self.replace_text)
         self.save_btn.clicked.connect(self._choose_save)
-        self.bridge = ProgressBridge()
+        self.bridge = ProgressBridge("report")
         self.bridge.progress.connect(self._on_progress)
         for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
             event.connect(lambda _e: self.refresh_layers())
@@ -141,6 +141,7 @@ class ReportWidget(QWidget):
         self.status.setText("cancelled" if isinstance(exc, InterruptedError) else f"measurement failed: {exc}")
 
     def _idle(self) -> None:
+        self.bridge.close()
         self.worker = None
         self.measure_btn.setEnabled(True)
         self.measure_btn.setText("Re-measure")

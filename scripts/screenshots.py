@@ -120,9 +120,13 @@ def main() -> None:
     while widget.review.worker is not None:
         settle(0.2)
     shot("06_reprompt_slice_from_box.png")
+    # 6. the liver is finished: locked, so no later run, prompt or paint stroke can change it
+    widget.review.lock.click()
+    widget.volumes.refresh()
+    shot("07_liver_locked.png")
     widget.review.mark_reviewed()
     widget.volumes.refresh()
-    shot("07_marked_reviewed.png")
+    shot("08_marked_reviewed.png")
     viewer.close()
 
 

@@ -197,6 +197,15 @@ def test_cli_made_project_opens_in_the_annotator(make_napari_viewer, qtbot, cli_
     saved = read_label(folder / "masks" / "phantom_001.nii.gz", state.volume).array
     np.testing.assert_array_equal(np.asarray(state.mask_layer.data), saved)
     assert BOX_LAYER in viewer.layers  # the run's localized box, from masks/medlsam_results.json
+    # "Save layer" as a Slicer segmentation carries the target's name and the volume's geometry
+    from medlsam_napari._writer import write_labels
+    from medlsam_training.interop.seg_nrrd import read_seg_nrrd
+
+    data, attributes, _ = state.mask_layer.as_layer_data_tuple()
+    write_labels(str(tmp_path / "phantom_001.seg.nrrd"), data, attributes)
+    seg, names, _ = read_seg_nrrd(tmp_path / "phantom_001.seg.nrrd")
+    assert names == {1: "liver"} and seg.geometry.is_close(state.volume.geometry, tol=1e-6)
+    np.testing.assert_array_equal(seg.array, saved)
 
     # the liver is locked: a paint stroke over it is undone and the file keeps it
     state.project.active_target = "liver"

@@ -5,18 +5,18 @@ from __future__ import annotations
 import threading
 
 from medlsam_training.project_run import build_templates, run_project
-from qtpy.QtCore import QObject, Signal
+from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
 from ..jobs import load_models
+from ..progress import ProgressBridge
 from ..state import AnnotatorState
 from ._messages import show_error, show_info
 
 
-class _Bridge(QObject):
-    """Carries progress from the worker thread to the GUI thread (queued signal delivery)."""
+class _RunBridge(ProgressBridge):
+    """Slice progress (also in napari's activity panel) and each finished volume, from the worker thread."""
 
-    slices = Signal(int, int, str)
     volume_done = Signal(object)
 
 
@@ -40,8 +40,8 @@ class RunPanel(QWidget):
         layout.addLayout(row)
         for w in (self.volumes_bar, self.slices_bar, self.status):
             layout.addWidget(w)
-        self.bridge = _Bridge()
-        self.bridge.slices.connect(self._on_slices)
+        self.bridge = _RunBridge("MedLSAM")
+        self.bridge.progress.connect(self._on_slices)
         self.bridge.volume_done.connect(self._on_volume)
         self.worker = None
         self._cancel = threading.Event()
@@ -71,7 +71,7 @@ class RunPanel(QWidget):
         def work():
             localizer, segmenter = load_models(p, self.state.segmenter_cache)
             return run_project(p, templates, queries, localizer, segmenter,
-                               progress=lambda d, n, m: bridge.slices.emit(d, n, m),
+                               progress=lambda d, n, m: bridge.progress.emit(d, n, m),
                                on_result=bridge.volume_done.emit, cancelled=cancel.is_set)
 
         self.worker = work()
@@ -99,6 +99,7 @@ class RunPanel(QWidget):
         self.state.changed("status")
 
     def _on_finished(self, summary, error: BaseException | None = None) -> None:
+        self.bridge.close()
         self.run_btn.setEnabled(True)
         self.cancel_btn.setEnabled(False)
         self.worker = None
