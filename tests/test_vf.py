@@ -67,7 +67,8 @@ def test_pretrain_finetune_predict_lowers_loss_and_keeps_geometry(phantoms: Path
     assert np.mean(losses[-4:]) < np.mean(losses[:4]), losses
 
     cases = [c for c in find_cases(phantoms, require_labels=True) if c.name != "phantom_002"]
-    ckpt, skipped = finetune(VFConfig(**TINY, steps=25), cases, [(1, "liver")], tmp_path / "seg.pt", init=vf)
+    # 40 steps: at 25 the Dice sat at the 0.3 bar and fell under it on another x86-64 CPU (0.296); at 40 it is 0.66
+    ckpt, skipped = finetune(VFConfig(**TINY, steps=40), cases, [(1, "liver")], tmp_path / "seg.pt", init=vf)
     assert any(s.startswith("head.weight") for s in skipped) and any(s.startswith("head.bias") for s in skipped)
     assert len(skipped) == 2  # everything but the pretext head was loaded
     losses = _losses(ckpt)

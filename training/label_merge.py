@@ -23,10 +23,10 @@ from .errors import MedLSAMError
 POLICIES = ("keep", "overwrite", "empty")
 #: What a re-run does with a volume whose label map exists: leave it (``skip``) or merge by a policy.
 EXISTING = ("skip",) + POLICIES
-POLICY_HELP = {
-    "keep": "replace the target, keep other labels",
-    "overwrite": "replace the target and any label under it",
-    "empty": "fill only empty voxels",
+POLICY_HELP = {  # short: they label a combo box in a narrow dock
+    "keep": "keep other labels",
+    "overwrite": "overwrite other labels",
+    "empty": "fill empty voxels only",
 }
 
 

@@ -30,7 +30,8 @@ class SettingsPanel(QWidget):
         for policy in POLICIES:
             self.existing.addItem(POLICY_HELP[policy], policy)
         self.existing.setToolTip("When a target is segmented again (run, re-prompt, re-propagate): what its new "
-                                 "voxels may replace. Locked (reviewed) targets are never changed.")
+                                 "voxels may replace. Its own old voxels are replaced unless 'fill empty voxels "
+                                 "only'. Locked (reviewed) targets are never changed.")
         seg_row = QHBoxLayout()
         seg_row.addWidget(self.segmenter)
         seg_row.addWidget(browse)
