@@ -185,3 +185,16 @@ def test_segment_options_for_projects_are_checked_before_any_model(small_project
     assert r.exit_code == 2 and "unknown policy 'replace'" in r.output
     r = runner.invoke(app, ["segment", "--project", str(small_project), "--localizer", "registration"])
     assert r.exit_code == 2 and "no target" in r.output
+
+
+def test_statuses_follow_the_last_run(cli_project: Path, tmp_path: Path) -> None:
+    folder = shutil.copytree(cli_project, tmp_path / "p")
+    summary_path = folder / "masks" / "medlsam_results.json"
+    summary = json.loads(summary_path.read_text())
+    summary["phantom_002"]["status"] = "failed"  # a later run failed on it; its earlier mask is still there
+    summary_path.write_text(json.dumps(summary))
+    p = Project.open(folder)
+    assert p.entry("phantom_001").status == "segmented" and p.entry("phantom_002").status == "failed"
+    summary["phantom_002"]["status"] = "done"  # and a run after that succeeded
+    summary_path.write_text(json.dumps(summary))
+    assert Project.open(folder).entry("phantom_002").status == "segmented"

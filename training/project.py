@@ -176,10 +176,14 @@ class Project:
                         names.setdefault(int(info["label"]), target)
         for value, name in sorted(names.items()):
             self._adopt_target(name, value, str(out / LABELS_NAME))
-        for v in self.volumes:
-            if v.status in ("pending", "failed") and self.mask_path(v.name).is_file():
+        for v in self.volumes:  # the last run's word first; a mask without one (copied in) counts as segmented
+            last = (summary.get(v.name) or {}).get("status")
+            has_mask = self.mask_path(v.name).is_file()
+            if v.status not in ("pending", "failed"):
+                continue
+            if has_mask and (last == "done" or (last is None and v.status == "pending")):
                 v.status, v.mask = "segmented", self._relative(self.mask_path(v.name))
-            elif v.status == "pending" and summary.get(v.name, {}).get("status") == "failed":
+            elif last == "failed":
                 v.status = "failed"
         for file in sorted((self.folder / TEMPLATES_DIR).glob("*.json")):
             try:
