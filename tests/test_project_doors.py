@@ -10,8 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
-
 from medlsam_training.cli import app, expand_list_options
 from medlsam_training.extreme_points import ExtremePoints, extreme_points_from_mask
 from medlsam_training.io import read_image_label, read_label, read_volume, write_mask
@@ -19,6 +17,7 @@ from medlsam_training.metrics import binary_metrics
 from medlsam_training.phantom import write_phantom_dataset
 from medlsam_training.project import SESSION_FILE, Project
 from medlsam_training.project_run import build_templates
+from typer.testing import CliRunner
 
 runner = CliRunner()
 
@@ -198,3 +197,14 @@ def test_statuses_follow_the_last_run(cli_project: Path, tmp_path: Path) -> None
     summary["phantom_002"]["status"] = "done"  # and a run after that succeeded
     summary_path.write_text(json.dumps(summary))
     assert Project.open(folder).entry("phantom_002").status == "segmented"
+
+
+def test_names_beside_the_masks_never_rename_the_projects_targets(small_project: Path) -> None:
+    p = Project.open(small_project)
+    p.add_target("hepar", 1)
+    (small_project / "masks" / "labels.json").write_text(json.dumps({"1": "liver", "2": "spleen"}))
+    (small_project / "masks" / "medlsam_results.json").write_text(json.dumps(["not", "a", "summary"]))
+    again = Project.open(small_project)
+    assert [(t.name, t.label) for t in again.targets] == [("hepar", 1), ("spleen", 2)]
+    assert any("label 1 is named liver there and hepar in this project" in m for m in again.messages)
+    assert any("not a run summary" in m for m in again.messages)

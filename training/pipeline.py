@@ -190,6 +190,7 @@ def run_queries(
             yield result
             continue
         t0 = time.perf_counter()
+        before = None
         try:
             query = read_volume(case.image)
             before = read_label(output, query, allow_empty=True).array if output.is_file() else None

@@ -163,6 +163,10 @@ class Project:
                 summary = json.loads((out / RESULTS_NAME).read_text(encoding="utf-8"))
             except (OSError, json.JSONDecodeError) as exc:
                 self.messages.append(f"{out / RESULTS_NAME}: unreadable run summary ({exc}); ignored.")
+            if not isinstance(summary, dict):
+                self.messages.append(f"{out / RESULTS_NAME}: not a run summary; ignored.")
+                summary = {}
+            summary = {k: r for k, r in summary.items() if isinstance(r, dict)}
         names: dict[int, str] = {}
         if (out / LABELS_NAME).is_file():
             try:
@@ -175,9 +179,14 @@ class Project:
                     if isinstance(info, dict) and info.get("label"):
                         names.setdefault(int(info["label"]), target)
         for value, name in sorted(names.items()):
+            owner = next((t for t in self.targets if t.label == value), None)
+            if owner is not None and owner.name != name:  # the voxels of that value are the project's target
+                self.messages.append(f"{out / LABELS_NAME}: label {value} is named {name} there and {owner.name} "
+                                     f"in this project; {owner.name} is used.")
+                continue
             self._adopt_target(name, value, str(out / LABELS_NAME))
         for v in self.volumes:  # the last run's word first; a mask without one (copied in) counts as segmented
-            last = (summary.get(v.name) or {}).get("status")
+            last = summary.get(v.name, {}).get("status")
             has_mask = self.mask_path(v.name).is_file()
             if v.status not in ("pending", "failed"):
                 continue
