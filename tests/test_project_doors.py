@@ -101,6 +101,7 @@ def test_annotator_made_project_runs_with_the_cli_and_keeps_locks(tmp_path: Path
     r = runner.invoke(app, ["segment", "--project", str(folder), "--existing", "overwrite", *cache])
     assert r.exit_code == 0, r.output
     assert (folder / "masks" / "phantom_001.nii.gz").stat().st_mtime_ns == stamp
+    assert "1 reviewed volume(s) left as they are: phantom_001" in r.output
     assert Project.open(folder).entry("phantom_001").status == "reviewed"
 
 

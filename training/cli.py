@@ -289,6 +289,9 @@ def segment(
         if project is not None:
             tpls = build_templates(proj)
             cases, out = proj.queries, proj.folder / proj.output_dir
+            reviewed = [q for q in cases if proj.entry(q).status == "reviewed"]
+            if reviewed:
+                console.print(f"{len(reviewed)} reviewed volume(s) left as they are: {', '.join(reviewed)}")
         else:
             tpls = load_templates(templates)
             cases = query_cases(queries, exclude={t.volume.path for t in tpls if t.volume.path} | {out})
