@@ -139,11 +139,12 @@ def segment_query(
     return label_map, located
 
 
-def write_label_names(out_dir: Path, names: Mapping[str, int]) -> Path:
-    """Add the run's targets to ``labels.json`` beside the masks (values already named there keep their name)."""
+def write_label_names(out_dir: Path, names: Mapping[str, int], replace: bool = False) -> Path:
+    """``labels.json`` beside the masks: the run's targets added (values already named there keep their name),
+    or, with ``replace``, exactly ``names`` (a project's targets, which are the truth for its masks)."""
     path = out_dir / LABELS_NAME
     try:
-        known = read_label_names(path) if path.is_file() else {}
+        known = read_label_names(path) if path.is_file() and not replace else {}
     except MedLSAMError as exc:  # unreadable: kept aside, rewritten from this run's names
         log.warning("%s; a copy is kept in .previous/", exc)
         keep_previous(path)
@@ -177,15 +178,15 @@ def run_queries(
     out_dir.mkdir(parents=True, exist_ok=True)
     summary_path = out_dir / RESULTS_NAME
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    write_label_names(out_dir, target_labels(templates))
-    all_targets = set(target_labels(templates))
+    labels = target_labels(templates)
+    write_label_names(out_dir, labels)
     for i, case in enumerate(cases):
         if cancelled and cancelled():
             return
         output = out_dir / f"{case.name}.nii.gz"
         result = QueryResult(case.name, case.image, output)
         case_locked = set((locked or {}).get(case.name, ()))
-        if output.is_file() and (existing == "skip" or all_targets <= case_locked):
+        if output.is_file() and (existing == "skip" or set(labels) <= case_locked):
             result.status = "skipped"
             yield result
             continue

@@ -39,7 +39,7 @@ from .datasets import find_cases, read_label_names
 from .errors import DatasetError, MedLSAMError
 from .extreme_points import POINT_NAMES, ExtremePoints, template_volume_path
 from .label_merge import check_policy
-from .pipeline import LABELS_NAME, RESULTS_NAME
+from .pipeline import LABELS_NAME, RESULTS_NAME, write_label_names
 from .volume import Volume
 
 SESSION_FILE = "medlsam_project.json"
@@ -210,8 +210,10 @@ class Project:
                 return t
         if value and any(t.label == value for t in self.targets):
             value = 0  # taken by another target: the next free value
-        value = value or max((t.label for t in self.targets), default=0) + 1
-        target = Target(name, int(value), PALETTE[len(self.targets) % len(PALETTE)])
+        return self._append_target(name, value or max((t.label for t in self.targets), default=0) + 1)
+
+    def _append_target(self, name: str, label: int) -> Target:
+        target = Target(name, int(label), PALETTE[len(self.targets) % len(PALETTE)])
         self.targets.append(target)
         self.active_target = self.active_target or name
         return target
@@ -286,10 +288,9 @@ class Project:
 
     def write_label_names(self) -> None:
         """``masks/labels.json`` from the targets, so masks carry their names to Slicer, reports and evaluate."""
-        path = self.folder / self.output_dir / LABELS_NAME
-        if self.targets or path.is_file():
-            write_json_atomic({str(t.label): t.name for t in sorted(self.targets, key=lambda t: t.label)},
-                              path)
+        out = self.folder / self.output_dir
+        if self.targets or (out / LABELS_NAME).is_file():
+            write_label_names(out, {t.name: t.label for t in self.targets}, replace=True)
 
     def _relative(self, path: Path) -> str:
         try:
@@ -389,9 +390,7 @@ class Project:
         label = label or max((t.label for t in self.targets), default=0) + 1
         if not 0 < label < 65536 or any(t.label == label for t in self.targets):
             raise ProjectError(f"label value {label} is invalid or used by another target")
-        target = Target(name, int(label), PALETTE[len(self.targets) % len(PALETTE)])
-        self.targets.append(target)
-        self.active_target = self.active_target or name
+        target = self._append_target(name, label)
         self.write_label_names()
         self.save()
         return target
