@@ -29,11 +29,13 @@ class ProgressBridge(QObject):
 
         if self._bar is None:
             self._bar = progress(total=max(total, 1), desc=self.description)
-        if self._bar.total != max(total, 1):
-            self._bar.total = max(total, 1)
-            self._bar.n = 0
-        self._bar.update(max(done, 0) - self._bar.n)
-        self._bar.set_description(f"{self.description}: {message}" if message else self.description)
+        bar = self._bar  # napari's bar widgets may process events here, and the worker's end may close it meanwhile
+        bar.set_description(f"{self.description}: {message}" if message else self.description)
+        if bar.total != max(total, 1):
+            bar.total = max(total, 1)
+            bar.n = 0
+        if bar is self._bar:
+            bar.update(max(done, 0) - bar.n)
 
     def close(self, *_args: object) -> None:
         """The work ended (done, failed or cancelled): its bar leaves the activity panel."""
