@@ -229,3 +229,38 @@ def test_cli_made_project_opens_in_the_annotator(make_napari_viewer, qtbot, cli_
     stroke()
     assert (np.asarray(layer.data) == 1).sum() < (saved == 1).sum()
     assert (read_label(folder / "masks" / "phantom_001.nii.gz", state.volume).array == 1).sum() < (saved == 1).sum()
+
+
+def test_a_prompt_result_never_lands_in_another_volume(make_napari_viewer, qtbot, cli_project, tmp_path,
+                                                        monkeypatch) -> None:
+    """The annotator opens another volume while SAM works on a slice: the result is dropped, not written there."""
+    import shutil
+    import threading
+
+    folder = shutil.copytree(cli_project, tmp_path / "p")
+    viewer = make_napari_viewer()
+    widget = AnnotatorWidget(viewer, folder)
+    state = widget.state
+    widget.volumes.open("phantom_001")
+    state.project.active_target = "liver"
+    state.changed("active_target")
+    gate = threading.Event()
+
+    class HeldSegmenter:  # stands in for SAM on one slice, held until the other volume is open
+        def segment_volume_slice(self, z, box, points, labels):
+            gate.wait(60)
+            return np.ones(state.volume.array.shape[1:], bool)
+
+    monkeypatch.setattr(widget.review, "_volume_segmenter", HeldSegmenter)
+    z = widget.review.current_slice()
+    widget.review._prompt_layers()
+    viewer.layers[PROMPT_LAYER].add_rectangles(np.array([[z, 10, 10], [z, 10, 60], [z, 60, 60], [z, 60, 10]]))
+    widget.review.segment_slice()
+    assert widget.review.worker is not None and not widget.review.lock.isEnabled()
+    widget.volumes.open("phantom_002")
+    before = np.array(state.mask_layer.data, copy=True)
+    gate.set()
+    _wait_idle(qtbot, widget.review, 60)
+    np.testing.assert_array_equal(np.asarray(state.mask_layer.data), before)
+    assert "phantom_001 is no longer open" in widget.review.status.text()
+    assert widget.review.lock.isEnabled()

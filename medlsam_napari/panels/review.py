@@ -172,11 +172,19 @@ class ReviewPanel(QWidget):
 
         if self.worker is not None:
             return
-        for b in self.buttons.values():
+        for b in [*self.buttons.values(), self.lock]:
             b.setEnabled(False)
         self.status.setText("working… (the first prompt on a volume loads the model and embeds the slice)")
+        volume = self.state.volume_name
+
+        def apply(result) -> None:
+            if self.state.volume_name != volume:  # another volume was opened meanwhile: never write into it
+                show_error(self, "Prompt dropped", f"{volume} is no longer open; its result was not applied")
+                return
+            on_done(result)
+
         worker = thread_worker(job)()
-        worker.returned.connect(on_done)
+        worker.returned.connect(apply)
         worker.errored.connect(lambda exc: show_error(self, "Prompt failed", exc))
         worker.finished.connect(self._done)
         self.worker = worker
@@ -186,6 +194,7 @@ class ReviewPanel(QWidget):
         self.worker = None
         for b in self.buttons.values():
             b.setEnabled(True)
+        self._sync_lock()
 
     def segment_slice(self) -> None:
         if self.state.volume is None or (label := self._target_label()) is None:
