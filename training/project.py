@@ -186,10 +186,10 @@ class Project:
                 continue
             self._adopt_target(name, value, str(out / LABELS_NAME))
         for v in self.volumes:  # the last run's word first; a mask without one (copied in) counts as segmented
-            last = summary.get(v.name, {}).get("status")
-            has_mask = self.mask_path(v.name).is_file()
             if v.status not in ("pending", "failed"):
                 continue
+            last = summary.get(v.name, {}).get("status")
+            has_mask = self.mask_path(v.name).is_file()
             if has_mask and (last == "done" or (last is None and v.status == "pending")):
                 v.status, v.mask = "segmented", self._relative(self.mask_path(v.name))
             elif last == "failed":
@@ -224,9 +224,7 @@ class Project:
         if volume is None:
             raise ProjectError(f"{file}: its template {ep.template_path} is not a volume of this project")
         target = self._adopt_target(ep.target, int(ep.label or 0), str(file))
-        indices = ep.indices()
-        if not all(ep.template_geometry.contains_index(i) for i in indices):
-            raise ProjectError(f"{file}: a point lies outside {volume}")
+        indices = ep.indices()  # inside the template: ExtremePoints.load checked them against its geometry
         slots = self.points.get(volume, {}).get(target.name)
         complete = slots is not None and all(p is not None for p in slots)
         newer = not self.session_path.is_file() or file.stat().st_mtime > self.session_path.stat().st_mtime
