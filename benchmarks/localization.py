@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import resource
 import sys
 import time
 from collections import defaultdict
@@ -29,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from medlsam_training.boxes import Box3D  # noqa: E402
 from medlsam_training.datasets import find_cases  # noqa: E402
 from medlsam_training.extreme_points import extreme_points_from_mask  # noqa: E402
-from medlsam_training.localize import MedLAMLocalizer, RefinedRegistrationLocalizer, RegistrationLocalizer, Template  # noqa: E402
+from medlsam_training.localize import (AtlasLocalizer, MedLAMLocalizer, RefinedRegistrationLocalizer,  # noqa: E402
+                                       RegistrationLocalizer, Template)
 from medlsam_training.medlam.preprocess import looks_like_ct  # noqa: E402
 from medlsam_training.metrics import box_face_distance_mm, box_iou  # noqa: E402
 from medlsam_training.phantom import make_phantom  # noqa: E402
@@ -37,6 +39,7 @@ from medlsam_training.volume import Volume  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct"
 MIN_VOXELS = 200  # organs smaller than this in a volume are not evaluated there
+DICE: dict = defaultdict(list)  # (method, organ) -> Dice of the localizer's fused mask, where it gives one
 
 
 HN_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct_hn_openkbp"
@@ -80,18 +83,29 @@ def hn_templates_and_queries(root: Path, k: int, max_queries: int | None, cache:
             if np.count_nonzero(lab.array == value) >= MIN_VOXELS:
                 chosen[name].append(extreme_points_from_mask(organ, value, img, lab, n_slabs=n_slabs))
                 picked += 1
-    templates = [Template(load(n)[0], eps) for n, eps in chosen.items()]
+    templates = [with_masks(Template(load(n)[0], eps), load(n)[1]) for n, eps in chosen.items()]
     queries = hn_split(root, "validation-pats")[:max_queries]
     return templates, [(q, *load(q), names) for q in queries]
+
+
+def with_masks(template: Template, label: Volume) -> Template:
+    """The template's targets' masks from its label map (what label fusion warps into the queries)."""
+    template.masks = {ep.target: label.array == ep.mask_label for ep in template.targets}
+    return template
+
+
+def make_localizers(methods, device, weights=None, candidates: int = 1) -> dict:
+    medlam = (MedLAMLocalizer(weights, device=device, candidates=candidates)
+              if any(m.startswith("medlam") for m in methods) else None)
+    return {"medlam": medlam, "registration": RegistrationLocalizer(), "atlas": AtlasLocalizer(),
+            "medlam+reg": RefinedRegistrationLocalizer(medlam, RegistrationLocalizer()) if medlam else None}
 
 
 def run_queries(cases, templates, methods, device, weights=None, candidates: int = 1):
     scores: dict = defaultdict(list)
     seconds: dict = defaultdict(list)
-    medlam = (MedLAMLocalizer(weights, device=device, candidates=candidates)
-              if any(m.startswith("medlam") for m in methods) else None)
-    localizers = {"medlam": medlam, "registration": RegistrationLocalizer(),
-                  "medlam+reg": RefinedRegistrationLocalizer(medlam, RegistrationLocalizer()) if medlam else None}
+    localizers = make_localizers(methods, device, weights, candidates)
+    medlam = localizers["medlam"]
     if medlam is not None:
         medlam.prepare_templates(templates)  # once per template set, not part of a query's time
     for qname, qimg, qlab, names in cases:
@@ -108,11 +122,15 @@ def run_queries(cases, templates, methods, device, weights=None, candidates: int
                 if r.target not in organs:
                     continue
                 truth = Box3D.from_mask(qlab.array == organs[r.target])
+                gt = qlab.array == organs[r.target]
                 if r.box is None:  # reported "not found" while the organ is there: a miss
                     scores[(method, r.target)].append((0.0, float("nan")))
+                    DICE[(method, r.target)].append(0.0)
                     continue
                 scores[(method, r.target)].append((box_iou(r.box, truth),
                                                    box_face_distance_mm(r.box, truth, qimg.spacing)))
+                if r.mask is not None:  # label fusion's own mask, what the default pipeline writes
+                    DICE[(method, r.target)].append(2 * float((r.mask & gt).sum()) / (r.mask.sum() + gt.sum()))
             print(f"  {qname} {method}: {seconds[method][-1]:.1f} s, {len(results)} targets", file=sys.stderr)
     return scores, seconds
 
@@ -147,17 +165,14 @@ def leave_one_out(cases, methods, device) -> dict:
     organs = [organ_values(lab, names) for _, _, lab, names in cases]
     points = [{o: extreme_points_from_mask(o, v, img, lab) for o, v in org.items()}
               for (_, img, lab, _), org in zip(cases, organs)]
-    medlam = (MedLAMLocalizer(device=device)
-              if any(m.startswith("medlam") for m in methods) else None)
-    registration = RegistrationLocalizer()
-    localizers = {"medlam": medlam, "registration": registration,
-                  "medlam+reg": RefinedRegistrationLocalizer(medlam, registration) if medlam else None}
+    localizers = make_localizers(methods, device)
+    medlam = localizers["medlam"]
     for qi, (qname, qimg, qlab, _) in enumerate(cases):
         templates = []
-        for ti, (_, timg, _, _) in enumerate(cases):
+        for ti, (_, timg, tlab, _) in enumerate(cases):
             shared = [points[ti][o] for o in points[ti] if o in organs[qi]]
             if ti != qi and shared:
-                templates.append(Template(timg, shared))
+                templates.append(with_masks(Template(timg, shared), tlab))
         if not templates:
             continue
         for method in methods:
@@ -175,9 +190,14 @@ def leave_one_out(cases, methods, device) -> dict:
                 # its registration step was cached from the registration row: count it here too
                 seconds[method][-1] += seconds["registration"][-1]
             for r in results:
-                truth = Box3D.from_mask(qlab.array == organs[qi][r.target])
-                scores[(method, r.target)].append((box_iou(r.box, truth), box_face_distance_mm(r.box, truth, qimg.spacing))
-                                                  if r.box is not None else (0.0, float("nan")))
+                gt = qlab.array == organs[qi][r.target]
+                truth = Box3D.from_mask(gt)
+                scores[(method, r.target)].append(
+                    (box_iou(r.box, truth), box_face_distance_mm(r.box, truth, qimg.spacing))
+                    if r.box is not None else (0.0, float("nan")))
+                if r.mask is not None or r.box is None:
+                    DICE[(method, r.target)].append(0.0 if r.box is None else
+                                                    2 * float((r.mask & gt).sum()) / (r.mask.sum() + gt.sum()))
             print(f"  {qname} {method}: {seconds[method][-1]:.1f} s, {len(results)} targets", file=sys.stderr)
     return scores, seconds
 
@@ -214,13 +234,69 @@ def table(title: str, scores, seconds, methods, paper: dict[str, float] | None =
     return "\n".join(lines)
 
 
+def dice_table(title: str, methods, core=("brainstem", "parotid_right", "parotid_left", "mandible")) -> str:
+    """Dice of the localizers' fused masks (label fusion: what the default pipeline writes), contoured organs only."""
+    rows = [m for m in methods if any(mm == m for mm, _ in DICE)]
+    if not rows:
+        return ""
+    lines = [f"### {title}", "", "| organ | " + " | ".join(f"{m} mask Dice (n)" for m in rows) + " |",
+             "|---|" + "---|" * len(rows)]
+    for organ in sorted({o for _, o in DICE}):
+        lines.append(f"| {organ} | " + " | ".join(
+            f"{np.mean(DICE[(m, organ)]):.3f} ({len(DICE[(m, organ)])})" if DICE.get((m, organ)) else "-"
+            for m in rows) + " |")
+    lines.append(f"| **mean of {', '.join(core)}** | " + " | ".join(
+        f"**{np.mean([np.mean(DICE[(m, o)]) for o in core if DICE.get((m, o))]):.3f}**"
+        if any(DICE.get((m, o)) for o in core) else "-" for m in rows) + " |")
+    return "\n".join(lines)
+
+
+def absent_protocol(methods, device) -> str:
+    """Torso templates against head-and-neck queries and head-and-neck templates against torso queries: every
+    pair must come back "not found"."""
+    torso = [(n, img, lab, names) for n, img, lab, names in load_labelled([DEFAULT_DATA])]
+    torso_organs = ("liver", "spleen", "kidney_right", "kidney_left")
+    tpl_torso = []
+    for n, img, lab, names in torso:
+        eps = [extreme_points_from_mask(o, v, img, lab) for o, v in organ_values(lab, names).items()
+               if o in torso_organs]
+        if eps and n == "ts_example":  # the one torso CT that holds all four whole
+            tpl_torso.append(with_masks(Template(img, eps), lab))
+    hn_tpl, hn_queries = hn_templates_and_queries(HN_DATA, 5, None, {})
+    keep = ("brainstem", "parotid_right", "parotid_left")
+    hn_tpl = [Template(t.volume, [ep for ep in t.targets if ep.target in keep],
+                       {o: m for o, m in t.masks.items() if o in keep}) for t in hn_tpl]
+    hn_tpl = [t for t in hn_tpl if t.targets]
+    rows = ["### Absent organs: every pair must be \"not found\"", "",
+            "| templates → queries | " + " | ".join(f"{m}: not found / pairs" for m in methods) + " |",
+            "|---|" + "---|" * len(methods)]
+    localizers = make_localizers(methods, device)
+    for title, templates, queries in (
+            ("torso (liver, spleen, kidneys; ts_example) → H&N validation-pats", tpl_torso,
+             [(q, img) for q, img, _, _ in hn_queries]),
+            ("H&N (brainstem, parotids; 5 train-pats each) → torso CT of ../shared/data/ct", hn_tpl,
+             [(n, img) for n, img, _, _ in torso])):
+        cells = []
+        for m in methods:
+            hits = total = 0
+            for qname, img in queries:
+                for r in localizers[m].localize(img, templates):
+                    total += 1
+                    hits += r.status == "not found"
+                    if r.status != "not found":
+                        print(f"  {m}: {r.target} in {qname}: {r.status} (similarity {r.similarity})", file=sys.stderr)
+            cells.append(f"{hits} / {total}")
+        rows.append(f"| {title} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, nargs="*", default=[DEFAULT_DATA], help="labelled CT dataset folder(s)")
     ap.add_argument("--phantoms", type=int, default=6, help="number of synthetic phantoms (0: none)")
     ap.add_argument("--methods", nargs="+", default=["medlam", "registration", "medlam+reg"])
     ap.add_argument("--device", default=None)
-    ap.add_argument("--protocol", choices=["loo", "hn"], default="loo",
+    ap.add_argument("--protocol", choices=["loo", "hn", "absent"], default="loo",
                     help="loo: leave-one-out over --data and phantoms; hn: OpenKBP templates/queries")
     ap.add_argument("--hn-data", type=Path, default=HN_DATA)
     ap.add_argument("--k", type=int, nargs="+", default=[5], help="templates per organ (protocol hn)")
@@ -242,6 +318,13 @@ def main() -> None:
             n = len(seconds[args.methods[0]]) if seconds else 0
             print(table(f"OpenKBP head and neck, K = {k} templates per organ (train-pats), {n} validation-pats queries",
                         scores, seconds, args.methods, PAPER_IOU) + "\n", flush=True)
+            print(dice_table(f"Label fusion masks, K = {k}, {n} validation-pats queries (contoured organs only)",
+                             args.methods) + "\n", flush=True)
+            DICE.clear()
+        print(f"peak resident memory: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2:.2f} GB")
+        return
+    if args.protocol == "absent":
+        print(absent_protocol(args.methods, device))
         return
     sets = []
     if args.data:
@@ -253,6 +336,9 @@ def main() -> None:
         print(f"{title}: {len(cases)} volumes", file=sys.stderr)
         scores, seconds = leave_one_out(cases, args.methods, device)
         print(table(title, scores, seconds, args.methods) + "\n")
+        print(dice_table(f"{title}: label fusion masks", args.methods, ("liver", "spleen", "kidney_right",
+                                                                        "kidney_left")) + "\n")
+        DICE.clear()
 
 
 if __name__ == "__main__":

@@ -81,3 +81,25 @@ def test_segment_box_cli_with_mm_box_and_bad_box(phantoms: Path) -> None:
     assert binary_metrics(mask.array == 4, truth, vol.spacing_zyx)["dice"] > 0.6
     r = runner.invoke(app, ["segment-box", str(image), "--box", "1,2,3", "--out", str(out)])
     assert r.exit_code == 2 and "six numbers" in r.output
+
+
+def test_segment_defaults_fuse_the_templates_masks(phantoms: Path, tmp_path: Path) -> None:
+    """The default pipeline (atlas localizer, 'atlas' mode): the template file names its mask, which is warped
+    into each query and written as the query's mask; the template volume itself is never a query."""
+    data, tpl = phantoms / "data", tmp_path / "liver.json"
+    r = runner.invoke(app, ["extreme-points", str(data / "phantom_000" / "image.nii.gz"),
+                            str(data / "phantom_000" / "label.nii.gz"), "--target", "liver", "--out", str(tpl)])
+    assert r.exit_code == 0, r.output
+    assert json.loads(tpl.read_text())["mask"] == {"path": str(data / "phantom_000" / "label.nii.gz"), "label": 1}
+    query = data / "phantom_001" / "image.nii.gz"
+    r = runner.invoke(app, ["segment", "-t", str(tpl), "-q", str(query), "--out", str(tmp_path / "masks")])
+    assert r.exit_code == 0, r.output
+    summary = json.loads((tmp_path / "masks" / "medlsam_results.json").read_text())
+    liver = summary["image"]["targets"]["liver"]  # a query given as a file is named after it
+    # this 20-slice phantom's liver runs into its last slice: the status says so
+    assert liver["method"] == "atlas" and liver["status"] == "partly outside the scan", liver
+    image = read_volume(query)
+    mask = read_label(tmp_path / "masks" / "image.nii.gz")
+    assert mask.geometry.is_close(image.geometry, tol=1e-6)
+    truth = read_label(data / "phantom_001" / "label.nii.gz").array == 1
+    assert binary_metrics(mask.array == 1, truth, image.spacing_zyx)["dice"] > 0.85

@@ -88,3 +88,21 @@ def test_moved_volume_is_reported_and_its_points_kept(folder: Path) -> None:
     assert again.queries == ["phantom_000"]
     data = json.loads((folder / SESSION_FILE).read_text())
     assert data["version"] == 1
+
+
+def test_review_hint_names_the_least_confident_target(folder: Path) -> None:
+    """The volume list shows each segmented volume's weakest target from the last run; not found counts 0."""
+    (folder / "masks").mkdir()
+    (folder / "masks" / "medlsam_results.json").write_text(json.dumps({
+        "phantom_001": {"status": "done", "targets": {
+            "liver": {"status": "found", "agreement": 0.91, "similarity": 0.7},
+            "spleen": {"status": "partly outside the scan", "agreement": None, "similarity": 0.64},
+            "kidney_left": {"status": "not found", "similarity": 0.31}}},
+        "phantom_000": "not a record"}))
+    p = Project.open(folder)
+    confidence, note = p.review_hint("phantom_001")
+    assert confidence == 0.0 and note.startswith("least sure: kidney_left 0.00")
+    assert "spleen partly outside the scan" in note and "liver" not in note
+    assert p.review_hint("phantom_000") == (None, "") and p.review_hint("absent") == (None, "")
+    (folder / "masks" / "medlsam_results.json").write_text("{broken")
+    assert p.review_hint("phantom_001") == (None, "")

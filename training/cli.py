@@ -196,8 +196,8 @@ def localize(
     templates: list[Path] = typer.Option(..., "--templates", "-t", help="Extreme-points JSON file(s)."),
     queries: list[Path] = typer.Option(..., "--queries", "-q", help="Query volume(s) or dataset folder(s)."),
     out: Path = typer.Option(..., "--out", help="boxes JSON to write."),
-    localizer: str = typer.Option("medlam", help="medlam (default: best on the H&N benchmark), registration, "
-                                  "registration+bspline or medlam+reg."),
+    localizer: str = typer.Option("atlas", help="atlas (default: best on the H&N benchmark), medlam (fast preview), "
+                                  "medlam+reg, registration or registration+bspline."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 (default: CUDA when present)."),
 ) -> None:
     """Find every template target in every query volume; write boxes (voxels) and points (mm)."""
@@ -249,11 +249,13 @@ def segment(
     project: Optional[Path] = typer.Option(None, "--project", help="A project folder (the annotator's): its templates "
                                            "and queries, masks into its masks/, statuses and locks kept; replaces "
                                            "-t, -q and --out."),
-    localizer: Optional[str] = typer.Option(None, help="medlam (default: best on the H&N benchmark), registration, "
-                                            "registration+bspline or medlam+reg (default with --project: the "
-                                            "project's)."),
-    mode: Optional[str] = typer.Option(None, help="wpl (one box on every slice), spl (z sub-boxes), mask (mask-guided; "
-                                       "default; with --project: the project's)."),
+    localizer: Optional[str] = typer.Option(None, help="atlas (default: best on the H&N benchmark), medlam (fast "
+                                            "preview), medlam+reg, registration or registration+bspline (default "
+                                            "with --project: the project's)."),
+    mode: Optional[str] = typer.Option(None, help="atlas (default: the templates' masks warped and fused; SAM from "
+                                       "the box where templates have no mask), mask (SAM, mask-guided), wpl (SAM, "
+                                       "one box on every slice), spl (SAM, z sub-boxes); with --project: the "
+                                       "project's."),
     segmenter: Optional[str] = typer.Option(None, help="litemedsam (embedded, default) or a SAM/MedSAM checkpoint path."),
     cache: Optional[Path] = typer.Option(None, help="Embedding cache folder (default: ~/.cache/medlsam-napari)."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 (default: CUDA when present)."),
@@ -264,9 +266,9 @@ def segment(
     """The MedLSAM pipeline: localize every target in every query, segment it slice by slice, write masks."""
     from .embedding_cache import default_cache_dir
     from .label_merge import EXISTING, check_policy
-    from .localize import load_templates, make_localizer
+    from .localize import LOCALIZERS, load_templates, make_localizer
     from .pipeline import query_cases, run_queries
-    from .propagate import PropagationConfig
+    from .propagate import MODES, PropagationConfig
 
     try:
         check_policy(existing, EXISTING)  # options first: a typo must not cost a model load
@@ -283,7 +285,7 @@ def segment(
             localizer, mode, segmenter = localizer or proj.localizer, mode or proj.mode, segmenter or proj.segmenter
         elif not (templates and queries and out):
             raise ValueError("give -t (extreme-points files), -q (queries) and --out, or --project FOLDER")
-        localizer, mode, segmenter = localizer or "medlam", mode or "mask", segmenter or "litemedsam"
+        localizer, mode, segmenter = localizer or LOCALIZERS[0], mode or MODES[0], segmenter or "litemedsam"
         config = PropagationConfig(mode=mode)
         loc = make_localizer(localizer, **({"device": _parse_device(device)} if localizer.startswith("medlam") else {}))
         if project is not None:

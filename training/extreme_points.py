@@ -14,7 +14,8 @@ JSON layout (``version`` 1)::
      "target": "liver", "label": 5,
      "template": {"path": "...", "size": [...], "spacing": [...], "origin": [...], "direction": [...]},
      "points": [{"name": "right", "mm": [x, y, z], "index": [i, j, k]}, ...],   # six, in the order above
-     "slabs": [[six points], ...]}   # optional: per z-slab extreme points (SPL mode), from a mask
+     "slabs": [[six points], ...],   # optional: per z-slab extreme points (SPL mode), from a mask
+     "mask": {"path": "...", "label": 5}}   # optional: the label map the points came from (label fusion)
 """
 
 from __future__ import annotations
@@ -91,6 +92,9 @@ class ExtremePoints:
     template_path: str | None = None
     template_geometry: Geometry | None = None
     slabs_mm: list[np.ndarray] = field(default_factory=list)
+    #: the template's label map holding the target (value ``mask_label``): its warped copies are fused in queries
+    mask_path: str | None = None
+    mask_label: int | None = None
 
     def __post_init__(self) -> None:
         where = f"{self.target} on {self.template_path or 'template'}"
@@ -119,6 +123,7 @@ class ExtremePoints:
                                                 "direction": list(g.direction)},
             "points": pts(self.points_mm),
             "slabs": [pts(s) for s in self.slabs_mm],
+            **({"mask": {"path": self.mask_path, "label": self.mask_label}} if self.mask_path else {}),
         }
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -143,8 +148,12 @@ class ExtremePoints:
                 raise ExtremePointsError(f"{where}: points must be named {list(POINT_NAMES)} in that order, got {names}")
             return np.array([p["mm"] for p in items], dtype=float)
 
+        mask = data.get("mask") or {}
+        if mask and not (isinstance(mask, dict) and isinstance(mask.get("path"), str)
+                         and isinstance(mask.get("label"), int)):
+            raise ExtremePointsError(f"{where}: 'mask' must be {{\"path\": ..., \"label\": <integer>}}")
         return cls(data.get("target", "target"), data.get("label"), pts(data.get("points", [])), tpl.get("path"),
-                   geometry, [pts(s) for s in data.get("slabs", [])])
+                   geometry, [pts(s) for s in data.get("slabs", [])], mask.get("path"), mask.get("label"))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "ExtremePoints":
@@ -212,4 +221,5 @@ def extreme_points_from_mask(target: str, label: int, image: Volume, label_map: 
                     slabs.append(validate_points(lps.index_to_physical(_mask_extremes_lps(slab))))
                 except ExtremePointsError:
                     continue  # a one-slice-thin slab has no extent along z
-    return ExtremePoints(target, label, points, str(image.path) if image.path else None, image.geometry, slabs)
+    return ExtremePoints(target, label, points, str(image.path) if image.path else None, image.geometry, slabs,
+                         str(label_map.path) if label_map.path else None, int(label))

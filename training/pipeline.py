@@ -26,7 +26,7 @@ from .errors import MedLSAMError
 from .io import is_volume_path, read_label, read_volume, write_mask
 from .label_merge import EXISTING, check_policy, merge_target
 from .localize import LocalizedTarget, Localizer, Template
-from .propagate import PropagationConfig, VolumeSegmenter, for_target
+from .propagate import PropagationConfig, VolumeSegmenter, clean_mask, for_target
 from .segmenters import Segmenter
 from .volume import Volume
 
@@ -59,7 +59,20 @@ def localized_json(t: LocalizedTarget) -> dict[str, Any]:
             "method": t.method, "seconds": round(t.seconds, 3), "templates": t.templates,
             "spread_mm": round(t.spread_mm, 2),
             "similarity": None if t.similarity is None or not np.isfinite(t.similarity) else round(t.similarity, 3),
+            "agreement": None if t.agreement is None else round(t.agreement, 3),
             "unknown_faces": t.unknown_faces}
+
+
+def target_confidence(info: Mapping[str, Any]) -> float | None:
+    """One number per localized target for the reviewer (0 = doubtful, 1 = sure): the templates' agreement on
+    its mask when masks were fused, else the localizer's similarity; 0 when it was not found."""
+    if info.get("status") == "not found":
+        return 0.0
+    for key in ("agreement", "similarity"):
+        value = info.get(key)
+        if isinstance(value, (int, float)) and np.isfinite(value):
+            return float(value)
+    return None
 
 
 def target_labels(templates: list[Template]) -> dict[str, int]:
@@ -131,6 +144,13 @@ def segment_query(
         if t.box is None:
             log.warning("%s: %s not found in this scan; nothing segmented for it", query.name, t.target)
             continue
+        if config.mode == "atlas" and t.mask is not None:  # the templates' masks, warped and fused
+            cfg = for_target(config, t.target)
+            mask = clean_mask(t.mask, cfg.largest_component, fill_holes=False)
+            label_map = merge_target(label_map, mask, labels[t.target], policy, locked_values)
+            continue
+        if config.mode == "atlas":
+            log.info("%s: %s: no template masks to fuse; SAM segments it from its box", query.name, t.target)
         boxes = t.sub_boxes if config.mode == "spl" and t.sub_boxes else [t.box]
         if config.mode == "spl" and not t.sub_boxes:
             log.warning("%s: no z-slabs on the templates of %s; using one box (wpl)", query.name, t.target)

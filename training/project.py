@@ -39,7 +39,9 @@ from .datasets import find_cases, read_label_names
 from .errors import DatasetError, MedLSAMError
 from .extreme_points import POINT_NAMES, ExtremePoints, template_volume_path
 from .label_merge import check_policy
-from .pipeline import LABELS_NAME, RESULTS_NAME, write_label_names
+from .localize import LOCALIZERS
+from .pipeline import LABELS_NAME, RESULTS_NAME, target_confidence, write_label_names
+from .propagate import MODES
 from .volume import Volume
 
 SESSION_FILE = "medlsam_project.json"
@@ -78,10 +80,10 @@ class Project:
     targets: list[Target] = field(default_factory=list)
     points: dict[str, dict[str, list[list[float] | None]]] = field(default_factory=dict)
     active_target: str | None = None
-    localizer: str = "medlam"  # best on the head-and-neck benchmark (docs/benchmarks.md, section 1)
+    localizer: str = LOCALIZERS[0]  # best on the head-and-neck benchmark (docs/benchmarks.md, section 1)
     segmenter: str = "litemedsam"
     device: str = "auto"
-    mode: str = "mask"
+    mode: str = MODES[0]
     existing: str = "keep"  # what re-segmenting a target does to labels already there (training/label_merge.py)
     output_dir: str = "masks"
     point_files: dict[str, dict[str, str]] = field(default_factory=dict)  # volume -> target -> templates/ file
@@ -316,6 +318,32 @@ class Project:
     def volume_path(self, name: str) -> Path:
         p = Path(self.entry(name).path)
         return p if p.is_absolute() else self.folder / p
+
+    def run_summary(self) -> dict[str, Any]:
+        """``masks/medlsam_results.json`` (the last runs, per volume), or {} when absent or unreadable."""
+        try:
+            summary = json.loads((self.folder / self.output_dir / RESULTS_NAME).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return summary if isinstance(summary, dict) else {}
+
+    def review_hint(self, name: str, summary: dict[str, Any] | None = None) -> tuple[float | None, str]:
+        """(the least confidence over the volume's targets in the last run, a short note naming doubtful ones)
+        from the run summary; (None, "") when no run localized it."""
+        record = (self.run_summary() if summary is None else summary).get(name)
+        targets = record.get("targets") if isinstance(record, dict) else None
+        if not isinstance(targets, dict) or not targets:
+            return None, ""
+        scored = []
+        for target, info in targets.items():
+            if isinstance(info, dict):
+                scored.append((target_confidence(info), target, str(info.get("status", ""))))
+        known = [s for s in scored if s[0] is not None]
+        worst = min(known) if known else None
+        notes = [f"{t} {st}" for _, t, st in scored if st and st != "found"]
+        if worst is not None:
+            notes.insert(0, f"least sure: {worst[1]} {worst[0]:.2f}")
+        return (worst[0] if worst else None), "; ".join(notes)
 
     def mask_path(self, name: str) -> Path:
         return self.folder / self.output_dir / f"{name}.nii.gz"

@@ -5,9 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from .datasets import Case
 from .embedding_cache import ProgressFn, default_cache_dir
-from .io import read_volume
+from .errors import MedLSAMError
+from .io import read_label, read_volume
+from .volume import Volume
 from .localize import Template
 from .pipeline import QueryResult, run_queries
 from .project import Project, ProjectError
@@ -31,8 +35,25 @@ def build_templates(project: Project) -> list[Template]:
         volume = read_volume(project.volume_path(name))
         for t in targets:
             project.export_template(volume, name, t)
-        templates.append(Template(volume, [project.extreme_points(volume, name, t) for t in targets]))
+        templates.append(Template(volume, [project.extreme_points(volume, name, t) for t in targets],
+                                  reviewed_masks(project, name, volume, targets)))
     return templates
+
+
+def reviewed_masks(project: Project, name: str, volume: Volume, targets: list[str]) -> dict[str, np.ndarray]:
+    """A template's targets that the annotator confirmed on it (volume reviewed, or target locked): their masks,
+    which label fusion warps into the queries.  Unconfirmed masks are not used: a wrong mask would be copied."""
+    path = project.mask_path(name)
+    reviewed = project.entry(name).status == "reviewed"
+    confirmed = [t for t in targets if reviewed or t in project.locked_targets(name)]
+    if not confirmed or not path.is_file():
+        return {}
+    try:
+        label = read_label(path, volume, allow_empty=True).array
+    except (MedLSAMError, ValueError, OSError):
+        return {}  # an unreadable mask never stops a run: its points still make the template
+    values = {t: project.target(t).label for t in confirmed}
+    return {t: label == v for t, v in values.items() if (label == v).any()}
 
 
 def run_project(project: Project, templates: list[Template], queries: list[str], localizer, segmenter,

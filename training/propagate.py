@@ -31,7 +31,12 @@ from .slice_prep import Window, scale_to_unit, window_for_modality
 from .volume import Volume, orient
 
 log = logging.getLogger(__name__)
-Mode = Literal["wpl", "spl", "mask"]
+Mode = Literal["atlas", "mask", "wpl", "spl"]
+#: how a localized target becomes a mask (CLI, annotator, project file); the first is the default:
+#: atlas = the templates' warped masks fused by vote (when the templates have masks; else SAM in 'mask' mode),
+#: mask = SAM slice by slice from the box's centre, each slice prompted by the previous mask's box,
+#: wpl = SAM with the 3D box's xy on every slice, spl = SAM with per-slab sub-boxes
+MODES = ("atlas", "mask", "wpl", "spl")
 
 
 @dataclass
@@ -47,8 +52,8 @@ class PropagationConfig:
     fill_holes: bool = True
 
     def __post_init__(self) -> None:
-        if self.mode not in ("wpl", "spl", "mask"):
-            raise ValueError(f"unknown propagation mode {self.mode!r}: wpl, spl or mask")
+        if self.mode not in MODES:
+            raise ValueError(f"unknown propagation mode {self.mode!r}: {', '.join(MODES)}")
 
 
 def box_2d(box: Box3D, margin: int = 0) -> np.ndarray:
@@ -167,10 +172,10 @@ class VolumeSegmenter:
                     prompts[z] = xy if z not in prompts else np.r_[np.minimum(prompts[z][:2], xy[:2]),
                                                                      np.maximum(prompts[z][2:], xy[2:])]
             mask = self.segment_slices(prompts, config, progress, cancelled)
-        elif config.mode == "mask":
+        elif config.mode in ("mask", "atlas"):  # 'atlas' without template masks: SAM from the box
             mask = self._propagate_from_centre(boxes, config, progress, cancelled)
         else:
-            raise ValueError(f"unknown propagation mode {config.mode!r} (wpl, spl, mask)")
+            raise ValueError(f"unknown propagation mode {config.mode!r} ({', '.join(MODES)})")
         mask = clean_mask(mask, config.largest_component, config.fill_holes)
         return self.to_volume_grid(mask)
 

@@ -4,12 +4,12 @@ re-segmenting a target does to the labels already in the volume's label map."""
 from __future__ import annotations
 
 from medlsam_training.label_merge import POLICIES, POLICY_HELP
+from medlsam_training.localize import LOCALIZERS
+from medlsam_training.propagate import MODES
 from qtpy.QtWidgets import QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLineEdit, QPushButton, QWidget
 
 from ..state import AnnotatorState
 
-LOCALIZERS = ("medlam", "medlam+reg", "registration")
-MODES = ("mask", "wpl", "spl")
 
 
 class SettingsPanel(QWidget):

@@ -35,10 +35,15 @@ class VolumesPanel(QWidget):
         p = self.state.project
         current = self._selected()
         self.list.clear()
-        for v in p.volumes if p else []:
+        summary = p.run_summary() if p else {}
+        hints = {v.name: p.review_hint(v.name, summary) for v in p.volumes} if p else {}
+        for v in self.review_order(hints):
             locked = f"; locked: {', '.join(v.locked)}" if v.locked and v.status != "reviewed" else ""
-            label = f"{_ICONS.get(v.status, '')} {v.name}  [{'template' if v.template else v.status}{locked}]"
+            confidence, note = hints[v.name] if v.status == "segmented" and not v.template else (None, "")
+            shown = f" · {confidence:.2f}" if confidence is not None else ""
+            label = f"{_ICONS.get(v.status, '')} {v.name}  [{'template' if v.template else v.status}{shown}{locked}]"
             item = QListWidgetItem(label)
+            item.setToolTip(note or "")
             item.setData(Qt.UserRole, v.name)
             if v.status == "missing":
                 item.setFlags(item.flags() & ~Qt.ItemIsEnabled)
@@ -47,6 +52,14 @@ class VolumesPanel(QWidget):
                 self.list.setCurrentItem(item)
         if p and p.messages:
             self.status.setText("\n".join(p.messages))
+
+    def review_order(self, hints: dict[str, tuple[float | None, str]]) -> list:
+        """Volumes in the order to look at them: segmented ones to review, least confident first (the last
+        run's templates agreed least there), then the rest as the project lists them."""
+        volumes = list(self.state.project.volumes) if self.state.project else []
+        to_review = [v for v in volumes if v.status == "segmented" and not v.template]
+        to_review.sort(key=lambda v: (hints[v.name][0] is None, hints[v.name][0] or 0.0))
+        return to_review + [v for v in volumes if v not in to_review]
 
     def _selected(self) -> str | None:
         item = self.list.currentItem()
