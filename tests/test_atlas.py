@@ -129,3 +129,19 @@ def test_share_in_scan_is_relative_to_what_the_scan_can_hold() -> None:
     assert _in_scan(liver, below) == 0.0
     half = (np.array([-250.0, -250.0, -100.0]), np.array([250.0, 250.0, 300.0]))
     assert _in_scan(liver, half) == pytest.approx(0.5)
+
+
+@pytest.mark.slow
+def test_atlas_is_deterministic_and_a_broken_template_does_not_vote(openkbp: Path, pt1: Template) -> None:
+    import SimpleITK as sitk
+
+    query = _hn_case(openkbp, "pt_2")[0]
+    blank = Template(pt1.volume.with_array(np.zeros_like(pt1.volume.array)), pt1.targets, pt1.masks)
+    threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    first = {r.target: r for r in AtlasLocalizer().localize(query, [pt1, blank])}
+    again = {r.target: r for r in AtlasLocalizer(workers=1).localize(query, [pt1])}
+    assert sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() == threads  # ITK's globals are given back
+    for target, r in first.items():
+        assert r.status == again[target].status and r.box == again[target].box, target
+        assert (r.mask is None) == (again[target].mask is None)
+        assert r.mask is None or np.array_equal(r.mask, again[target].mask), target

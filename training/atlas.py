@@ -7,24 +7,26 @@ Every template is registered to the query once per query, for all its targets to
    its targets' extreme points + a margin) over the whole query, so that scans of different coverage
    (head only, neck and chest, ...) meet where their anatomy does, not where their centres are.
 2. **Regional affine** from that start, metric restricted to the region mapped into the query.
-3. **Deformable** (diffeomorphic demons, two resolutions) on the same region, where it measurably pays
-   (label fusion; ``docs/benchmarks.md``).
+3. **Deformable** (diffeomorphic demons, two resolutions) on the same region, then, per target, an affine and
+   demons on the target's own neighbourhood (:func:`refine_target`): what measured best on train-pats queries
+   (``docs/benchmarks.md``, section 1).
 
 The transform maps *query* points to *template* points, which is what warping a template's masks onto the
-query grid needs; template points are carried to the query by inverting it.  Everything runs with one
-ITK thread per registration and a fixed sampling seed, so the same inputs give the same result.
+query grid needs; template points are carried to the query by inverting it.  Registrations run under
+:func:`one_itk_thread` with a fixed sampling seed, so the same inputs give the same result.
 """
 
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
 from scipy import fft as sfft
 
-from .volume import Geometry, Volume
+from .volume import Volume
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +36,8 @@ SPACING_MM = 4.0
 CT_WINDOW = (-300.0, 1200.0)
 #: margin (mm) around the targets' box that makes a template's region
 REGION_MARGIN_MM = 30.0
-#: at least this fraction of the template's region must fall on the query's scanned content during the search
+#: a search placement must overlap the query's scanned content on this fraction of what the query can hold of
+#: the template's region
 MIN_SEARCH_OVERLAP = 0.5
 
 
@@ -52,10 +55,10 @@ class AtlasImage:
 
     def index_of(self, point_mm: np.ndarray) -> np.ndarray:
         """Continuous (x, y, z) index of LPS points on this identity-direction grid."""
-        return (np.asarray(point_mm, float) - np.array(self.image.GetOrigin())) / SPACING_MM
+        return (np.asarray(point_mm, float) - np.array(self.image.GetOrigin())) / np.array(self.image.GetSpacing())
 
     def point_of(self, index: np.ndarray) -> np.ndarray:
-        return np.array(self.image.GetOrigin()) + np.asarray(index, float) * SPACING_MM
+        return np.array(self.image.GetOrigin()) + np.asarray(index, float) * np.array(self.image.GetSpacing())
 
 
 def _fill_value(arr: np.ndarray) -> float | None:
@@ -201,7 +204,7 @@ def regional_affine(fixed: sitk.Image, fixed_mask: sitk.Image, moving: sitk.Imag
         return init
 
 
-#: diffeomorphic demons: iterations per level (coarse to fine) and the field's smoothing (voxels)
+#: diffeomorphic demons: iterations per level (coarse to fine) and the field's smoothing (SD in voxels)
 DEMONS_ITERATIONS = (40, 20)
 DEMONS_SIGMA = 1.5
 
@@ -213,11 +216,11 @@ def demons(fixed: sitk.Image, moving_warped: sitk.Image, iterations: tuple[int, 
     field = None
     for level, its in zip(range(len(iterations) - 1, -1, -1), iterations):
         shrink = 2 ** level
-        f = sitk.Shrink(sitk.SmoothingRecursiveGaussian(fixed, 0.5 * shrink * SPACING_MM), [shrink] * 3) \
-            if shrink > 1 else fixed
-        m = sitk.Resample(moving_warped, f) if shrink > 1 else moving_warped
-        if shrink > 1:
-            m = sitk.Resample(sitk.SmoothingRecursiveGaussian(moving_warped, 0.5 * shrink * SPACING_MM), f)
+        f, m = fixed, moving_warped
+        if shrink > 1:  # a coarser level: both images smoothed (sigma in mm) and sampled on a shrunk grid
+            sigma_mm = 0.5 * shrink * fixed.GetSpacing()[0]
+            f = sitk.Shrink(sitk.SmoothingRecursiveGaussian(fixed, sigma_mm), [shrink] * 3)
+            m = sitk.Resample(sitk.SmoothingRecursiveGaussian(moving_warped, sigma_mm), f)
         filt = sitk.DiffeomorphicDemonsRegistrationFilter()
         filt.SetNumberOfIterations(its)
         filt.SetStandardDeviations(sigma)
@@ -260,8 +263,23 @@ def invert_points(transform: sitk.Transform, targets_mm: np.ndarray, start_mm: n
     return np.array(out)
 
 
-def geometry_of(image: sitk.Image) -> Geometry:
-    return Geometry.from_sitk(image)
+@contextmanager
+def one_itk_thread():
+    """ITK on one thread, its warnings off, for the duration (restored after, even on error).
+
+    Multi-threaded metric sums vary in order between runs, and the same inputs must give the same box; ITK warns
+    when a metric sample falls outside the template's grid, which a region at a scan edge does by design (the
+    optimiser handles it).  Set once around a whole localization, not per thread: these are process globals.
+    """
+    threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    warnings = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+        sitk.ProcessObject.SetGlobalWarningDisplay(warnings)
 
 
 @dataclass
@@ -281,32 +299,27 @@ def register_template(spectrum: QuerySpectrum, template: AtlasImage, lo_mm: np.n
                       deformable: bool = True, seed: int = 0) -> TemplateRegistration:
     """Register ``template``'s region (its targets' box ``lo_mm..hi_mm`` + margin) into the query.
 
-    Translation search -> regional affine -> diffeomorphic demons on the region (``deformable``).  One ITK
-    thread: multi-threaded metric sums vary in order between runs, and the same inputs must give the same box.
+    Translation search -> regional affine -> diffeomorphic demons on the region (``deformable``).  Run it under
+    :func:`one_itk_thread` for results that do not depend on the machine.
     """
-    threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
-    try:
-        query = spectrum.query
-        lo, hi = region_index_box(template, lo_mm, hi_mm, REGION_MARGIN_MM)
-        shift, search_ncc = translation_search(spectrum, template, lo, hi)
-        qlo, qhi = region_index_box(query, template.point_of(lo) + shift, template.point_of(hi) + shift, 10.0)
-        fixed, fixed_mask = crop(query.image, qlo, qhi), crop(query.content, qlo, qhi)
-        init = sitk.TranslationTransform(3, tuple(float(-v) for v in shift))
-        affine = regional_affine(fixed, fixed_mask, template.image, init, seed=seed)
-        background = float(np.min(template.array))
-        warped = sitk.Resample(template.image, fixed, affine, sitk.sitkLinear, background)
-        inside = sitk.GetArrayViewFromImage(fixed_mask).astype(bool) & _inside(template, affine, fixed)
-        match = local_ncc(sitk.GetArrayViewFromImage(fixed), sitk.GetArrayViewFromImage(warped), inside) \
-            if inside.sum() > 64 else -1.0
-        transform: sitk.Transform = affine
-        if deformable and min(fixed.GetSize()) >= 8:
-            field = demons(fixed, warped)
-            transform = sitk.CompositeTransform([affine, sitk.DisplacementFieldTransform(
-                sitk.Cast(field, sitk.sitkVectorFloat64))])
-        return TemplateRegistration(transform, shift, search_ncc, match, fixed, affine)
-    finally:
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+    query = spectrum.query
+    lo, hi = region_index_box(template, lo_mm, hi_mm, REGION_MARGIN_MM)
+    shift, search_ncc = translation_search(spectrum, template, lo, hi)
+    qlo, qhi = region_index_box(query, template.point_of(lo) + shift, template.point_of(hi) + shift, 10.0)
+    fixed, fixed_mask = crop(query.image, qlo, qhi), crop(query.content, qlo, qhi)
+    init = sitk.TranslationTransform(3, tuple(float(-v) for v in shift))
+    affine = regional_affine(fixed, fixed_mask, template.image, init, seed=seed)
+    background = float(np.min(template.array))
+    warped = sitk.Resample(template.image, fixed, affine, sitk.sitkLinear, background)
+    inside = sitk.GetArrayViewFromImage(fixed_mask).astype(bool) & _inside(template, affine, fixed)
+    match = local_ncc(sitk.GetArrayViewFromImage(fixed), sitk.GetArrayViewFromImage(warped), inside) \
+        if inside.sum() > 64 else -1.0
+    transform: sitk.Transform = affine
+    if deformable and min(fixed.GetSize()) >= 8:
+        field = demons(fixed, warped)
+        transform = sitk.CompositeTransform([affine, sitk.DisplacementFieldTransform(
+            sitk.Cast(field, sitk.sitkVectorFloat64))])
+    return TemplateRegistration(transform, shift, search_ncc, match, fixed, affine)
 
 
 #: margin (mm) around one target's box for its own affine + demons, after the template-wide alignment
@@ -317,33 +330,28 @@ def refine_target(query: AtlasImage, template: AtlasImage, reg: TemplateRegistra
                   hi_mm: np.ndarray, deformable: bool = True, seed: int = 0) -> TemplateRegistration:
     """One target's own alignment: affine on its box + :data:`TARGET_MARGIN_MM` (from the regional affine), then
     demons there.  Organs move against each other between patients (head tilt, mouth open, neck flexion),
-    which one transform for the whole region cannot follow."""
-    threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
-    try:
-        inverse = reg.affine.GetInverse()
-        corners = np.array([[x, y, z] for x in (lo_mm[0], hi_mm[0]) for y in (lo_mm[1], hi_mm[1])
-                            for z in (lo_mm[2], hi_mm[2])])
-        in_query = np.array([inverse.TransformPoint(tuple(c)) for c in corners])
-        qlo, qhi = region_index_box(query, in_query.min(0), in_query.max(0), TARGET_MARGIN_MM)
-        if np.any(qhi - qlo < 4):  # the target lands at the scan's edge: keep the regional result
-            return reg
-        fixed, fixed_mask = crop(query.image, qlo, qhi), crop(query.content, qlo, qhi)
-        affine = regional_affine(fixed, fixed_mask, template.image, reg.affine, seed=seed)
-        transform: sitk.Transform = affine
-        background = float(np.min(template.array))
-        if deformable and min(fixed.GetSize()) >= 8:
-            warped = sitk.Resample(template.image, fixed, affine, sitk.sitkLinear, background)
-            field = demons(fixed, warped)
-            transform = sitk.CompositeTransform([affine, sitk.DisplacementFieldTransform(
-                sitk.Cast(field, sitk.sitkVectorFloat64))])
-        final = sitk.Resample(template.image, fixed, transform, sitk.sitkLinear, background)
-        inside = sitk.GetArrayViewFromImage(fixed_mask).astype(bool) & _inside(template, transform, fixed)
-        fit = local_ncc(sitk.GetArrayViewFromImage(fixed), sitk.GetArrayViewFromImage(final), inside) \
-            if inside.sum() > 64 else 0.0
-        return TemplateRegistration(transform, reg.shift_mm, reg.search_ncc, reg.match_ncc, fixed, affine, fit)
-    finally:
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+    which one transform for the whole region cannot follow.  Run it under :func:`one_itk_thread`."""
+    inverse = reg.affine.GetInverse()
+    corners = np.array([[x, y, z] for x in (lo_mm[0], hi_mm[0]) for y in (lo_mm[1], hi_mm[1])
+                        for z in (lo_mm[2], hi_mm[2])])
+    in_query = np.array([inverse.TransformPoint(tuple(c)) for c in corners])
+    qlo, qhi = region_index_box(query, in_query.min(0), in_query.max(0), TARGET_MARGIN_MM)
+    if np.any(qhi - qlo < 4):  # the target lands at the scan's edge: keep the regional result
+        return reg
+    fixed, fixed_mask = crop(query.image, qlo, qhi), crop(query.content, qlo, qhi)
+    affine = regional_affine(fixed, fixed_mask, template.image, reg.affine, seed=seed)
+    transform: sitk.Transform = affine
+    background = float(np.min(template.array))
+    if deformable and min(fixed.GetSize()) >= 8:
+        warped = sitk.Resample(template.image, fixed, affine, sitk.sitkLinear, background)
+        field = demons(fixed, warped)
+        transform = sitk.CompositeTransform([affine, sitk.DisplacementFieldTransform(
+            sitk.Cast(field, sitk.sitkVectorFloat64))])
+    final = sitk.Resample(template.image, fixed, transform, sitk.sitkLinear, background)
+    inside = sitk.GetArrayViewFromImage(fixed_mask).astype(bool) & _inside(template, transform, fixed)
+    fit = local_ncc(sitk.GetArrayViewFromImage(fixed), sitk.GetArrayViewFromImage(final), inside) \
+        if inside.sum() > 64 else 0.0
+    return TemplateRegistration(transform, reg.shift_mm, reg.search_ncc, reg.match_ncc, fixed, affine, fit)
 
 
 def _inside(template: AtlasImage, transform: sitk.Transform, grid: sitk.Image) -> np.ndarray:

@@ -25,8 +25,8 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .atlas import (AtlasImage, QuerySpectrum, TemplateRegistration, atlas_image, invert_points, refine_target,
-                    register_template, warp_mask)
+from .atlas import (AtlasImage, QuerySpectrum, TemplateRegistration, atlas_image, invert_points, one_itk_thread,
+                    refine_target, register_template, warp_mask)
 from .boxes import Box3D, box_from_physical
 from .errors import MedLSAMError
 from .extreme_points import POINT_NAMES, ExtremePoints, template_volume_path, validate_points
@@ -437,23 +437,15 @@ class AtlasLocalizer:
         t0 = time.perf_counter()
         groups = _targets_by_name(templates)
         spectrum = QuerySpectrum(self._image(query), (64, 64, 64))
-        # ITK warns when a metric sample falls outside the template's grid, which a region at a scan edge does
-        # by design; the optimiser handles it, so the warning is not shown to users
-        warnings = sitk.ProcessObject.GetGlobalWarningDisplay()
-        sitk.ProcessObject.SetGlobalWarningDisplay(False)
-        try:
-            with ThreadPoolExecutor(self.workers) as pool:
-                regs = dict(zip(map(id, templates), pool.map(lambda t: self._register(spectrum, t), templates)))
-                if self.per_target:
-                    # a template with one target was registered on that target's region already
-                    pairs = [(t, ep) for t in templates for ep in t.targets
-                             if regs[id(t)] is not None and len(t.targets) > 1]
-                    refined = dict(zip([(id(t), ep.target) for t, ep in pairs],
-                                       pool.map(lambda p: self._refine(spectrum.query, regs[id(p[0])], *p), pairs)))
-                else:
-                    refined = {}
-        finally:
-            sitk.ProcessObject.SetGlobalWarningDisplay(warnings)
+        with one_itk_thread(), ThreadPoolExecutor(self.workers) as pool:
+            regs = dict(zip(map(id, templates), pool.map(lambda t: self._register(spectrum, t), templates)))
+            refined = {}
+            if self.per_target:
+                # a template with one target was registered on that target's region already
+                pairs = [(t, ep) for t in templates for ep in t.targets
+                         if regs[id(t)] is not None and len(t.targets) > 1]
+                refined = dict(zip([(id(t), ep.target) for t, ep in pairs],
+                                   pool.map(lambda p: self._refine(spectrum.query, regs[id(p[0])], *p), pairs)))
         reference = sitk.Image([int(v) for v in query.size], sitk.sitkUInt8)
         reference.SetSpacing(query.geometry.spacing)
         reference.SetOrigin(query.geometry.origin)
