@@ -20,6 +20,10 @@ class SettingsPanel(QWidget):
         self.localizer.addItems(LOCALIZERS)
         self.mode = QComboBox()
         self.mode.addItems(MODES)
+        self.mode.setToolTip("atlas: the templates' reviewed masks warped into the volume and fused (SAM from the box "
+                             "where a template has no confirmed mask); mask / wpl / spl: SAM slice by slice")
+        self.localizer.setToolTip("atlas: registration of each template (best on the head-and-neck benchmark); "
+                                  "medlam: fast preview")
         self.segmenter = QLineEdit("litemedsam")
         self.segmenter.setToolTip("'litemedsam' (embedded) or the path of a SAM / MedSAM checkpoint")
         browse = QPushButton("…")
