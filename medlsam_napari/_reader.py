@@ -8,6 +8,7 @@ from typing import Any
 
 from medlsam_training.atomic import compound_suffix
 from medlsam_training.datasets import read_label_names
+from medlsam_training.interop.rtstruct import dicom_modality, structure_sets_in
 from medlsam_training.io import as_label, is_volume_path, read_volume
 
 from .layer_geometry import layer_kwargs
@@ -30,6 +31,17 @@ def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerD
     return read_layers
 
 
+def _structure_set_layer(path: Path, series: Path | None = None) -> LayerData:
+    """An RT structure set as a labels layer on its series (found beside it), ROI names as label names."""
+    from medlsam_training.interop.rtstruct import find_series_for, import_rtstruct
+
+    volume, names = import_rtstruct(path, series or find_series_for(path))
+    kwargs = layer_kwargs(volume, labels=True)
+    kwargs["name"] = path.stem
+    kwargs["metadata"]["label_names"] = {str(k): v for k, v in names.items()}
+    return volume.array, kwargs, "labels"
+
+
 def read_layers(path: str | list[str]) -> list[LayerData]:
     paths = [path] if isinstance(path, str) else list(path)
     layers: list[LayerData] = []
@@ -42,7 +54,14 @@ def read_layers(path: str | list[str]) -> list[LayerData]:
             kwargs["metadata"]["label_names"] = {str(k): v for k, v in names.items()}
             layers.append((volume.array, kwargs, "labels"))
             continue
+        if p.is_file() and p.suffix.lower() == ".dcm" and dicom_modality(p) == "RTSTRUCT":
+            layers.append(_structure_set_layer(p))
+            continue
         volume = read_volume(p)
+        if p.is_dir():  # a series folder: its image, and any structure set stored with it
+            layers.append((volume.array, layer_kwargs(volume), "image"))
+            layers.extend(_structure_set_layer(rs, p) for rs in structure_sets_in(p))
+            continue
         if _looks_like_labels(p):
             volume = as_label(volume)
             kwargs = layer_kwargs(volume, labels=True)

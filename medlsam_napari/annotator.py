@@ -7,6 +7,7 @@ from pathlib import Path
 from qtpy.QtCore import QSize, Qt
 from qtpy.QtWidgets import QFileDialog, QGroupBox, QLabel, QPushButton, QScrollArea, QVBoxLayout, QWidget
 
+from .docking import dock_as_tab
 from .panels._messages import show_error
 from .panels.points import PointsPanel
 from .panels.review import ReviewPanel
@@ -14,6 +15,7 @@ from .panels.run import RunPanel
 from .panels.settings import SettingsPanel
 from .panels.targets import TargetsPanel
 from .panels.volumes import VolumesPanel
+from .panels.windows import WindowPresets
 from .state import state_for
 
 
@@ -30,11 +32,26 @@ class _VerticalScroll(QScrollArea):
         return QSize(width, hint.height())
 
 
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def project_summary(p) -> str:
+    """'folder: 3 volumes, 1 template; queries: 1 pending, 1 segmented' (templates are not counted as queries)."""
+    queries = [v for v in p.volumes if not v.template]
+    counts = [(s, sum(v.status == s for v in queries)) for s in ("pending", "segmented", "reviewed", "failed",
+                                                                 "missing")]
+    shown = ", ".join(f"{n} {s}" for s, n in counts if n) or "none"
+    return (f"{p.folder.name}: {plural(len(p.volumes), 'volume')}, {plural(len(p.templates), 'template')}; "
+            f"queries: {shown}")
+
+
 class AnnotatorWidget(QWidget):
     """napari dock widget; everything long runs in workers, everything the annotator does is saved."""
 
     def __init__(self, napari_viewer, project_dir: str | Path | None = None):
         super().__init__()
+        dock_as_tab(self)  # beside the other MedLSAM docks, never squeezing them
         self.viewer = napari_viewer
         self.state = state_for(napari_viewer)
         open_btn = QPushButton("Open project folder…")
@@ -47,10 +64,14 @@ class AnnotatorWidget(QWidget):
         self.run = RunPanel(self.state)
         self.review = ReviewPanel(self.state)
         self.settings = SettingsPanel(self.state)
+        self.windows = WindowPresets(self.state)
         body = QWidget()
         layout = QVBoxLayout(body)
         layout.addWidget(open_btn)
         layout.addWidget(self.project_label)
+        window_box = QGroupBox("CT window")
+        QVBoxLayout(window_box).addWidget(self.windows)
+        layout.addWidget(window_box)
         for title, panel in (("1. Targets", self.targets), ("2. Volumes and templates", self.volumes),
                              ("   Six extreme points", self.points), ("3. Localize && segment", self.run),
                              ("4. Review and correct", self.review), ("Settings", self.settings)):
@@ -85,6 +106,4 @@ class AnnotatorWidget(QWidget):
         self.scroll.updateGeometry()  # content may need more width now: let the dock follow
         p = self.state.project
         if p is not None and what in ("project", "status", "mask"):
-            counts = {s: sum(v.status == s for v in p.volumes) for s in ("pending", "segmented", "reviewed")}
-            self.project_label.setText(f"{p.folder}: {len(p.volumes)} volumes, {len(p.templates)} templates; "
-                                       + ", ".join(f"{n} {s}" for s, n in counts.items()))
+            self.project_label.setText(project_summary(p))

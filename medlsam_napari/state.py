@@ -18,6 +18,7 @@ from medlsam_training.io import read_label, read_volume, write_mask
 from medlsam_training.project import Project
 from medlsam_training.volume import Volume
 
+from .label_history import apply_labels
 from .layer_geometry import layer_kwargs
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,17 @@ PROMPT_LAYER = "SAM prompt"
 
 
 _STATES: "weakref.WeakKeyDictionary[object, AnnotatorState]" = weakref.WeakKeyDictionary()
+
+
+def _save_after_undo(layer, state: "AnnotatorState") -> None:
+    """napari's undo and redo change the data without a paint event: save after them too (autosave holds)."""
+    for name in ("undo", "redo"):
+        step = getattr(layer, name)
+
+        def wrapped(step=step, name=name) -> None:
+            step()
+            state.save_mask(name)
+        setattr(layer, name, wrapped)
 
 
 def state_for(viewer) -> "AnnotatorState":
@@ -108,11 +120,14 @@ class AnnotatorState:
         labels = self.viewer.add_labels(mask, **layer_kwargs(volume.with_array(mask), f"{name} mask", labels=True))
         self._name_labels(labels)
         labels.events.paint.connect(lambda event: self.save_mask("painted"))
+        _save_after_undo(labels, self)
         self._show_boxes(name, volume)
         points = self.viewer.add_points(np.empty((0, 3)), name=POINTS_LAYER, ndim=3, size=4, face_color="yellow",
                                         affine=volume.geometry.affine_zyx())
         points.editable = self.project.entry(name).template
         self.viewer.layers.selection.active = points if self.project.entry(name).template else labels
+        if points.editable:  # a template is opened to click on: ready to click, not to pan (key 2 not needed)
+            points.mode = "add"
         self.changed("volume")
 
     def _show_boxes(self, name: str, volume: Volume) -> None:
@@ -136,11 +151,24 @@ class AnnotatorState:
                                    face_color="transparent", edge_width=1, affine=volume.geometry.affine_zyx(),
                                    opacity=0.8)
 
-    def set_mask(self, mask: np.ndarray) -> None:
+    def set_mask(self, mask: np.ndarray) -> int:
+        """Put an automatic result into the open mask as one step of the layer's undo history (Ctrl+Z undoes it);
+        the layer's paint event saves it.  Returns the number of voxels changed."""
         layer = self.mask_layer
-        if layer is not None:
-            layer.data = mask.astype(layer.data.dtype)
-            layer.refresh()
+        return apply_labels(layer, mask) if layer is not None else 0
+
+    def reload_mask(self) -> int:
+        """The open volume's mask file (a run just wrote it) into the open layer, as one undo step."""
+        if self.project is None or self.volume is None or self.mask_layer is None:
+            return 0
+        path = self.project.mask_path(self.volume_name)
+        if not path.is_file():
+            return 0
+        changed = self.set_mask(read_label(path, self.volume, allow_empty=True).array)
+        if self.viewer.layers and BOX_LAYER in self.viewer.layers:
+            self.viewer.layers.remove(BOX_LAYER)
+        self._show_boxes(self.volume_name, self.volume)
+        return changed
 
     def _name_labels(self, layer) -> None:
         """Target names in the layer's metadata: 'Save layer' as .seg.nrrd writes them as Slicer segment names."""

@@ -15,7 +15,9 @@ from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QL
                             QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
 from medlsam_napari.progress import ProgressBridge
+from medlsam_napari.label_history import apply_labels
 from medlsam_napari.layer_geometry import layer_kwargs, volume_from_layer
+from medlsam_napari.docking import dock_as_tab
 from medlsam_training.atomic import write_json_atomic
 from medlsam_training.cam.classifier import load_classifier
 from medlsam_training.cam.tags import ABSENT, PRESENT, UNKNOWN, TagError, require_usable
@@ -63,6 +65,7 @@ class TagStrip(QWidget):
 class CamSeedWidget(QWidget):
     def __init__(self, napari_viewer):
         super().__init__()
+        dock_as_tab(self)  # beside the other MedLSAM docks, never squeezing them
         self.viewer = napari_viewer
         self.tags: dict[tuple[str, str], np.ndarray] = {}   # (image layer, target) -> own-slice tags
         self.model = None
@@ -366,7 +369,7 @@ class CamSeedWidget(QWidget):
         free = mask & (np.asarray(layer.data) == 0)
         data = np.array(layer.data, copy=True)
         data[free] = self.value.value()
-        layer.data = data
+        apply_labels(layer, data)  # one step of the layer's undo history: Ctrl+Z undoes the accepted seed
         self.undo_btn.setEnabled(True)
         kept = int((mask & ~free).sum())
         self.status.setText(f"accepted {int(free.sum())} voxels as {self.value.value()} into {labels_name}"
@@ -375,7 +378,7 @@ class CamSeedWidget(QWidget):
     def undo(self) -> None:
         if self._undo is not None:
             name, data = self._undo
-            self.viewer.layers[name].data = data
+            apply_labels(self.viewer.layers[name], data)  # the dock's undo is a history step too (Ctrl+Z redoes it)
             self._undo = None
             self.undo_btn.setEnabled(False)
             self.status.setText(f"{name} restored")

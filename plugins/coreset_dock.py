@@ -14,6 +14,7 @@ from qtpy.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout,
                             QProgressBar, QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
 from medlsam_napari.progress import ProgressBridge
+from medlsam_napari.docking import dock_as_tab
 from medlsam_training.atomic import write_json_atomic
 from medlsam_training.datasets import find_cases
 from medlsam_training.errors import MedLSAMError
@@ -36,6 +37,7 @@ class _Number(QTableWidgetItem):
 class CoresetWidget(QWidget):
     def __init__(self, napari_viewer):
         super().__init__()
+        dock_as_tab(self)  # beside the other MedLSAM docks, never squeezing them
         self.viewer = napari_viewer
         self.worker = None
         self._cancel = threading.Event()

@@ -19,6 +19,7 @@ from medlsam_napari.layer_geometry import layer_kwargs
 from medlsam_training.atomic import keep_previous
 from medlsam_training.project import Project
 from medlsam_napari.state import state_for
+from medlsam_napari.docking import dock_as_tab
 from medlsam_training.datasets import Case
 from medlsam_training.io import read_volume, write_mask
 from medlsam_training.vf.train import DEFAULT_CONFIG, PCTPredictor, VFConfig, finetune
@@ -58,6 +59,7 @@ class LossCurve(QWidget):
 class FinetuneWidget(QWidget):
     def __init__(self, napari_viewer, project_dir: str | Path | None = None, config: str | Path | None = None):
         super().__init__()
+        dock_as_tab(self)  # beside the other MedLSAM docks, never squeezing them
         self.viewer = napari_viewer
         self.state = state_for(napari_viewer)  # the project is shared with the annotator on this viewer
         self.state.on_change(lambda what: self.refresh() if what == "project" and self.project else None)
@@ -228,4 +230,7 @@ class FinetuneWidget(QWidget):
             backup = keep_previous(target)
             p.set_status(name, "segmented", write_mask(labels, volume, target))
             note = f"saved{f'; the previous mask is in {backup.parent.name}/' if backup else ''}"
+            if name == self.state.volume_name:  # open in the annotator: replaced there as one undo step
+                self.state.reload_mask()
+                note += "; Ctrl+Z on its mask layer undoes the replacement"
         self.status.setText(f"{name}: pre-segmented ({int(np.count_nonzero(labels))} voxels); {note}")

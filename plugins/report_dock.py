@@ -5,21 +5,25 @@ DICOM SR when the image came from a DICOM series)."""
 from __future__ import annotations
 
 import threading
+import weakref
 from pathlib import Path
 
-from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QPlainTextEdit, QProgressBar,
-                            QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+from qtpy.QtCore import QEvent, QObject, Qt
+from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QHeaderView, QLabel, QMessageBox,
+                            QPlainTextEdit, QProgressBar, QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout,
+                            QWidget)
 
 from medlsam_napari.progress import ProgressBridge
 from medlsam_napari.layer_geometry import volume_from_layer
 from medlsam_napari.state import state_for
+from medlsam_napari.docking import dock_as_tab
 from medlsam_training.datasets import read_label_names
 from medlsam_training.errors import MedLSAMError
 from medlsam_training.io import is_volume_path
 from medlsam_training.report import Patient, Report, build_report
 from medlsam_training.report.export import write_report
 
-COLUMNS = ("structure", "volume (mL)", "max 3D Ø (mm)", "craniocaudal (mm)", "mean ± SD", "complete", "verdict", "")
+COLUMNS = ("structure", "mL", "max Ø mm", "cranio-caudal mm", "mean ± SD", "complete", "verdict", "")
 #: Header values kept in layer metadata by the reader, which the report uses (modality, patient, contrast).
 _META_KEYS = ("modality", "patient_sex", "patient_age", "contrast_agent", "series_uid")
 
@@ -36,9 +40,39 @@ def label_names_for(layer, viewer) -> dict[int, str]:
     return {t.label: t.name for t in project.targets} if project else {}
 
 
+class _UnsavedDraftGuard(QObject):
+    """Watches napari's main window: closing it (Ctrl+Q, the close button) with an edited, unsaved draft asks
+    first, and 'Cancel' keeps the window and the draft."""
+
+    def __init__(self, dock: "ReportWidget"):
+        super().__init__(dock)
+        self._dock = weakref.ref(dock)  # weak: the guard must not keep a closed viewer alive
+        self._watched: int | None = None
+
+    def watch(self) -> None:
+        dock = self._dock()
+        window = dock.window() if dock is not None else None
+        if window is not None and window is not dock and id(window) != self._watched:
+            window.installEventFilter(self)
+            self._watched = id(window)
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt's name
+        dock = self._dock()
+        if event.type() != QEvent.Type.Close or dock is None or not dock.has_unsaved_edits():
+            return False
+        answer = dock.ask_unsaved()
+        if answer == "save":
+            dock._choose_save()
+        if answer == "cancel" or (answer == "save" and dock.has_unsaved_edits()):
+            event.ignore()
+            return True  # napari's closeEvent never runs: nothing is torn down
+        return False
+
+
 class ReportWidget(QWidget):
     def __init__(self, napari_viewer):
         super().__init__()
+        dock_as_tab(self)  # beside the other MedLSAM docks, never squeezing them
         self.viewer = napari_viewer
         self.report: Report | None = None
         self.worker = None
@@ -53,6 +87,13 @@ class ReportWidget(QWidget):
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(COLUMNS)
         self.table.setSortingEnabled(False)
+        # every column as wide as its header and cells; a narrow dock scrolls sideways instead of cutting them
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
+        self.table.setToolTip("mL: volume; max Ø: largest 3D diameter; cranio-caudal: extent along the body axis; "
+                              "mean ± SD: intensity (HU on CT); complete: the structure does not touch the scan edge")
+        self._saved_text: str | None = None  # the text as last saved: quitting with other edits asks first
+        self._close_guard = _UnsavedDraftGuard(self)
         self.text = QPlainTextEdit()
         self.text.setPlaceholderText("The draft appears here; edit it freely before saving.")
         form = QFormLayout()
@@ -82,6 +123,25 @@ class ReportWidget(QWidget):
         for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
             event.connect(lambda _e: self.refresh_layers())
         self.refresh_layers()
+
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        super().showEvent(event)
+        self._close_guard.watch()  # docked now: its window is napari's
+
+    def has_unsaved_edits(self) -> bool:
+        """The draft was edited by hand and that text was never saved."""
+        text = self.text.toPlainText()
+        return bool(text.strip()) and text != self._draft_text and text != self._saved_text
+
+    def ask_unsaved(self) -> str:
+        """'save', 'discard' or 'cancel': what to do with an edited draft when napari closes."""
+        box = QMessageBox(QMessageBox.Icon.Warning, "Unsaved report draft",
+                          "The findings report draft was edited and not saved.", parent=self)
+        save = box.addButton("Save…", QMessageBox.ButtonRole.AcceptRole)
+        discard = box.addButton("Discard edits", QMessageBox.ButtonRole.DestructiveRole)
+        box.addButton("Cancel", QMessageBox.ButtonRole.RejectRole)
+        box.exec()
+        return "save" if box.clickedButton() is save else "discard" if box.clickedButton() is discard else "cancel"
 
     # --- layers --------------------------------------------------------------------------------
     def refresh_layers(self) -> None:
@@ -212,6 +272,7 @@ class ReportWidget(QWidget):
         if self.report is None:
             raise MedLSAMError("measure first: there is no report to save")
         written = write_report(self.report, path, text=self.text.toPlainText())
+        self._saved_text = self.text.toPlainText()
         source = self.viewer.layers[self.image_box.currentText()].metadata.get("source_path")
         if source and Path(source).is_dir() and is_volume_path(source):
             from medlsam_training.dicom_series import series_datasets

@@ -127,6 +127,25 @@ def main() -> None:
     widget.review.mark_reviewed()
     widget.volumes.refresh()
     shot("08_marked_reviewed.png")
+
+    # 7. the other four docks, opened as the Plugins menu opens them (no tabify asked): they join the annotator
+    # as tabs, each at full height; the report is measured on the reviewed mask
+    from medlsam_plugins.cam_dock import CamSeedWidget
+    from medlsam_plugins.coreset_dock import CoresetWidget
+    from medlsam_plugins.finetune_dock import FinetuneWidget
+    from medlsam_plugins.report_dock import ReportWidget
+
+    report = ReportWidget(viewer)
+    for dock, name in ((FinetuneWidget(viewer), "Fine-tune from annotations"), (CamSeedWidget(viewer), "CAM seeding"),
+                       (CoresetWidget(viewer), "Coreset suggestions"), (report, "Findings report draft")):
+        viewer.window.add_dock_widget(dock, name=name, area="right")
+        settle(0.3)
+    report.image_box.setCurrentText("query_ts_dicom")
+    report.labels_box.setCurrentText("query_ts_dicom mask")
+    report.start_measuring()
+    while report.worker is not None:
+        settle(0.2)
+    shot("09_five_docks_tabbed_1366x768.png")
     viewer.close()
 
 

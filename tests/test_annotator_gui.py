@@ -61,8 +61,13 @@ def test_full_flow_template_points_run_review_resume(make_napari_viewer, qtbot, 
 
     widget.run.start()
     _wait_idle(qtbot, widget.run)
-    assert [r.status for r in widget.run.results] == ["done"], widget.run.status.text()
+    # the template is segmented too, from its own six points (an exact box), and said to be a template
+    assert sorted((r.name, r.status) for r in widget.run.results) == [("query", "done"), ("template", "done")], \
+        widget.run.status.text()
+    (own,) = [r for r in widget.run.results if r.name == "template"]
+    assert own.template and own.targets[0].method == "template: its own points"
     assert state.project.entry("query").status == "segmented"
+    assert state.project.entry("template").status == "segmented"
 
     widget.volumes.open("query")
     _, truth = read_image_label(ct_dicom / "dicom", ct_dicom / "label.nii.gz")
@@ -187,7 +192,8 @@ def test_cli_made_project_opens_in_the_annotator(make_napari_viewer, qtbot, cli_
     items = [widget.volumes.list.item(i).text() for i in range(widget.volumes.list.count())]
     # volumes to review come first (least confident first; this run's registration localizer gives no
     # confidence, so in project order), then the template
-    assert items == ["◐ phantom_001  [segmented]", "◐ phantom_002  [segmented]", "· phantom_000  [template]"]
+    assert items == ["◐ phantom_001  [segmented]", "◐ phantom_002  [segmented]",
+                     "◐ phantom_000  [template, segmented]"]  # the CLI segmented the template from its mask too
     assert [widget.targets.list.item(i).text() for i in range(widget.targets.list.count())][0].startswith("liver")
 
     widget.volumes.open("phantom_000")

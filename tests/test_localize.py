@@ -46,6 +46,24 @@ def test_an_organ_cut_by_a_slab_is_reported_partly_outside(liver_template: Templ
     assert result.unknown_faces == ["superior"]
 
 
+def test_default_statuses_are_right_on_the_demo_and_on_a_real_slab(liver_template: Template,
+                                                                    ct_dicom: Path) -> None:
+    """A warning that always fires teaches users to ignore it: on the README demo's phantoms the liver lies inside
+    the scan (found) while the spine runs through it (partly outside); on a real 40 mm slab the liver is cut."""
+    from medlsam_training.localize import LOCALIZERS, make_localizer
+
+    localizer = make_localizer(LOCALIZERS[0])
+    template, query = make_phantom(0), make_phantom(1)
+    targets = [extreme_points_from_mask(n, v, template.image, template.label) for v, n in ((1, "liver"), (6, "spine"))]
+    masks = {"liver": template.label.array == 1, "spine": template.label.array == 6}
+    results = {r.target: r for r in localizer.localize(query.image, [Template(template.image, targets, masks)])}
+    assert results["liver"].status == "found", results["liver"].unknown_faces
+    assert results["spine"].status == "partly outside the scan"
+    slab, _ = read_image_label(ct_dicom / "dicom", ct_dicom / "label.nii.gz")
+    (liver,) = localizer.localize(slab, [liver_template])
+    assert liver.status == "partly outside the scan"
+
+
 def test_registration_localizes_phantom_organs() -> None:
     template, query = make_phantom(1), make_phantom(2)
     targets = [extreme_points_from_mask(n, v, template.image, template.label) for v, n in template.label_names.items()]

@@ -46,7 +46,7 @@ def test_extreme_points_localize_segment_evaluate(phantoms: Path) -> None:
     args = ["segment", "-t", str(tpl), "-q", str(data), "--out", str(out), "--localizer", "registration",
             "--mode", "mask", "--cache", str(phantoms / "cache"), "--device", "cpu"]
     r = runner.invoke(app, args)
-    assert r.exit_code == 1 and "1 of 2 queries failed" in r.output, r.output  # the others were still done
+    assert r.exit_code == 1 and "1 of 3 volumes failed" in r.output, r.output  # the others were still done
     image = read_volume(data / "phantom_001" / "image.nii.gz")
     mask = read_label(out / "phantom_001.nii.gz", allow_empty=True)
     assert mask.geometry.is_close(image.geometry, tol=1e-6)  # overlays its image exactly
@@ -54,7 +54,14 @@ def test_extreme_points_localize_segment_evaluate(phantoms: Path) -> None:
     assert binary_metrics(mask.array == 2, truth, image.spacing_zyx)["dice"] > 0.85
     summary = json.loads((out / "medlsam_results.json").read_text())
     assert summary["broken"]["status"] == "failed" and "broken.nii.gz" in summary["broken"]["error"]
-    assert "phantom_000" not in summary  # the template is not its own query
+    # the template volume is segmented too, from its own points (an exact box), and marked as a template
+    own = summary["phantom_000"]
+    assert own["template"] and own["targets"]["spleen"]["method"] == "template: its own points", own
+    own_truth = read_label(data / "phantom_000" / "label.nii.gz").array == 2
+    own_mask = read_label(out / "phantom_000.nii.gz", allow_empty=True).array == 2
+    # SAM from the exact box on 6 mm slices: a behaviour check (its own box was used), not a SAM benchmark
+    assert binary_metrics(own_mask, own_truth, image.spacing_zyx)["dice"] > 0.75
+    assert "phantom_000 (template): done" in r.output  # and the run says so, one line per volume
 
     before = (out / "phantom_001.nii.gz").stat().st_mtime_ns
     r = runner.invoke(app, args)  # resumable: finished queries are skipped
@@ -64,6 +71,7 @@ def test_extreme_points_localize_segment_evaluate(phantoms: Path) -> None:
     r = runner.invoke(app, ["evaluate", "--pred", str(out), "--gt", str(data)])
     assert r.exit_code == 0, r.output
     assert "phantom_001" in r.output and "mean" in r.output
+    assert "phantom_000: a template of the run; not scored" in r.output  # it would flatter the mean
 
 
 def test_segment_box_cli_with_mm_box_and_bad_box(phantoms: Path) -> None:
@@ -85,7 +93,7 @@ def test_segment_box_cli_with_mm_box_and_bad_box(phantoms: Path) -> None:
 
 def test_segment_defaults_fuse_the_templates_masks(phantoms: Path, tmp_path: Path) -> None:
     """The default pipeline (atlas localizer, 'atlas' mode): the template file names its mask, which is warped
-    into each query and written as the query's mask; the template volume itself is never a query."""
+    into each query and written as the query's mask."""
     data, tpl = phantoms / "data", tmp_path / "liver.json"
     r = runner.invoke(app, ["extreme-points", str(data / "phantom_000" / "image.nii.gz"),
                             str(data / "phantom_000" / "label.nii.gz"), "--target", "liver", "--out", str(tpl)])

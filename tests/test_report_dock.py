@@ -32,6 +32,11 @@ def test_report_dock_measures_edits_goes_to_and_saves(make_napari_viewer, qtbot,
     names = [dock.table.item(r, 0).text() for r in range(dock.table.rowCount())]
     assert "liver" in names and "spleen" in names  # names came from labels.json through the reader
     assert "## Impression" in dock.text.toPlainText()
+    header = dock.table.horizontalHeader()
+    for col in range(dock.table.columnCount()):  # no column cut: as wide as its header and its widest cell
+        widest = max([header.sectionSizeHint(col)]
+                     + [dock.table.sizeHintForColumn(col)])
+        assert dock.table.columnWidth(col) >= widest, (col, dock.table.columnWidth(col), widest)
 
     row = names.index("liver")
     dock.go_to(row)

@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .errors import OutputFolderError
+
 
 def compound_suffix(path: Path) -> str:
     """'.nii.gz' for 'a.nii.gz', '.nrrd' for 'a.nrrd' (writers choose the format from it)."""
@@ -39,14 +41,22 @@ def current_umask() -> int:
 def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``target`` with the same extension; on success it replaces target."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{target.name}.", suffix=f".tmp{compound_suffix(target)}", dir=target.parent
-    )
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f".{target.name}.", suffix=f".tmp{compound_suffix(target)}", dir=target.parent
+        )
+    except OSError as exc:  # the folder, not our hidden temporary name, is what the user can act on
+        raise OutputFolderError(f"{target.parent}: cannot write here ({exc.strerror or exc})") from exc
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        yield tmp
+        try:
+            yield tmp
+        except OSError as exc:
+            if exc.filename is not None and Path(exc.filename) == tmp:
+                raise OutputFolderError(f"{target}: could not be written ({exc.strerror or exc})") from exc
+            raise
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         # mkstemp makes 0600 files; a saved mask or session must get the mode any new file gets (the
@@ -77,6 +87,10 @@ def keep_previous(path: str | os.PathLike[str]) -> Path | None:
     suffix = compound_suffix(path)
     stem = path.name[: -len(suffix)] if suffix else path.name
     backup = path.parent / ".previous" / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}{suffix}"
-    backup.parent.mkdir(exist_ok=True)
-    shutil.copy2(path, backup)
+    try:
+        backup.parent.mkdir(exist_ok=True)
+        shutil.copy2(path, backup)
+    except OSError as exc:  # no copy, no replacement: the caller must not go on to overwrite the file
+        raise OutputFolderError(f"{backup.parent}: cannot keep a copy of {path.name} here "
+                                f"({exc.strerror or exc})") from exc
     return backup

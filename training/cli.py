@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .datasets import read_label_names
+from .datasets import label_names_near, read_label_names
 from .errors import MedLSAMError
 from .io import align_label_to_image, as_label, read_label, read_volume, write_volume
 
@@ -22,9 +22,13 @@ console = Console()
 err_console = Console(stderr=True)
 
 
-def _fail(exc: Exception) -> None:
+def _error_line(exc: Exception) -> None:
     # one line on stderr, never wrapped: scripts grep it, and a wrapped path is a broken path
     err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True, highlight=False)
+
+
+def _fail(exc: Exception) -> None:
+    _error_line(exc)
     raise typer.Exit(code=2)
 
 
@@ -32,12 +36,14 @@ def _fail(exc: Exception) -> None:
 def info(
     path: Path = typer.Argument(..., help="Volume file or DICOM series folder."),
     label: Optional[Path] = typer.Option(None, "--label", "-l", help="Label map to summarise on this image."),
-    names: Optional[Path] = typer.Option(None, help="labels.json mapping values to names (default: beside the label)."),
+    names: Optional[Path] = typer.Option(None, help="labels.json / dataset.json mapping values to names (default: "
+                                         "beside the label or up to two folders above, as every command looks)."),
 ) -> None:
     """Print a volume's geometry and intensity statistics, and per-label statistics of a label map."""
     try:
         vol = read_volume(path)
         lab = read_label(label, vol, allow_empty=True) if label else None
+        label_names = (read_label_names(names) if names else label_names_near(label)) if label else {}
     except MedLSAMError as exc:
         _fail(exc)
     g = vol.geometry
@@ -55,8 +61,6 @@ def info(
     console.print(table)
     if lab is None:
         return
-    names_path = names or next((p for p in (label.parent / "labels.json",) if p.is_file()), None)
-    label_names = read_label_names(names_path) if names_path else {}
     voxel_ml = float(np.prod(vol.spacing)) / 1000.0
     values, counts = np.unique(lab.array, return_counts=True)
     lt = Table(title=f"labels in {label}")
@@ -73,13 +77,22 @@ def info(
 @app.command()
 def convert(
     src: Path = typer.Argument(..., help="Volume file or DICOM series folder."),
-    dst: Path = typer.Argument(..., help="Output file (.nii.gz, .nii, .nrrd, .mha)."),
+    dst: Path = typer.Argument(..., help="Output file (.nii.gz, .nii, .nrrd, .mha; .seg.nrrd for a label map: a "
+                               "3D Slicer segmentation named from the labels.json / dataset.json beside it)."),
     label: bool = typer.Option(False, "--label", help="Treat as a label map (integer type, integral values checked)."),
 ) -> None:
     """Convert between formats, keeping spacing, origin and direction exactly."""
+    from .interop.seg_nrrd import write_seg_nrrd
+
     try:
         vol = read_volume(src)
-        write_volume(as_label(vol) if label else vol, dst)
+        if dst.name.lower().endswith(".seg.nrrd"):  # the name promises segments: names and colours, not a plain NRRD
+            if not label:
+                raise MedLSAMError(f"{dst}: a .seg.nrrd holds a label map's segments; pass --label for a label map "
+                                   "(or 'medlsam seg export LABEL --image IMAGE --out X.seg.nrrd')")
+            write_seg_nrrd(as_label(vol), label_names_near(src), dst)
+        else:
+            write_volume(as_label(vol) if label else vol, dst)
     except MedLSAMError as exc:
         _fail(exc)
     console.print(f"wrote {dst} ({vol.geometry.describe()})")
@@ -104,8 +117,10 @@ class _RichProgress:
     def __init__(self, description: str):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+        # no live bar when the output is a file or a pipe: the commands print a line per volume instead
         self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=console)
+                                 TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=console,
+                                 disable=not console.is_terminal)
         self.task = self.progress.add_task(description, total=None, info="")
 
     def __enter__(self) -> "_RichProgress":
@@ -179,10 +194,13 @@ def extreme_points(
         vol = read_volume(image)
         lab = read_label(label, vol)
         if value is None:
-            names = _label_names_near(label)
+            names = label_names_near(label)
             matches = [v for v, n in names.items() if n == target]
             if not matches:
-                raise ValueError(f"{label}: no label named {target!r}; pass --value")
+                present = [int(v) for v in np.unique(lab.array) if v]
+                known = (f"it names {', '.join(f'{v}={n}' for v, n in sorted(names.items()))}" if names else
+                         f"no labels.json or dataset.json beside it; values present: {', '.join(map(str, present))}")
+                raise ValueError(f"{label}: no label named {target!r} ({known}); pass --value or another --target")
             value = matches[0]
         ep = extreme_points_from_mask(target, value, vol, lab, n_slabs=slabs)
         ep.save(out)
@@ -290,25 +308,32 @@ def segment(
         loc = make_localizer(localizer, **({"device": _parse_device(device)} if localizer.startswith("medlam") else {}))
         if project is not None:
             tpls = build_templates(proj)
-            cases, out = proj.queries, proj.folder / proj.output_dir
+            cases, out = proj.to_segment, proj.folder / proj.output_dir
             reviewed = [q for q in cases if proj.entry(q).status == "reviewed"]
             if reviewed:
                 console.print(f"{len(reviewed)} reviewed volume(s) left as they are: {', '.join(reviewed)}")
         else:
             tpls = load_templates(templates)
-            cases = query_cases(queries, exclude={t.volume.path for t in tpls if t.volume.path} | {out})
+            cases = query_cases(queries, exclude={out})  # template volumes among them too: from their own points
         seg = _segmenter(segmenter, device)
     except (MedLSAMError, ValueError) as exc:
         _fail(exc)
-    table = Table(title=f"MedLSAM: {len(cases)} queries, {localizer} + {seg.name}, mode {mode}")
+    table = Table(title=f"MedLSAM: {len(cases)} volumes, {localizer} + {seg.name}, mode {mode}")
     for col in ("query", "status", "targets", "seconds", "output / error"):
         table.add_column(col)
     results = []
 
     def add_row(r) -> None:
         results.append(r)
-        table.add_row(r.name, r.status, ", ".join(t.target for t in r.targets), f"{r.seconds:.1f}",
-                      str(r.output) if r.output else (r.error or "")[:100])
+        left = len(cases) - len(results)
+        what = r.error or ", ".join(f"{t.target}: {t.method.split(': ', 1)[1]}" if t.method.startswith("template")
+                                    else f"{t.target} {t.status}" for t in r.targets) or "nothing to do"
+        # one line per volume (above the bar in a terminal): a run piped to a file is visibly alive
+        console.print(f"{r.name}{' (template)' if r.template else ''}: {r.status} in {r.seconds:.1f} s ({what}); "
+                      f"{left} volume{'s' if left != 1 else ''} left", soft_wrap=True, highlight=False)
+        table.add_row(r.name + (" (template)" if r.template else ""), r.status,
+                      ", ".join(t.target + ("" if t.status == "found" else f": {t.status}") for t in r.targets),
+                      f"{r.seconds:.1f}", str(r.output) if r.output else (r.error or "")[:100])
 
     with _RichProgress("segmenting") as bar:
         if project is not None:  # reviewed volumes and locked targets are left alone, statuses saved
@@ -320,7 +345,7 @@ def segment(
     failed = sum(r.status == "failed" for r in results)
     console.print(table)
     if failed:
-        err_console.print(f"[bold red]error:[/] {failed} of {len(cases)} queries failed; see "
+        err_console.print(f"[bold red]error:[/] {failed} of {len(cases)} volumes failed; see "
                           f"{out / 'medlsam_results.json'}", soft_wrap=True, highlight=False)
         raise typer.Exit(code=1)
 
@@ -368,17 +393,21 @@ def evaluate(
                                          "targeted, from medlsam_results.json, else every ground-truth and "
                                          "predicted label)."),
     nsd_mm: float = typer.Option(2.0, help="Tolerance of the normalized surface distance (mm)."),
+    resample: bool = typer.Option(False, "--resample", help="Resample a prediction that is not on its ground "
+                                  "truth's voxel grid onto it (nearest neighbour) instead of refusing it."),
 ) -> None:
     """Dice, HD95 and NSD per organ and volume, with the mean per organ."""
     from .atomic import compound_suffix
     from .datasets import find_cases
+    from .errors import GeometryMismatchError
     from .metrics import label_metrics
+    from .resample import resample_to_reference
 
     try:
         for path, what in ((pred, "--pred"), (gt, "--gt")):
             if not path.exists():
                 raise ValueError(f"{path}: no such file or folder ({what})")
-        targeted = _targeted_labels(pred)
+        targeted, templates = _targeted_labels(pred)
         if pred.is_file():
             pairs = [(pred.name, pred, gt, {})]
         else:
@@ -386,7 +415,9 @@ def evaluate(
             pairs = []
             for p in sorted(pred.iterdir()):
                 case = p.name[: -len(compound_suffix(p))] if compound_suffix(p) else p.name
-                if case in gts:
+                if case in templates:  # its targets came from its own points or mask: a score would flatter
+                    console.print(f"{case}: a template of the run; not scored")
+                elif case in gts:
                     pairs.append((case, p, gts[case].label, gts[case].label_names))
             if not pairs:
                 raise ValueError(f"no prediction in {pred} is named after a case of {gt}")
@@ -396,7 +427,13 @@ def evaluate(
         per_label: dict[int, list[float]] = {}
         for case, p, g, names in pairs:
             ref = read_label(g, allow_empty=True)
-            prd = read_label(p, ref, allow_empty=True)
+            try:
+                prd = read_label(p, ref, allow_empty=True)
+            except GeometryMismatchError as exc:
+                if not resample:
+                    raise GeometryMismatchError(f"{exc}; pass --resample to resample it onto the ground truth") \
+                        from exc
+                prd = resample_to_reference(read_label(p, allow_empty=True), ref, is_label=True)
             # an organ the run missed entirely must count (Dice 0), so never only the predicted labels
             predicted = {int(v) for v in np.unique(prd.array) if v}
             if labels:
@@ -415,17 +452,19 @@ def evaluate(
     console.print(table)
 
 
-def _targeted_labels(pred: Path) -> dict[str, set[int]]:
-    """Per case, the label values a MedLSAM run was asked for (its medlsam_results.json), if it left one."""
+def _targeted_labels(pred: Path) -> tuple[dict[str, set[int]], set[str]]:
+    """Per case, the label values a MedLSAM run was asked for, and the run's template volumes (from its
+    medlsam_results.json, if it left one)."""
     summary = (pred if pred.is_dir() else pred.parent) / "medlsam_results.json"
     if not summary.is_file():
-        return {}
+        return {}, set()
     try:
         data = json.loads(summary.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"{summary}: unreadable run summary ({exc})") from exc
-    return {case: {int(t["label"]) for t in entry.get("targets", {}).values() if t.get("label")}
-            for case, entry in data.items() if isinstance(entry, dict)}
+    entries = {case: entry for case, entry in data.items() if isinstance(entry, dict)}
+    return ({case: {int(t["label"]) for t in entry.get("targets", {}).values() if t.get("label")}
+             for case, entry in entries.items()}, {case for case, entry in entries.items() if entry.get("template")})
 
 
 @app.command("pretrain-vf")
@@ -549,7 +588,7 @@ def report(
         refs = load_references(references)
         vol = read_volume(image)
         lab = read_label(label, vol)
-        label_names = _names_option(names) if names else _label_names_near(label)
+        label_names = _names_option(names) if names else label_names_near(label)
         result = build_report(vol, lab, label_names, references=refs,
                               patient=Patient.from_meta(vol.meta, sex=sex, age=age),
                               modality=modality.upper() if modality else None)
@@ -642,7 +681,7 @@ def cam_run(
             raise MedLSAMError("give exactly one of --image or --data")
         tag_file = read_tags(tags) if tags else None
         if image is not None:
-            cases = [Case(image.name.split(".")[0], image, label, _label_names_near(label) if label else {})]
+            cases = [Case(image.name.split(".")[0], image, label, label_names_near(label) if label else {})]
         else:
             cases = [c for c in find_cases(data, require_labels=from_labels) if tag_file is None or c.name in tag_file]
         if tag_file is None and not (label or from_labels):
@@ -733,8 +772,11 @@ def suggest(
     console.print(f"wrote {path}")
 
 
+#: the formats ``seg export`` writes
+SEG_FORMATS = ("seg-nrrd", "dicom-seg", "rtstruct")
 seg_app = typer.Typer(add_completion=False, no_args_is_help=True,
-                      help="Segmentation files for 3D Slicer (.seg.nrrd) and PACS (DICOM SEG).")
+                      help="Segmentation files for 3D Slicer (.seg.nrrd), PACS (DICOM SEG) and radiotherapy "
+                           "(DICOM RT structure sets).")
 app.add_typer(seg_app, name="seg")
 
 
@@ -742,12 +784,16 @@ app.add_typer(seg_app, name="seg")
 def seg_export(
     label: Path = typer.Argument(..., help="Label map (NIfTI, NRRD, MHA, .seg.nrrd)."),
     image: Path = typer.Option(..., "--image", help="Its image; a DICOM series folder for DICOM SEG."),
-    out: Path = typer.Option(..., "--out", help="X.seg.nrrd (3D Slicer) or X.dcm (DICOM SEG)."),
+    out: Path = typer.Option(..., "--out", help="X.seg.nrrd (3D Slicer) or X.dcm (DICOM SEG; an RT structure set "
+                             "with --format rtstruct)."),
     names: Optional[str] = typer.Option(None, help="labels.json / dataset.json, or '1=liver,2=spleen' "
                                         "(default: a names file beside the label map)."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="seg-nrrd, dicom-seg or rtstruct (default: from the "
+                                      "name: .seg.nrrd, else .dcm is DICOM SEG)."),
 ) -> None:
     """Export a label map with segment names (and SNOMED codes in DICOM SEG), on its image's grid."""
     from .interop.dicom_seg import export_dicom_seg
+    from .interop.rtstruct import export_rtstruct
     from .interop.seg_nrrd import read_seg_nrrd, write_seg_nrrd
 
     try:
@@ -758,15 +804,21 @@ def seg_export(
         else:
             lab = read_label(label, vol)
             label_names = {}
-        label_names = {**label_names, **(_names_option(names) if names else _label_names_near(label))}
-        if out.name.lower().endswith(".seg.nrrd"):
+        label_names = {**label_names, **(_names_option(names) if names else label_names_near(label))}
+        if fmt is None:
+            fmt = "seg-nrrd" if out.name.lower().endswith(".seg.nrrd") else "dicom-seg" \
+                if out.suffix.lower() == ".dcm" else None
+        if fmt not in SEG_FORMATS:
+            raise MedLSAMError(f"{out}: write .seg.nrrd (3D Slicer) or .dcm (DICOM SEG, or --format rtstruct)"
+                               if fmt is None else f"--format {fmt}: give one of {', '.join(SEG_FORMATS)}")
+        if fmt != "seg-nrrd" and not image.is_dir():
+            raise MedLSAMError(f"{image}: {fmt} needs the source DICOM series folder as --image")
+        if fmt == "seg-nrrd":
             path = write_seg_nrrd(lab, label_names, out)
-        elif out.suffix.lower() == ".dcm":
-            if not image.is_dir():
-                raise MedLSAMError(f"{image}: DICOM SEG needs the source DICOM series folder as --image")
+        elif fmt == "dicom-seg":
             path = export_dicom_seg(lab, label_names, image, out)
         else:
-            raise MedLSAMError(f"{out}: write .seg.nrrd (3D Slicer) or .dcm (DICOM SEG)")
+            path = export_rtstruct(lab, label_names, image, out)
     except MedLSAMError as exc:
         _fail(exc)
     console.print(f"wrote {path} ({len(np.unique(lab.array)) - 1} segments)")
@@ -774,13 +826,15 @@ def seg_export(
 
 @seg_app.command("import")
 def seg_import(
-    src: Path = typer.Argument(..., help="A .seg.nrrd or a DICOM SEG file."),
+    src: Path = typer.Argument(..., help="A .seg.nrrd, a DICOM SEG or a DICOM RT structure set file."),
     out: Path = typer.Option(..., "--out", help="Label map to write (.nii.gz, .nrrd, .mha); labels.json beside it."),
-    image: Optional[Path] = typer.Option(None, "--image", help="The image (for DICOM SEG: its series folder)."),
+    image: Optional[Path] = typer.Option(None, "--image", help="The image (for DICOM SEG and RT structure sets: "
+                                         "their series folder)."),
 ) -> None:
     """Import a segmentation file as one label map on its image's grid, with a labels.json of segment names."""
     from .atomic import keep_previous, write_json_atomic
     from .interop.dicom_seg import import_dicom_seg
+    from .interop.rtstruct import dicom_modality, import_rtstruct
     from .interop.seg_nrrd import read_seg_nrrd
 
     try:
@@ -789,9 +843,16 @@ def seg_import(
             if image is not None:
                 lab = align_label_to_image(lab, read_volume(image))
         else:
+            if not src.is_file():
+                raise MedLSAMError(f"{src}: does not exist")
+            kind = dicom_modality(src)  # the file says what it is, whatever its name
+            if kind not in ("SEG", "RTSTRUCT"):
+                found = "not DICOM" if kind is None else f"DICOM of modality {kind or '?'}"
+                raise MedLSAMError(f"{src}: neither a .seg.nrrd, a DICOM SEG nor an RT structure set ({found})")
+            what = "a DICOM SEG" if kind == "SEG" else "an RT structure set"
             if image is None or not image.is_dir():
-                raise MedLSAMError(f"{src}: importing a DICOM SEG needs --image, its source series folder")
-            lab, label_names = import_dicom_seg(src, image)
+                raise MedLSAMError(f"{src}: importing {what} needs --image, its source series folder")
+            lab, label_names = (import_dicom_seg if kind == "SEG" else import_rtstruct)(src, image)
         keep_previous(out)
         keep_previous(out.parent / "labels.json")
         write_volume(lab, out)
@@ -824,19 +885,17 @@ def _names_option(text: str) -> dict[int, str]:
     return {int(v): n.strip() for v, n in pairs}
 
 
-def _label_names_near(label: Path) -> dict[int, str]:
-    """Label names from labels.json beside the label map, or an nnU-Net/MSD dataset.json one or two levels up."""
-    for candidate in (label.parent / "labels.json", label.parent / "dataset.json",
-                      label.parent.parent / "dataset.json"):
-        if candidate.is_file():
-            return read_label_names(candidate)
-    return {}
-
-
 def main() -> None:
     import sys
 
-    app(args=expand_list_options(sys.argv[1:]), prog_name="medlsam")
+    try:
+        app(args=expand_list_options(sys.argv[1:]), prog_name="medlsam")
+    except (MedLSAMError, OSError) as exc:  # the commands catch theirs; this is the net under the rest
+        name = getattr(exc, "filename", None)
+        _error_line(exc if isinstance(exc, MedLSAMError) or not name else
+                    OSError(f"{Path(name).parent if Path(name).name.startswith('.') else name}: "
+                            f"{exc.strerror or exc}"))
+        sys.exit(2)
 
 
 if __name__ == "__main__":

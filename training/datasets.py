@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .atomic import compound_suffix
 from .errors import DatasetError
-from .io import READ_SUFFIXES, read_image_label, read_volume
+from .io import READ_SUFFIXES, dicom_series_ids, read_image_label, read_volume
 from .volume import Volume
 
 _LABEL_STEMS = ("label", "labels", "seg", "segmentation", "mask", "gt")
@@ -80,14 +80,25 @@ def read_label_names(path: Path) -> dict[int, str]:
     return names
 
 
+#: the files that name a label map's values, looked for beside it and in the folders above
+NAME_FILES = ("labels.json", "dataset.json")
+
+
 def _names_near(folder: Path, stop: Path) -> dict[int, str]:
     for parent in [folder, *folder.parents]:
-        for fname in ("labels.json", "dataset.json"):
+        for fname in NAME_FILES:
             if (parent / fname).is_file():
                 return read_label_names(parent / fname)
         if parent == stop:
             break
     return {}
+
+
+def label_names_near(label: str | os.PathLike[str], levels: int = 2) -> dict[int, str]:
+    """The names of a label map's values: the first labels.json / dataset.json beside it or up to ``levels``
+    folders above (nnU-Net/MSD keep dataset.json above labelsTr/).  Every command looks names up here."""
+    folder = Path(label).parent
+    return _names_near(folder, ([folder, *folder.parents])[min(levels, len(folder.parents))])
 
 
 def _msd_cases(root: Path) -> list[Case]:
@@ -129,23 +140,10 @@ def _flat_pairs(folder: Path, root: Path) -> list[Case]:
     return cases
 
 
-def _is_dicom_folder(folder: Path) -> bool:
-    import SimpleITK as sitk
-
-    if not any(p.is_file() and p.suffix.lower() not in (".json", ".txt", ".csv", ".md") for p in folder.iterdir()):
-        return False
-    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # "no series found" is an answer here, not a warning
-    try:
-        return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
-
-
 def _loose_volumes(folder: Path) -> list[Case]:
     """Unlabelled volumes: every non-label volume file, or the folder itself if it is a DICOM series."""
     files = _volume_files(folder)
-    if any(p.suffix.lower() == ".dcm" for p in files) or (not files and _is_dicom_folder(folder)):
+    if any(p.suffix.lower() == ".dcm" for p in files) or (not files and bool(dicom_series_ids(folder))):
         return [Case(folder.name, folder)]  # DICOM files often have no extension at all
     hints = tuple(f"_{h}" for h in _LABEL_STEMS)
     return [Case(_stem(p), p) for p in files if not _stem(p).lower().endswith(hints) and _stem(p).lower() not in _LABEL_STEMS]
@@ -165,7 +163,7 @@ def find_cases(root: str | os.PathLike[str], *, require_labels: bool = False, ma
     """All cases under ``root`` (see the module docstring for the layouts), sorted by path."""
     root = Path(root)
     if not root.is_dir():
-        raise DatasetError(f"{root}: not a folder")
+        raise DatasetError(f"{root}: " + ("not a folder" if root.exists() else "does not exist"))
     if (root / "imagesTr").is_dir():
         cases = _msd_cases(root)
     else:

@@ -10,6 +10,7 @@ import pydicom
 import SimpleITK as sitk
 
 from .errors import MedLSAMError
+from .io import dicom_series_ids
 
 _REQUIRED = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 
@@ -21,7 +22,7 @@ def series_datasets(folder: str | os.PathLike[str], series_uid: str | None = Non
     A blank SOP Class UID is restored from the file meta (some anonymisers blank it) and a blank Specific Character
     Set removed (it means the default repertoire); a series without its UIDs cannot be referenced and is refused."""
     folder = Path(folder)
-    ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    ids = dicom_series_ids(folder)
     if not ids:
         raise MedLSAMError(f"{folder}: no DICOM series; {purpose} needs the source series")
     uid = series_uid if series_uid in ids else ids[0]
@@ -37,4 +38,7 @@ def series_datasets(folder: str | os.PathLike[str], series_uid: str | None = Non
             raise MedLSAMError(f"{f}: no {', '.join(missing)} (anonymised without new UIDs?): {purpose} cannot "
                                "reference this series")
         out.append(ds)
+    if len({ds.SOPInstanceUID for ds in out}) < len(out):
+        raise MedLSAMError(f"{folder}: slices share one SOP Instance UID (anonymised without new UIDs?): {purpose} "
+                           "cannot tell them apart")
     return out

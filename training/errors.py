@@ -41,3 +41,7 @@ class EmptyLabelError(MedLSAMError, ValueError):
 
 class DatasetError(MedLSAMError, ValueError):
     """A dataset folder has no usable image/label pairs or an unreadable label map."""
+
+
+class OutputFolderError(MedLSAMError, OSError):
+    """An output file or folder cannot be written (read-only, missing permission, full disk)."""

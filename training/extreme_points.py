@@ -82,6 +82,32 @@ def validate_points(points_mm: np.ndarray, geometry: Geometry | None = None, whe
     return pts
 
 
+def point_conflict(points_mm: list[np.ndarray | None], which: int, point_mm: np.ndarray,
+                   tolerance_mm: float = 0.5) -> str | None:
+    """Why a new extreme point cannot stand beside those already set (None when it can).
+
+    Each extreme point is the target's most right / left / anterior / posterior / inferior / superior voxel, so
+    it cannot coincide with another point, and along its own axis no other point may lie beyond it (the left point
+    left of the right one, every point between the superior and inferior ones, ...).
+    """
+    new = np.asarray(point_mm, float)
+    for other, p in enumerate(points_mm):
+        if p is None or other == which:
+            continue
+        p = np.asarray(p, float)
+        if np.linalg.norm(p - new) < 2 * tolerance_mm:
+            return f"the {POINT_NAMES[which]} point falls on the {POINT_NAMES[other]} point"
+        for f, q, r in ((which, new, p), (other, p, new)):  # q is extreme along f's axis: r may not lie beyond it
+            axis, low = f // 2, f % 2 == 0
+            if (r[axis] < q[axis] - tolerance_mm) if low else (r[axis] > q[axis] + tolerance_mm):
+                moved = POINT_NAMES[other] if f == which else POINT_NAMES[which]
+                side = {0: ("right", "left"), 1: ("anterior", "posterior"), 2: ("inferior", "superior")}[axis]
+                beyond = side[0] if low else side[1]
+                return (f"the {moved} point lies further {beyond} than the {POINT_NAMES[f]} point; each point must "
+                        f"be the target's most {POINT_NAMES[f]} voxel")
+    return None
+
+
 @dataclass
 class ExtremePoints:
     """A target's six extreme points on one template (LPS mm), optionally per z-slab."""

@@ -40,11 +40,34 @@ _DICOM_TAGS = {"modality": "0008|0060", "series_description": "0008|103e", "seri
                "patient_sex": "0010|0040", "patient_age": "0010|1010", "contrast_agent": "0018|0010"}
 
 
+def _looks_like_dicom(path: Path) -> bool:
+    if path.suffix.lower() == ".dcm":
+        return True
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(132)[128:] == b"DICM"  # the DICOM file preamble
+    except OSError:
+        return False
+
+
+def dicom_series_ids(folder: str | os.PathLike[str]) -> tuple[str, ...]:
+    """The DICOM series UIDs of a folder's files; none, without asking GDCM, when no file looks like DICOM
+    (GDCM warns "No Series were found" on every folder of NIfTI files otherwise)."""
+    folder = Path(folder)
+    try:
+        files = [p for p in folder.iterdir() if p.is_file()]
+    except OSError:
+        return ()
+    if not any(_looks_like_dicom(p) for p in files):
+        return ()
+    return tuple(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+
+
 def is_volume_path(path: str | os.PathLike[str]) -> bool:
     """True for a file with a volume extension or a folder that holds DICOM files."""
     path = Path(path)
     if path.is_dir():
-        return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)))
+        return bool(dicom_series_ids(path))
     return compound_suffix(path).lower() in READ_SUFFIXES
 
 
@@ -96,6 +119,25 @@ def _check_header(path: Path, dimension: int, size: tuple[int, ...], components:
             f"{path}: {size[0]}x{size[1]}x{size[2]} = {voxels / 1e6:.0f} M voxels exceeds the limit of "
             f"{max_voxels / 1e6:.0f} M; crop or downsample it first, or raise max_voxels"
         )
+
+
+def probe_volume(path: str | os.PathLike[str], max_voxels: int = MAX_VOXELS) -> None:
+    """Raise what ``read_volume`` would about a file's header and completeness, without reading its voxels (a
+    project lists a corrupt volume as failed, with the reason, before anyone opens it).  Folders pass."""
+    path = Path(path)
+    if path.is_dir():
+        return
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        if compound_suffix(path).lower() in (".nii", ".nii.gz") and "orthonormal" in str(exc):
+            return  # read through nibabel instead
+        raise CorruptFileError(f"{path}: not a readable volume ({_first_line(exc)})") from exc
+    _check_header(path, reader.GetDimension(), reader.GetSize(), reader.GetNumberOfComponents(), max_voxels)
+    if compound_suffix(path).lower() in (".nii", ".nii.gz"):
+        _check_nifti_complete(path)
 
 
 def _read_file(path: Path, max_voxels: int, allow_nan: bool = False) -> Volume:
@@ -183,7 +225,7 @@ def _read_nifti_nibabel(path: Path, max_voxels: int) -> Volume:
 
 def _read_dicom_series(folder: Path, max_voxels: int, series_uid: str | None) -> Volume:
     reader = sitk.ImageSeriesReader()
-    ids = reader.GetGDCMSeriesIDs(str(folder))
+    ids = dicom_series_ids(folder)
     if not ids:
         raise VolumeReadError(f"{folder}: the folder holds no DICOM series")
     if series_uid is None:
@@ -288,9 +330,10 @@ def as_label(volume: Volume) -> Volume:
 def align_label_to_image(label: Volume, image: Volume, tol: float = 1e-3) -> Volume:
     """Return ``label`` on exactly ``image``'s grid.
 
-    Identical grids (up to ``tol`` mm) pass through.  A grid that holds the same voxel centres in another
-    axis order or orientation (e.g. a RAS-stored NIfTI label over an LPS DICOM series) is re-indexed
-    exactly.  Anything needing interpolation raises :class:`GeometryMismatchError`.
+    Identical grids (up to ``tol`` mm) pass through.  A grid whose voxel centres are the image's, in another
+    axis order or orientation (e.g. a RAS-stored NIfTI label over an LPS DICOM series), larger than the image or a
+    sub-grid of it (a crop: the rest is background), is re-indexed exactly.  Anything needing interpolation, or a
+    grid with no voxel in the image, raises :class:`GeometryMismatchError`.
     """
     ig, lg = image.geometry, label.geometry
     if ig.is_close(lg, tol=tol):
@@ -303,14 +346,12 @@ def align_label_to_image(label: Volume, image: Volume, tol: float = 1e-3) -> Vol
     aligned = aligned and np.allclose(np.abs(np.round(a)).sum(axis=0), 1)
     corners = np.array([[x, y, z] for x in (0, ig.size[0] - 1) for y in (0, ig.size[1] - 1)
                         for z in (0, ig.size[2] - 1)], dtype=float)
-    mapped = corners @ a.T + t
-    inside = np.all(mapped > -tol) and np.all(mapped < np.asarray(lg.size) - 1 + tol)
-    if not (aligned and inside):
-        raise GeometryMismatchError(
-            f"{label.name} does not lie on the voxel grid of {image.name}:\n"
-            f"  image: {ig.describe()}\n  label: {lg.describe()}\n"
-            "resample it explicitly (medlsam_training.resample.resample_to_reference) if that is intended"
-        )
+    mapped = corners @ a.T + t  # the image's corners in label indices: the two boxes must share a voxel
+    overlap = np.all(mapped.max(axis=0) > -0.5) and np.all(mapped.min(axis=0) < np.asarray(lg.size) - 0.5)
+    if not (aligned and overlap):
+        why = "no voxel inside the image" if aligned else "voxel centres that are not the image's"
+        raise GeometryMismatchError(f"{label.name}: label map has {why} (label {lg.describe()}; "
+                                    f"image {ig.describe()})")
     resampled = sitk.Resample(label.to_sitk(), image.to_sitk(), sitk.Transform(), sitk.sitkNearestNeighbor, 0)
     return image.with_array(sitk.GetArrayFromImage(resampled).astype(label.array.dtype), path=label.path,
                             meta=dict(label.meta))

@@ -7,6 +7,7 @@ mean box-face distance in mm is MedLSAM's "WD".
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable
 
 import numpy as np
@@ -54,9 +55,11 @@ def binary_metrics(
     y_pred, y = _onehot(pred), _onehot(gt)
     spacing = [float(s) for s in spacing_zyx]
     dice = compute_dice(y_pred, y, include_background=False)
-    hd95 = compute_hausdorff_distance(y_pred, y, include_background=False, percentile=95, spacing=spacing)
-    nsd = compute_surface_dice(y_pred, y, class_thresholds=[nsd_tolerance_mm], include_background=False,
-                               spacing=spacing)
+    with warnings.catch_warnings():  # MONAI passes its own deprecated argument to itself (gone in MONAI 1.7)
+        warnings.filterwarnings("ignore", message=".*always_return_as_numpy", category=FutureWarning)
+        hd95 = compute_hausdorff_distance(y_pred, y, include_background=False, percentile=95, spacing=spacing)
+        nsd = compute_surface_dice(y_pred, y, class_thresholds=[nsd_tolerance_mm], include_background=False,
+                                   spacing=spacing)
     return {"dice": float(dice.item()), "hd95": float(hd95.item()), "nsd": float(nsd.item())}
 
 

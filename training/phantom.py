@@ -21,7 +21,7 @@ from .io import write_volume
 from .volume import Volume
 
 LABEL_NAMES: dict[int, str] = {1: "liver", 2: "spleen", 3: "kidney_right", 4: "kidney_left", 5: "aorta", 6: "spine"}
-DEFAULT_SIZE = (192, 160, 80)  # x, y, z voxels
+DEFAULT_SIZE = (192, 160, 96)  # x, y, z voxels: the field holds the liver dome and both kidneys whole
 DEFAULT_SPACING = (1.8, 1.8, 3.0)  # mm
 
 
@@ -93,7 +93,9 @@ def make_phantom(
     zs = origin[2] + np.arange(nz) * spacing[2]
     ys = origin[1] + np.arange(ny) * spacing[1]
     xs = origin[0] + np.arange(nx) * spacing[0]
-    zs = zs + rng.uniform(-15, 15)  # where the field of view falls on this patient
+    # Where the field of view falls on this patient: as in a real abdominal CT it runs from the lung bases
+    # past the kidneys' lower poles, so the solid organs lie inside it (only the aorta and spine run through).
+    zs = zs + rng.uniform(5, 25)
     p = _Painter(xs.astype(np.float32), ys.astype(np.float32), zs.astype(np.float32), rng)
     x, y, z = p.x, p.y, p.z
 

@@ -25,12 +25,16 @@ from .embedding_cache import ProgressFn
 from .errors import MedLSAMError
 from .io import is_volume_path, read_label, read_volume, write_mask
 from .label_merge import EXISTING, check_policy, merge_target
-from .localize import LocalizedTarget, Localizer, Template
+from .extreme_points import POINT_NAMES, ExtremePoints
+from .localize import LocalizedTarget, Localizer, Template, sub_boxes_in_view
+from .template_fusion import PARTLY_OUTSIDE, box_status, edge_faces
 from .propagate import PropagationConfig, VolumeSegmenter, clean_mask, for_target
 from .segmenters import Segmenter
 from .volume import Volume
 
 log = logging.getLogger(__name__)
+#: the method of a template volume's own targets (``LocalizedTarget.method``): no localization was needed
+OWN_POINTS, OWN_MASK = "template: its own points", "template: its own mask"
 RESULTS_NAME = "medlsam_results.json"  # the run summary written beside a run's masks
 LABELS_NAME = "labels.json"  # label value -> target name, beside the masks (read by Slicer export, report, evaluate)
 
@@ -44,11 +48,12 @@ class QueryResult:
     seconds: float = 0.0
     status: str = "done"  # done | skipped | failed
     error: str | None = None
+    template: bool = False  # a template volume: its own targets came from its points or mask (never scored)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "image": str(self.image), "output": str(self.output) if self.output else None, "status": self.status,
-            "error": self.error, "seconds": round(self.seconds, 2),
+            "error": self.error, "seconds": round(self.seconds, 2), "template": self.template,
             "targets": {t.target: localized_json(t) for t in self.targets},
         }
 
@@ -138,7 +143,13 @@ def segment_query(
     active = without_targets(templates, locked)
     if not active:
         return label_map, []
-    located = localizer.localize(query, active)
+    # A template volume is segmented too: its own targets from its own points (an exact box) or mask, the rest
+    # localized from the other templates.
+    own = [t for t in active if is_template_of(t, query)]
+    known = {ep.target for t in own for ep in t.targets}
+    located = [own_target(t, ep, query) for t in own for ep in t.targets]
+    others = without_targets([t for t in active if not any(t is o for o in own)], known)
+    located += localizer.localize(query, others) if others else []
     vs = VolumeSegmenter(query, segmenter, cache_dir=cache_dir)
     for t in located:
         if t.box is None:
@@ -149,6 +160,8 @@ def segment_query(
             mask = clean_mask(t.mask, cfg.largest_component, fill_holes=False)
             label_map = merge_target(label_map, mask, labels[t.target], policy, locked_values)
             continue
+        if t.method == OWN_MASK:
+            t.method = OWN_POINTS  # this mode segments the template from its box, not from its mask
         if config.mode == "atlas":
             log.info("%s: %s: no template masks to fuse; SAM segments it from its box", query.name, t.target)
         boxes = t.sub_boxes if config.mode == "spl" and t.sub_boxes else [t.box]
@@ -157,6 +170,25 @@ def segment_query(
         mask = vs.propagate(boxes, for_target(config, t.target), progress, cancelled)
         label_map = merge_target(label_map, mask, labels[t.target], policy, locked_values)
     return label_map, located
+
+
+def is_template_of(template: Template, volume: Volume) -> bool:
+    """True when ``template`` was clicked (or derived) on ``volume``'s own file."""
+    a, b = template.volume.path, volume.path
+    return a is not None and b is not None and Path(a).resolve() == Path(b).resolve()
+
+
+def own_target(template: Template, ep: ExtremePoints, volume: Volume) -> LocalizedTarget:
+    """A template's target on its own volume: the box of its six points, its mask when it has one."""
+    box, status = box_status(ep.points_mm, volume.geometry)
+    cut = edge_faces(ep.points_mm, volume)
+    if box is not None and cut.any():
+        status = PARTLY_OUTSIDE  # the scan stops where the points do: the organ may run on
+    mask = template.masks.get(ep.target)
+    return LocalizedTarget(ep.target, ep.label, np.asarray(ep.points_mm, float), box,
+                           sub_boxes_in_view(ep.slabs_mm, volume) if box else [],
+                           OWN_MASK if mask is not None else OWN_POINTS, 0.0, status, 0.0, None, 1,
+                           [POINT_NAMES[f] for f in np.nonzero(cut)[0]], mask)
 
 
 def write_label_names(out_dir: Path, names: Mapping[str, int], replace: bool = False) -> Path:
@@ -214,6 +246,7 @@ def run_queries(
         before = None
         try:
             query = read_volume(case.image)
+            result.template = any(is_template_of(t, query) for t in templates)
             before = read_label(output, query, allow_empty=True).array if output.is_file() else None
             slice_progress = (lambda d, n, m, i=i: progress(d, n, f"{case.name} ({i + 1}/{len(cases)}): {m}")) \
                 if progress else None

@@ -35,20 +35,22 @@ from typing import Any
 import numpy as np
 
 from .atomic import write_json_atomic
-from .datasets import find_cases, read_label_names
+from .datasets import find_cases, label_names_near, read_label_names
 from .errors import DatasetError, MedLSAMError
-from .extreme_points import POINT_NAMES, ExtremePoints, template_volume_path
+from .extreme_points import POINT_NAMES, ExtremePoints, point_conflict, template_volume_path
+from .io import probe_volume
 from .label_merge import check_policy
 from .localize import LOCALIZERS
 from .pipeline import LABELS_NAME, RESULTS_NAME, target_confidence, write_label_names
 from .propagate import MODES
-from .volume import Volume
+from .volume import Geometry, Volume
 
 SESSION_FILE = "medlsam_project.json"
 TEMPLATES_DIR = "templates"
 SCHEMA = "medlsam-project"
 VERSION = 1
 STATUSES = ("pending", "segmented", "reviewed", "failed", "missing")
+UNREADABLE = "unreadable: "  # the start of a failed volume's error when its file cannot be read
 PALETTE = ("#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c", "#fabebe")
 
 
@@ -71,6 +73,7 @@ class VolumeEntry:
     status: str = "pending"
     mask: str | None = None
     locked: list[str] = field(default_factory=list)  # targets reviewed on this volume: never re-segmented
+    error: str | None = None  # why it failed (unreadable file, last run's error): shown in full in the annotator
 
 
 @dataclass
@@ -99,7 +102,7 @@ class Project:
         """Resume the session in ``folder``, or start one over the volumes found there."""
         folder = Path(folder).resolve()
         if not folder.is_dir():
-            raise ProjectError(f"{folder}: not a folder")
+            raise ProjectError(f"{folder}: " + ("not a folder" if folder.exists() else "does not exist"))
         project = cls(folder)
         if project.session_path.is_file():
             try:
@@ -152,6 +155,13 @@ class Project:
                 v.status = "missing"
             elif v.status == "missing":
                 v.status = "segmented" if v.mask and (self.folder / v.mask).is_file() else "pending"
+            if v.status == "pending" or (v.status == "failed" and v.error and v.error.startswith(UNREADABLE)):
+                try:  # header and completeness only: a corrupt file is "failed", with its reason, from the start
+                    probe_volume(self.volume_path(v.name))
+                    if v.status == "failed":
+                        v.status, v.error = "pending", None  # replaced by a readable file since
+                except MedLSAMError as exc:
+                    v.status, v.error = "failed", f"{UNREADABLE}{exc}"
         if not self.volumes:
             self.messages.append(f"{self.folder}: no volume found (NIfTI, NRRD, MHA or DICOM folders).")
 
@@ -195,7 +205,7 @@ class Project:
             if has_mask and (last == "done" or (last is None and v.status == "pending")):
                 v.status, v.mask = "segmented", self._relative(self.mask_path(v.name))
             elif last == "failed":
-                v.status = "failed"
+                v.status, v.error = "failed", summary.get(v.name, {}).get("error") or v.error
         for file in sorted((self.folder / TEMPLATES_DIR).glob("*.json")):
             try:
                 self._take_in_template_file(file)
@@ -355,11 +365,12 @@ class Project:
                 self._drop_template_file(name, target)
         self.save()
 
-    def set_status(self, name: str, status: str, mask: Path | None = None) -> None:
+    def set_status(self, name: str, status: str, mask: Path | None = None, error: str | None = None) -> None:
         if status not in STATUSES:
             raise ProjectError(f"unknown status {status!r}")
         entry = self.entry(name)
         entry.status = status
+        entry.error = error if status == "failed" else None
         if mask is not None:
             entry.mask = self._relative(mask)
         self.save()
@@ -400,12 +411,33 @@ class Project:
     def queries(self) -> list[str]:
         return [v.name for v in self.volumes if not v.template and v.status != "missing"]
 
+    @property
+    def to_segment(self) -> list[str]:
+        """What a run segments: the queries and the template volumes (their own targets from their points)."""
+        return [v.name for v in self.volumes if v.status != "missing"]
+
     # --- targets --------------------------------------------------------------------------
     def target(self, name: str) -> Target:
         for t in self.targets:
             if t.name == name:
                 return t
         raise ProjectError(f"no target named {name!r}")
+
+    def offered_targets(self) -> dict[str, int]:
+        """Structures the folder already names (a labels.json or dataset.json beside its volumes, or the folder's
+        own), with their label values, less the project's targets: what the annotator offers as targets."""
+        names: dict[int, str] = {}
+        for v in self.volumes:
+            try:
+                found = label_names_near(self.volume_path(v.name), levels=len(
+                    self.volume_path(v.name).relative_to(self.folder).parts) - 1)
+            except (DatasetError, ValueError):  # an unreadable names file offers nothing; elsewhere it is an error
+                continue
+            for value, name in found.items():
+                names.setdefault(value, name)
+        taken = {t.name for t in self.targets} | {str(t.label) for t in self.targets}
+        return {name: value for value, name in sorted(names.items())
+                if name not in taken and str(value) not in taken}
 
     def add_target(self, name: str, label: int | None = None) -> Target:
         name = name.strip()
@@ -463,13 +495,21 @@ class Project:
         slots = self.point_slots(volume, target)
         return next((i for i, p in enumerate(slots) if p is None), None)
 
-    def set_point(self, volume: str, target: str, which: int, index_xyz: Any, size_xyz: tuple[int, int, int]) -> None:
-        """Record one clicked point (voxel index x, y, z); refuses points outside the volume."""
+    def set_point(self, volume: str, target: str, which: int, index_xyz: Any, size_xyz: tuple[int, int, int],
+                  geometry: Geometry | None = None) -> None:
+        """Record one clicked point (voxel index x, y, z); refuses points outside the volume and, with the volume's
+        ``geometry``, a point on top of another or on the wrong side of one (the left point right of the right)."""
         idx = np.asarray(index_xyz, dtype=float)
         if idx.shape != (3,) or not np.all(np.isfinite(idx)):
             raise ProjectError(f"a point needs three finite coordinates, got {index_xyz}")
         if np.any(idx < -0.5) or np.any(idx > np.asarray(size_xyz) - 0.5):
             raise ProjectError(f"the point {np.round(idx, 1).tolist()} lies outside the volume of size {size_xyz}")
+        if geometry is not None:
+            slots = self.point_slots(volume, target)
+            mm = [None if p is None else geometry.index_to_physical(p) for p in slots]
+            conflict = point_conflict(mm, which, geometry.index_to_physical(idx), 0.5 * min(geometry.spacing))
+            if conflict:
+                raise ProjectError(f"{conflict}: point not taken")
         self.point_slots(volume, target)[which] = [float(v) for v in idx]
         self._drop_template_file(volume, target)  # exported again once the six points are valid
         self.save()

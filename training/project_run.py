@@ -79,7 +79,7 @@ def run_project(project: Project, templates: list[Template], queries: list[str],
             if r.status == "done":
                 project.set_status(r.name, "segmented", r.output)
             elif r.status == "failed":
-                project.set_status(r.name, "failed")
+                project.set_status(r.name, "failed", error=r.error)
             results.append(r)
             if on_result:
                 on_result(r)

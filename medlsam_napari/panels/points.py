@@ -114,7 +114,8 @@ class PointsPanel(QWidget):
                 nxt = self.state.project.next_point(volume, target)
                 if nxt is None:
                     raise ProjectError("all six points are set; use 'Redo point' to replace one")
-                self.state.project.set_point(volume, target, nxt, data[-1][::-1], self.state.volume.size)
+                self.state.project.set_point(volume, target, nxt, data[-1][::-1], self.state.volume.size,
+                                             self.state.volume.geometry)
             elif len(data) < len(shown):  # deleted: clear the slots whose point vanished
                 kept = {tuple(np.round(r[::-1], 3)) for r in data}
                 for i, s in enumerate(slots):
@@ -122,6 +123,9 @@ class PointsPanel(QWidget):
                         self.state.project.clear_point(volume, target, i)
         except ProjectError as exc:
             show_error(self, "Point not taken", exc)
+            self.state.changed("points")  # the refused point leaves the layer
+            self.status.setText(f"⚠ {exc}")  # said on the dock, where the annotator looks, after the refresh
+            return
         self.state.changed("points")
 
     def _clear(self, which) -> None:

@@ -207,9 +207,8 @@ class ReviewPanel(QWidget):
         def apply(mask2d: np.ndarray) -> None:
             data = np.asarray(self.state.mask_layer.data).copy()
             data[z] = self._merge(data[z], mask2d, label)
-            self.state.set_mask(data)
-            self.state.save_mask("re-prompted")
-            self.status.setText(f"slice {z}: {int(mask2d.sum())} pixels from the prompt, saved.")
+            self.state.set_mask(data)  # one undo step; its paint event saves it
+            self.status.setText(f"slice {z}: {int(mask2d.sum())} pixels from the prompt, saved (Ctrl+Z undoes).")
 
         self._run(lambda: self._volume_segmenter().segment_volume_slice(z, box, pts, lab), apply)
 
@@ -226,9 +225,8 @@ class ReviewPanel(QWidget):
 
         def apply(mask3d: np.ndarray) -> None:
             new = self._merge(np.asarray(self.state.mask_layer.data), mask3d, label)
-            self.state.set_mask(new)
-            self.state.save_mask("re-propagated")
-            self.status.setText(f"re-propagated from slice {z}: {int(mask3d.sum())} voxels, saved.")
+            self.state.set_mask(new)  # one undo step; its paint event saves it
+            self.status.setText(f"re-propagated from slice {z}: {int(mask3d.sum())} voxels, saved (Ctrl+Z undoes).")
 
         self._run(lambda: self._volume_segmenter().repropagate_from_slice(z, seed, z_range, PropagationConfig(mode="mask")),
                   apply)

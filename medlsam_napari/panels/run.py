@@ -12,6 +12,7 @@ from ..jobs import load_models
 from ..progress import ProgressBridge
 from ..state import AnnotatorState
 from ._messages import show_error, show_info
+from .volumes import wrappable
 
 
 class _RunBridge(ProgressBridge):
@@ -55,8 +56,8 @@ class RunPanel(QWidget):
             templates = build_templates(p)  # validates: templates exist, six points each
         except Exception as exc:
             return show_error(self, "Cannot run", exc)
-        queries = p.queries
-        if not queries:
+        queries = p.to_segment  # the templates too: their own targets from their clicked points
+        if not p.queries:
             return show_error(self, "Cannot run", "no query volume: every volume is a template or missing")
         from napari.qt.threading import thread_worker
 
@@ -89,13 +90,18 @@ class RunPanel(QWidget):
         self.slices_bar.setRange(0, max(total, 1))
         self.slices_bar.setValue(done)
         self.slices_bar.setFormat(f"{message} %v/%m")
+        if not self._cancel.is_set():  # the models are loaded once work arrives: the text line follows the bar
+            self.status.setText(f"running: {message}")
 
     def _on_volume(self, result) -> None:
         self.results.append(result)
         self.volumes_bar.setValue(len(self.results))
-        self.status.setText(f"{result.name}: {result.status}" + (f" ({result.error})" if result.error else ""))
+        doubtful = [f"{t.target} {t.status}" for t in result.targets if t.status != "found"]
+        self.status.setText(wrappable(f"{result.name}{' (template)' if result.template else ''}: {result.status}"
+                                      + (f" ({result.error})" if result.error else "")
+                                      + (f"; {', '.join(doubtful)}" if doubtful else "")))
         if result.name == self.state.volume_name and result.status == "done":
-            self.state.show_volume(result.name)  # the open volume's new mask appears at once
+            self.state.reload_mask()  # the open volume's new mask appears at once, as one undo step
         self.state.changed("status")
 
     def _on_finished(self, summary, error: BaseException | None = None) -> None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from qtpy.QtCore import Qt
 from qtpy.QtGui import QColor
-from qtpy.QtWidgets import (QHBoxLayout, QInputDialog, QLineEdit, QListWidget, QListWidgetItem, QPushButton,
-                            QSpinBox, QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (QCompleter, QHBoxLayout, QInputDialog, QLineEdit, QListWidget, QListWidgetItem,
+                            QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
 from medlsam_training.project import ProjectError
 
@@ -24,6 +25,15 @@ class TargetsPanel(QWidget):
         rename.clicked.connect(self._rename)
         delete.clicked.connect(self._delete)
         self.list.currentTextChanged.connect(self._activate)
+        # the names the folder's labels.json / dataset.json give: completed as typed, or all added at once
+        self.offered: dict[str, int] = {}
+        self.completer = QCompleter([])
+        self.completer.setCaseSensitivity(Qt.CaseInsensitive)
+        self.name.setCompleter(self.completer)
+        self.name.textChanged.connect(self._offered_value)
+        self.add_offered = QPushButton()
+        self.add_offered.clicked.connect(self._add_all_offered)
+        self.add_offered.setVisible(False)
         row = QHBoxLayout()
         for w in (self.name, self.label, add):
             row.addWidget(w)
@@ -33,6 +43,7 @@ class TargetsPanel(QWidget):
         layout = QVBoxLayout(self)
         layout.addWidget(self.list)
         layout.addLayout(row)
+        layout.addWidget(self.add_offered)
         layout.addLayout(row2)
         state.on_change(lambda what: self.refresh() if what in ("project", "targets") else None)
 
@@ -49,6 +60,26 @@ class TargetsPanel(QWidget):
                 self.list.setCurrentItem(item)
         self.list.blockSignals(False)
         self.label.setValue(max((t.label for t in p.targets), default=0) + 1 if p else 1)
+        self.offered = p.offered_targets() if p else {}
+        self.completer.model().setStringList(list(self.offered))
+        if self.offered:
+            # short: a button's text sets the dock's minimum width
+            self.add_offered.setText(f"Add the folder's {len(self.offered)} names")
+            self.add_offered.setToolTip("From the folder's labels.json / dataset.json (name = label value):\n"
+                                        + "\n".join(f"{n} = {v}" for n, v in self.offered.items()))
+        self.add_offered.setVisible(bool(self.offered))
+
+    def _offered_value(self, text: str) -> None:
+        if text.strip() in self.offered:  # the folder's value for that name: masks and labels files agree
+            self.label.setValue(self.offered[text.strip()])
+
+    def _add_all_offered(self) -> None:
+        for name, value in self.offered.items():
+            try:
+                self.state.project.add_target(name, value)
+            except ProjectError as exc:
+                return show_error(self, "Cannot add target", exc)
+        self.state.changed("targets")
 
     def _selected(self) -> str | None:
         item = self.list.currentItem()

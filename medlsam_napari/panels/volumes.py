@@ -11,6 +11,11 @@ from ._messages import show_error
 _ICONS = {"pending": "·", "segmented": "◐", "reviewed": "●", "failed": "✗", "missing": "?"}
 
 
+def wrappable(text: str) -> str:
+    """Text whose long paths may wrap: a zero-width space after each '/' and '_' (QLabel breaks only at spaces)."""
+    return text.replace("/", "/\u200b").replace("_", "_\u200b")
+
+
 class VolumesPanel(QWidget):
     def __init__(self, state: AnnotatorState):
         super().__init__()
@@ -39,19 +44,23 @@ class VolumesPanel(QWidget):
         hints = {v.name: p.review_hint(v.name, summary) for v in p.volumes} if p else {}
         for v in self.review_order(hints):
             locked = f"; locked: {', '.join(v.locked)}" if v.locked and v.status != "reviewed" else ""
-            confidence, note = hints[v.name] if v.status == "segmented" and not v.template else (None, "")
+            confidence, note = hints[v.name] if v.status == "segmented" else (None, "")
             shown = f" · {confidence:.2f}" if confidence is not None else ""
-            label = f"{_ICONS.get(v.status, '')} {v.name}  [{'template' if v.template else v.status}{shown}{locked}]"
+            warn = " ⚠" if any(s in note for s in ("partly outside", "not found")) else ""
+            kind = f"template, {v.status}" if v.template else v.status
+            label = f"{_ICONS.get(v.status, '')} {v.name}  [{kind}{shown}{locked}]{warn}"
             item = QListWidgetItem(label)
-            item.setToolTip(note or "")
+            item.setToolTip(v.error if v.status == "failed" and v.error else (note or ""))
             item.setData(Qt.UserRole, v.name)
             if v.status == "missing":
                 item.setFlags(item.flags() & ~Qt.ItemIsEnabled)
             self.list.addItem(item)
             if v.name in (current, self.state.volume_name):
                 self.list.setCurrentItem(item)
-        if p and p.messages:
-            self.status.setText("\n".join(p.messages))
+        failed = [v for v in p.volumes if v.status == "failed" and v.error] if p else []
+        lines = (list(p.messages) if p else []) + [f"{v.name} failed: {v.error}" for v in failed]
+        # paths carry no spaces: break them after '/' or the text runs past the dock's edge
+        self.status.setText(wrappable("\n".join(lines)))
 
     def review_order(self, hints: dict[str, tuple[float | None, str]]) -> list:
         """Volumes in the order to look at them: segmented ones to review, least confident first (the last
@@ -78,6 +87,9 @@ class VolumesPanel(QWidget):
             self.state.changed("status")
             if name == self.state.volume_name and self.state.points_layer is not None:
                 self.state.points_layer.editable = checked
+                if checked:  # ready to click the six points
+                    self.state.viewer.layers.selection.active = self.state.points_layer
+                    self.state.points_layer.mode = "add"
 
     def open(self, name: str | None) -> None:
         if not name:
@@ -85,4 +97,7 @@ class VolumesPanel(QWidget):
         try:
             self.state.show_volume(name)
         except Exception as exc:  # a file that cannot be opened is a message, not a crash
+            self.state.project.set_status(name, "failed", error=str(exc))
+            self.state.changed("status")
             show_error(self, f"Cannot open {name}", exc)
+            self.status.setText(wrappable(f"Cannot open {name}: {exc}"))

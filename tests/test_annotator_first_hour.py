@@ -1,0 +1,192 @@
+"""What a new annotator hit in the first hour (screens of 1366 x 768): targets offered from the folder, points
+ready to click and checked as clicked, honest status lines, a corrupt volume shown as failed, the five docks as
+tabs, no quitting over an edited report, CT windows, and every automatic change to a mask one Ctrl+Z away."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("qtpy")
+if not os.environ.get("DISPLAY"):
+    pytest.skip("napari layers need a GL context: run the tests under xvfb-run (see README)",
+                allow_module_level=True)
+
+from medlsam_napari.annotator import AnnotatorWidget, project_summary  # noqa: E402
+from medlsam_training.extreme_points import extreme_points_from_mask  # noqa: E402
+from medlsam_training.io import read_image_label, read_label, write_mask  # noqa: E402
+from medlsam_training.phantom import write_phantom_dataset  # noqa: E402
+
+
+@pytest.fixture()
+def folder(tmp_path: Path) -> Path:
+    """Two small phantoms with their labels.json (as a dataset arrives), and one corrupt volume."""
+    root = tmp_path / "p"
+    write_phantom_dataset(root, n=2, size=(64, 64, 16), spacing=(4.0, 4.0, 8.0))
+    (root / "broken").mkdir()
+    (root / "broken" / "image.nii.gz").write_bytes(b"\x1f\x8b\x08\x00" + bytes(200))
+    return root
+
+
+def test_targets_are_offered_from_the_folders_label_names(make_napari_viewer, folder: Path) -> None:
+    widget = AnnotatorWidget(make_napari_viewer(), folder)
+    panel = widget.targets
+    assert panel.list.count() == 0 and panel.add_offered.isVisibleTo(widget)
+    assert panel.offered["liver"] == 1 and panel.offered["spine"] == 6
+    panel.name.setText("spleen")
+    assert panel.label.value() == 2  # the folder's own value for that name, so masks and labels files agree
+    panel._add_all_offered()
+    assert [t.name for t in widget.state.project.targets][:2] == ["liver", "spleen"]
+    assert {t.label for t in widget.state.project.targets} == {1, 2, 3, 4, 5, 6}
+    assert not panel.add_offered.isVisibleTo(widget)  # nothing left to offer
+
+
+def test_points_open_ready_to_click_and_bad_points_are_refused_on_the_dock(make_napari_viewer,
+                                                                           folder: Path) -> None:
+    widget = AnnotatorWidget(make_napari_viewer(), folder)
+    state = widget.state
+    state.project.add_target("liver", 1)
+    state.project.active_target = "liver"
+    state.project.set_template("phantom_000")
+    widget.volumes.open("phantom_000")
+    layer = state.points_layer
+    assert str(layer.mode) == "add" and state.viewer.layers.selection.active is layer  # no key 2 needed
+
+    image, label = read_image_label(folder / "phantom_000" / "image.nii.gz", folder / "phantom_000" / "label.nii.gz")
+    clicks = extreme_points_from_mask("liver", 1, image, label).indices()
+    layer.add(clicks[0][::-1])  # right
+    layer.add(clicks[0][::-1])  # the same spot again, as 'left': refused
+    assert state.project.point_slots("phantom_000", "liver")[1] is None
+    assert "falls on the right point" in widget.points.status.text()
+    assert len(layer.data) == 1  # the refused point left the layer
+    layer.add(clicks[1][::-1])  # left
+    beyond = np.array(clicks[2], float)
+    beyond[0] = clicks[1][0] + 3  # an 'anterior' click further left than the left point
+    assert beyond[0] < image.size[0]
+    layer.add(beyond[::-1])
+    assert state.project.point_slots("phantom_000", "liver")[2] is None
+    assert "the anterior point lies further left than the left point" in widget.points.status.text()
+    for idx in clicks[2:]:
+        layer.add(idx[::-1])
+    assert state.project.next_point("phantom_000", "liver") is None
+    assert "six valid points" in widget.points.status.text()
+
+
+def test_status_lines_count_templates_apart_and_a_corrupt_volume_is_failed_with_its_reason(
+        make_napari_viewer, folder: Path) -> None:
+    widget = AnnotatorWidget(make_napari_viewer(), folder)
+    p = widget.state.project
+    p.set_template("phantom_000")
+    widget.state.changed("status")
+    text = widget.project_label.text()
+    assert "1 template;" in text and "1 templates" not in text, text
+    assert "queries: 1 pending, 1 failed" in text, text  # the template is not a pending query
+    assert p.entry("broken").status == "failed" and "broken" in p.entry("broken").error
+    items = {widget.volumes.list.item(i).data(256): widget.volumes.list.item(i)
+             for i in range(widget.volumes.list.count())}
+    assert "failed" in items["broken"].text() and "not a readable volume" in items["broken"].toolTip()
+    assert "broken failed" in widget.volumes.status.text()
+    assert project_summary(p) == text
+
+
+def test_each_automatic_change_to_the_open_mask_is_one_undo_step(make_napari_viewer, folder: Path) -> None:
+    """A run's result written into the open volume and a re-prompted slice: Ctrl+Z (the layer's undo) takes back
+    exactly that change, Ctrl+Shift+Z (redo) brings it back, and the mask file follows (autosave)."""
+    widget = AnnotatorWidget(make_napari_viewer(), folder)
+    state = widget.state
+    state.project.add_target("liver", 1)
+    widget.volumes.open("phantom_001")
+    layer = state.mask_layer
+    truth = read_label(folder / "phantom_001" / "label.nii.gz").array
+    painted = np.zeros_like(np.asarray(layer.data))
+    painted[3, 10:20, 10:20] = 1
+    state.set_mask(painted)  # stands for a brush stroke the annotator made
+    run_result = np.where(truth == 1, 1, 0).astype(painted.dtype)
+    write_mask(run_result, state.volume, state.project.mask_path("phantom_001"))  # what a run writes
+    assert state.reload_mask() > 0
+    assert np.array_equal(layer.data, run_result)
+    layer.undo()
+    assert np.array_equal(layer.data, painted)  # exactly the run's change taken back
+    assert np.array_equal(read_label(state.project.mask_path("phantom_001"), allow_empty=True).array, painted)
+    layer.redo()
+    assert np.array_equal(layer.data, run_result)
+    z = int(np.nonzero(run_result.any(axis=(1, 2)))[0].mean())
+    reprompted = run_result.copy()
+    reprompted[z] = 0
+    reprompted[z, 5:9, 5:9] = 1
+    state.set_mask(reprompted)  # what 'Segment slice' applies
+    layer.undo()
+    assert np.array_equal(layer.data, run_result)
+    layer.undo()
+    assert np.array_equal(layer.data, painted)
+
+
+def test_five_docks_are_usable_together_at_1366_by_768(make_napari_viewer, qtbot, folder: Path) -> None:
+    from qtpy.QtWidgets import QDockWidget
+
+    from medlsam_plugins.cam_dock import CamSeedWidget
+    from medlsam_plugins.coreset_dock import CoresetWidget
+    from medlsam_plugins.finetune_dock import FinetuneWidget
+    from medlsam_plugins.report_dock import ReportWidget
+
+    viewer = make_napari_viewer(show=True)
+    window = viewer.window._qt_window
+    window.showNormal()
+    window.resize(1366, 768)
+    annotator = AnnotatorWidget(viewer, folder)
+    docks = [annotator, FinetuneWidget(viewer), ReportWidget(viewer), CamSeedWidget(viewer), CoresetWidget(viewer)]
+    for i, dock in enumerate(docks):  # as the Plugins menu adds them: no tabify asked
+        viewer.window.add_dock_widget(dock, name=f"dock {i}", area="right")
+        qtbot.wait(50)
+    qtbot.wait(200)
+    qt_docks = [w for w in window.findChildren(QDockWidget) if any(w.isAncestorOf(d) for d in docks)]
+    assert len(qt_docks) == 5
+    tabbed = set(window.tabifiedDockWidgets(qt_docks[0])) | {qt_docks[0]}
+    assert tabbed == set(qt_docks)  # one tab each, none squeezed under another
+    for qt_dock, dock in zip(qt_docks, docks):
+        qt_dock.raise_()
+        qtbot.wait(50)
+        assert qt_dock.height() >= 500, (dock, qt_dock.height())  # the full height of a 768-pixel screen
+        assert qt_dock.width() >= min(dock.minimumSizeHint().width(), 300), (dock, qt_dock.width())
+
+
+def test_quitting_with_an_edited_unsaved_report_asks_first(make_napari_viewer, qtbot, monkeypatch,
+                                                           tmp_path: Path) -> None:
+    from medlsam_plugins.report_dock import ReportWidget
+
+    viewer = make_napari_viewer(show=True)
+    dock = ReportWidget(viewer)
+    viewer.window.add_dock_widget(dock, name="report", area="right")
+    qtbot.wait(50)
+    dock.text.setPlainText("Liver: enlarged, see the radiologist's note.")  # edited by hand, never saved
+    from qtpy.QtGui import QCloseEvent
+    from qtpy.QtWidgets import QApplication
+
+    answers = []
+    monkeypatch.setattr(dock, "ask_unsaved", lambda: answers.append("asked") or "cancel")
+    window = viewer.window._qt_window
+    event = QCloseEvent()
+    QApplication.sendEvent(window, event)  # what Ctrl+Q and the close button send napari's window
+    qtbot.wait(50)
+    assert answers == ["asked"] and not event.isAccepted() and window.isVisible()  # napari and the draft stay
+    assert dock.text.toPlainText().startswith("Liver: enlarged")
+    # 'discard' lets napari close (the guard hands the event on); after a save there is nothing to ask
+    monkeypatch.setattr(dock, "ask_unsaved", lambda: "discard")
+    assert dock._close_guard.eventFilter(window, QCloseEvent()) is False
+    dock._saved_text = dock.text.toPlainText()
+    monkeypatch.setattr(dock, "ask_unsaved", lambda: pytest.fail("asked about a saved draft"))
+    assert dock._close_guard.eventFilter(window, QCloseEvent()) is False
+
+
+def test_ct_window_presets_set_the_open_volume(make_napari_viewer, folder: Path) -> None:
+    from medlsam_napari.panels.windows import CT_WINDOWS, window_limits
+
+    widget = AnnotatorWidget(make_napari_viewer(), folder)
+    widget.volumes.open("phantom_000")
+    for name in CT_WINDOWS:
+        widget.windows.buttons[name].click()
+        assert tuple(widget.state.image_layer.contrast_limits) == pytest.approx(window_limits(name))
+    assert window_limits("lung") == (-1350.0, 150.0)
