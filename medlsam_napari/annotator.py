@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qtpy.QtCore import QSize, Qt
-from qtpy.QtWidgets import QFileDialog, QGroupBox, QLabel, QPushButton, QScrollArea, QVBoxLayout, QWidget
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QFileDialog, QGroupBox, QLabel, QPushButton, QVBoxLayout, QWidget
 
-from .docking import dock_as_tab
+from .docking import VerticalScroll, dock_as_tab
 from .panels._messages import show_error
 from .panels.points import PointsPanel
 from .panels.review import ReviewPanel
@@ -17,19 +17,6 @@ from .panels.targets import TargetsPanel
 from .panels.volumes import VolumesPanel
 from .panels.windows import WindowPresets
 from .state import state_for
-
-
-class _VerticalScroll(QScrollArea):
-    """Scrolls vertically only, and asks for the width its content needs, so that a dock never squeezes the steps
-    under their minimum (which would clip them on the right)."""
-
-    def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt's name
-        hint = super().minimumSizeHint()
-        body = self.widget()
-        if body is None:
-            return hint
-        width = body.minimumSizeHint().width() + self.verticalScrollBar().sizeHint().width() + 2 * self.frameWidth()
-        return QSize(width, hint.height())
 
 
 def plural(n: int, word: str) -> str:
@@ -79,7 +66,7 @@ class AnnotatorWidget(QWidget):
             QVBoxLayout(box).addWidget(panel)
             layout.addWidget(box)
         layout.addStretch()
-        self.scroll = _VerticalScroll()
+        self.scroll = VerticalScroll()
         self.scroll.setWidgetResizable(True)
         # steps scroll vertically, never sideways: every row is built to fit a narrow dock
         self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import weakref
 
-from qtpy.QtCore import QEvent, QObject, QTimer
-from qtpy.QtWidgets import QDockWidget, QMainWindow, QWidget
+from qtpy.QtCore import QEvent, QObject, QSize, Qt, QTimer
+from qtpy.QtWidgets import QDockWidget, QMainWindow, QScrollArea, QVBoxLayout, QWidget
 
 #: QDockWidgets holding a MedLSAM dock, in the order they were first shown
 _DOCKS: "weakref.WeakValueDictionary[int, QDockWidget]" = weakref.WeakValueDictionary()
@@ -51,15 +51,52 @@ def join_medlsam_tabs(widget: QWidget) -> None:
     dock.raise_()
 
 
-class _FirstShow(QObject):
+class VerticalScroll(QScrollArea):
+    """Scrolls vertically only, and asks for the width its content needs, so that a dock never squeezes its rows
+    under their minimum (which would clip them on the right)."""
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt's name
+        hint = super().minimumSizeHint()
+        body = self.widget()
+        if body is None:
+            return hint
+        width = body.minimumSizeHint().width() + self.verticalScrollBar().sizeHint().width() + 2 * self.frameWidth()
+        return QSize(width, hint.height())
+
+
+def scroll_vertically(widget: QWidget) -> None:
+    """Move ``widget``'s content into a vertical scroll area: tabbed docks share one height, the tallest one's
+    minimum, so a long dock must scroll instead of making the window taller than the screen."""
+    layout = widget.layout()
+    if layout is None or isinstance(widget, QScrollArea) or any(
+            isinstance(layout.itemAt(i).widget(), QScrollArea) for i in range(layout.count())):
+        return
+    body = QWidget()
+    body.setLayout(layout)  # the layout and its widgets move into the scrolled body
+    scroll = VerticalScroll()
+    scroll.setWidgetResizable(True)
+    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    scroll.setWidget(body)
+    outer = QVBoxLayout(widget)
+    outer.setContentsMargins(0, 0, 0, 0)
+    outer.addWidget(scroll)
+
+
+class _WhenDocked(QObject):
     def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt's name
-        if event.type() == QEvent.Type.Show:
-            QTimer.singleShot(0, lambda: join_medlsam_tabs(obj))  # once napari has docked it
+        if event.type() == QEvent.Type.ParentChange and not getattr(obj, "_medlsam_scrolls", False):
+            # napari has just put it in its dock, before the window is laid out with it: scroll from the start
+            obj._medlsam_scrolls = True
+            scroll_vertically(obj)
+        elif event.type() == QEvent.Type.Show:
             obj.removeEventFilter(self)
+            join_medlsam_tabs(obj)  # now, before Qt lays the window out with the dock stacked
+            QTimer.singleShot(0, lambda: join_medlsam_tabs(obj))  # in case napari docked it after showing it
         return False
 
 
 def dock_as_tab(widget: QWidget) -> None:
-    """Call in a MedLSAM dock's constructor: on its first show it becomes a tab beside the others."""
-    widget._medlsam_first_show = _FirstShow(widget)
-    widget.installEventFilter(widget._medlsam_first_show)
+    """Call in a MedLSAM dock's constructor: once docked its content scrolls vertically, and on its first show it
+    becomes a tab beside the other MedLSAM docks."""
+    widget._medlsam_when_docked = _WhenDocked(widget)
+    widget.installEventFilter(widget._medlsam_when_docked)

@@ -146,6 +146,7 @@ def test_five_docks_are_usable_together_at_1366_by_768(make_napari_viewer, qtbot
     assert len(qt_docks) == 5
     tabbed = set(window.tabifiedDockWidgets(qt_docks[0])) | {qt_docks[0]}
     assert tabbed == set(qt_docks)  # one tab each, none squeezed under another
+    assert window.height() <= 768 and window.width() <= 1366, window.size()  # long docks scroll: the window fits
     for qt_dock, dock in zip(qt_docks, docks):
         qt_dock.raise_()
         qtbot.wait(50)
