@@ -23,6 +23,11 @@ sys.path.insert(0, str(ROOT))
 def main() -> None:
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "docs" / "screenshots"
     out.mkdir(parents=True, exist_ok=True)
+    import importlib.util
+    import os
+
+    if "QT_API" not in os.environ and importlib.util.find_spec("PyQt6") is not None:
+        os.environ["QT_API"] = "pyqt6"  # as the launcher: napari's recommended binding (no deprecation toast)
     import napari
     from qtpy.QtCore import Qt
     from qtpy.QtWidgets import QApplication
