@@ -1,142 +1,229 @@
-"""Coreset benchmark: the same CPU-sized segmentation probe (2D BasicUNet, same steps) trained on volumes chosen by
-each selector at 10 / 20 / 30 % of the ct_hn_openkbp train-pats pool, Dice on validation-pats; then suspicious-label
-recall after corrupting 10 % of the pool's masks.
+"""Coreset benchmark on ct_hn_openkbp (issue protocol): the CPU probe, suspicious labels, train on less, annotate next.
 
-    .venv/bin/python benchmarks/coreset.py --seeds 0 1 2 --steps 200 --eval 10
+Pool: the recommended train-pats patients with mandible and both parotids contoured; evaluation: every recommended
+validation-pats patient, contoured targets only (a missing contour is never scored).  Every figure is CPU time of
+this process (torch threads as given).  Results are appended to a JSON-lines file, so a part can run in chunks.
+
+    .venv/bin/python benchmarks/coreset.py probe --steps 450                 # probe Dice and CPU-s
+    .venv/bin/python benchmarks/coreset.py suspicious --draws 3 --seeds 0 1 2
+    .venv/bin/python benchmarks/coreset.py selection --budgets 0.2 0.3 0.5 --seeds 0 1 2
+    .venv/bin/python benchmarks/coreset.py suggest --sizes 5 10 20 40 --seeds 0 1 2
+    .venv/bin/python benchmarks/coreset.py table                              # markdown tables of all results
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import platform
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 from scipy import ndimage
 
 from medlsam_training.cam.data import labelled_cases
-from medlsam_training.coreset.embeddings import MedLAMEmbedder
-from medlsam_training.coreset.kcenter import k_center_greedy
-from medlsam_training.coreset.probe import evaluate_probe, load_slice_case, train_probe, tta_entropy
-from medlsam_training.coreset.rules import dice_dynamics, offline_coreset, online_cluster_rule, suspicious
+from medlsam_training.coreset.probe import SliceCase, evaluate_probe, load_slice_case, train_probe
+from medlsam_training.coreset.run import mirror_pairs, suspicious_ranking
 
-TARGETS = ["brainstem", "spinal_cord", "parotid_right", "parotid_left", "mandible"]
-SELECTORS = ("random", "k-center", "uncertainty", "data-si (online rule)", "gradnorm (offline rule)",
-             "dice dynamics")
+TARGETS = ["mandible", "parotid_right", "parotid_left"]
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "results" / "coreset_benchmark.jsonl"
 
 
-def corrupt(case, rng: np.random.Generator) -> str:
-    """Dilate, erode, shift or swap the parotids of one case's mask in place; returns what was done."""
-    kind = rng.choice(["dilate", "erode", "shift", "swap"])
-    lab = case.labels
-    out = torch.zeros_like(lab)
-    for c in range(1, len(TARGETS) + 1):
-        m = (lab == c).numpy()
-        if kind == "dilate":
-            m = ndimage.binary_dilation(m, iterations=3)
-        elif kind == "erode":
-            m = ndimage.binary_erosion(m, iterations=2)
-        elif kind == "shift":
-            m = np.roll(m, (6, 6), axis=(1, 2))
-        out[torch.from_numpy(m) & (out == 0)] = c
-    if kind == "swap":
-        right, left = TARGETS.index("parotid_right") + 1, TARGETS.index("parotid_left") + 1
-        out[lab == right], out[lab == left] = left, right
-    case.labels = out
-    return str(kind)
+def load(data: Path, split: str, cache: Path) -> list[SliceCase]:
+    path = cache / f"{split}.pt"
+    if path.is_file():
+        return [SliceCase(**d) for d in torch.load(path, weights_only=False)]  # our own cache file
+    cases = [load_slice_case(c, TARGETS) for c in labelled_cases(data, split, recommended_only=True)]
+    cache.mkdir(parents=True, exist_ok=True)
+    torch.save([vars(c) for c in cases], path)
+    return cases
 
 
-def mean_dice(model, eval_cases) -> float:
-    d = evaluate_probe(model, eval_cases, len(TARGETS))
-    return float(np.nanmean(np.nanmean(d, axis=0)))
+def pool_and_eval(args) -> tuple[list[SliceCase], list[SliceCase]]:
+    train = load(args.data, "train-pats", args.cache)
+    pool = [c for c in train if c.contoured.all()]  # mandible and both parotids contoured
+    return pool, load(args.data, "validation-pats", args.cache)
+
+
+def score(model, cases: list[SliceCase]) -> dict[str, float]:
+    d = evaluate_probe(model, cases, len(TARGETS))
+    per = {t: float(np.nanmean(d[:, i])) for i, t in enumerate(TARGETS)}
+    per["mean"] = float(np.mean(list(per.values())))
+    return per
+
+
+def record(row: dict) -> None:
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    row = {**row, "device": f"CPU {platform.machine()}, {torch.get_num_threads()} threads",
+           "load": round(os.getloadavg()[0], 2), "time": time.strftime("%Y-%m-%d %H:%M")}
+    with open(RESULTS, "a") as f:
+        f.write(json.dumps(row) + "\n")
+    print(json.dumps(row))
+
+
+# --- corruptions of a pool volume's label (the issue's gross and subtle kinds) -----------------------------------
+
+KINDS = ("shift", "erode", "dilate", "swap", "drop", "wrong slices")
+SUBTLE = ("shift", "erode", "dilate")
+
+
+def corrupt(case: SliceCase, kind: str, rng: np.random.Generator) -> SliceCase:
+    lab = case.labels.numpy().copy()
+    out = np.zeros_like(lab)
+    if kind == "swap":  # parotids right <-> left
+        r, left = TARGETS.index("parotid_right") + 1, TARGETS.index("parotid_left") + 1
+        out = lab.copy()
+        out[lab == r], out[lab == left] = left, r
+    elif kind == "drop":  # one organ's contour left out, its voxels background (the annotator forgot it)
+        t = int(rng.integers(1, len(TARGETS) + 1))
+        out = np.where(lab == t, 0, lab)
+    elif kind == "wrong slices":  # the contours moved 4-6 slices along z
+        out = np.roll(lab, int(rng.choice([-1, 1]) * rng.integers(4, 7)), axis=0)
+    else:
+        for t in range(1, len(TARGETS) + 1):
+            m = lab == t
+            if kind == "shift":
+                dy, dx = rng.integers(1, 4, 2) * rng.choice([-1, 1], 2)
+                m = np.roll(m, (int(dy), int(dx)), axis=(1, 2))
+            elif kind == "erode":
+                m = ndimage.binary_erosion(m, np.ones((1, 3, 3), bool))
+            else:
+                m = ndimage.binary_dilation(m, np.ones((1, 3, 3), bool))
+            out[m & (out == 0)] = t
+    # the contoured flags stay: the corrupted label still claims its targets (that is what makes it wrong)
+    return SliceCase(case.name, case.images, torch.from_numpy(out), case.contoured.copy(), case.rows, case.z_mm)
+
+
+# --- parts ----------------------------------------------------------------------------------------------------------
+
+def part_probe(args) -> None:
+    pool, val = pool_and_eval(args)
+    for seed in args.seeds:
+        run = train_probe(pool, len(TARGETS), steps=args.steps, seed=seed, anywhere=args.anywhere)
+        record({"part": "probe", "seed": seed, "steps": args.steps, "anywhere": args.anywhere, "pool": len(pool),
+                "eval": len(val),
+                "cpu_s": round(run.seconds, 1), **score(run.model, val)})
+
+
+def part_suspicious(args) -> None:
+    pool, _ = pool_and_eval(args)
+    for draw in range(args.draws):
+        rng = np.random.default_rng(100 + draw)
+        bad = rng.choice(len(pool), max(1, round(0.1 * len(pool))), replace=False)
+        kinds = {int(i): KINDS[k % len(KINDS)] for k, i in enumerate(bad)}
+        cases = [corrupt(c, kinds[i], rng) if i in kinds else c for i, c in enumerate(pool)]
+        for seed in args.seeds:
+            t0 = time.process_time()
+            run = train_probe(cases, len(TARGETS), steps=args.steps, seed=seed, value_every=50,
+                              mirror=mirror_pairs(TARGETS))
+            ranking = suspicious_ranking(cases, run.checkpoints, TARGETS, from_step=args.from_step)
+            order = [r.index for r in ranking]
+            top10, top20 = set(order[:max(1, round(0.1 * len(order)))]), set(order[:max(1, round(0.2 * len(order)))])
+            found = {i: (i in top10, i in top20) for i in kinds}
+            record({"part": "suspicious", "draw": draw, "seed": seed, "steps": args.steps,
+                    "cpu_s": round(time.process_time() - t0, 1),
+                    "recall10": float(np.mean([f[0] for f in found.values()])),
+                    "recall20": float(np.mean([f[1] for f in found.values()])),
+                    "by_kind": {k: [int(found[i][0]) for i in kinds if kinds[i] == k] for k in KINDS},
+                    "reasons": {kinds[r.index]: r.reason for r in ranking if r.index in kinds}})
+
+
+def embeddings(args, pool: list[SliceCase]) -> np.ndarray:
+    """MedLAM embeddings of the pool volumes (label-free), cached: the k-center selector's space."""
+    path = args.cache / "embeddings.npz"
+    if path.is_file():
+        data = np.load(path)
+        if list(data["names"]) == [c.name for c in pool]:
+            return data["features"]
+    from medlsam_training.coreset.embeddings import MedLAMEmbedder
+
+    embed = MedLAMEmbedder()
+    by_name = {c.name: c for c in labelled_cases(args.data, "train-pats", recommended_only=True)}
+    feats = np.stack([embed(by_name[c.name].load()[0]) for c in pool])
+    np.savez(path, names=np.array([c.name for c in pool]), features=feats)
+    return feats
+
+
+def train_score(cases: list[SliceCase], val: list[SliceCase], args, seed: int) -> tuple[dict[str, float], float]:
+    run = train_probe(cases, len(TARGETS), steps=args.steps, seed=seed, anywhere=args.anywhere)
+    return score(run.model, val), run.seconds
+
+
+def part_selection(args) -> None:
+    """Train on less: each selector's subset at each budget, a fresh probe with the same steps, validation Dice."""
+    from medlsam_training.coreset.kcenter import k_center_greedy
+    from medlsam_training.coreset.probe import tta_entropy
+    from medlsam_training.coreset.run import select
+
+    pool, val = pool_and_eval(args)
+    feats = embeddings(args, pool)
+    for seed in args.seeds:
+        t0 = time.process_time()
+        run = train_probe(pool, len(TARGETS), steps=args.steps, seed=seed, value_every=50, anywhere=args.anywhere,
+                          mirror=mirror_pairs(TARGETS))
+        value_cpu = time.process_time() - t0
+        entropy = np.array([tta_entropy(run.model, c) for c in pool])
+        full, cpu = score(run.model, val), run.seconds
+        record({"part": "selection", "selector": "full pool", "budget": 1.0, "seed": seed, "steps": args.steps,
+                "n": len(pool), "cpu_s": round(cpu, 1), "valuation_cpu_s": round(value_cpu, 1), **full})
+        rng = np.random.default_rng(1000 + seed)
+        for budget in args.budgets:
+            k = max(1, round(budget * len(pool)))
+            chosen = select(run.checkpoints, pool, k, seed)
+            chosen["random"] = list(np.sort(rng.choice(len(pool), k, replace=False)))
+            chosen["k-center"] = sorted(k_center_greedy(feats, k))
+            chosen["uncertainty"] = list(np.sort(np.argsort(-entropy)[:k]))
+            for selector, idx in chosen.items():
+                result, cpu = train_score([pool[i] for i in idx], val, args, seed)
+                record({"part": "selection", "selector": selector, "budget": budget, "seed": seed,
+                        "steps": args.steps, "n": k, "cpu_s": round(cpu, 1), **result})
+
+
+def part_suggest(args) -> None:
+    """Annotate next: learning curves of the suggested order against random orders (labels revealed as they come)."""
+    from medlsam_training.coreset.kcenter import k_center_greedy
+
+    pool, val = pool_and_eval(args)
+    feats = embeddings(args, pool)
+    orders = {"k-center (medlsam suggest)": k_center_greedy(feats, max(args.sizes))}
+    for seed in args.seeds:
+        orders[f"random {seed}"] = list(np.random.default_rng(2000 + seed).permutation(len(pool))[:max(args.sizes)])
+    for name, order in orders.items():
+        for n in args.sizes:
+            result, cpu = train_score([pool[i] for i in order[:n]], val, args, 0)
+            record({"part": "suggest", "order": name, "n": n, "steps": args.steps, "cpu_s": round(cpu, 1), **result})
+
+
+def part_table(args) -> None:
+    rows = [json.loads(line) for line in open(RESULTS)] if RESULTS.is_file() else []
+    for part in ("probe", "suspicious", "selection", "suggest"):
+        print(f"\n## {part}")
+        for r in rows:
+            if r["part"] == part:
+                print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items() if k != "reasons"})
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default="../shared/data/ct_hn_openkbp")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--budgets", type=float, nargs="+", default=[0.1, 0.2, 0.3])
-    ap.add_argument("--steps", type=int, default=200)
-    ap.add_argument("--epochs", type=int, default=8)
-    ap.add_argument("--pool", type=int, default=0, help="first N train-pats cases (0: all)")
-    ap.add_argument("--eval", type=int, default=10, help="first N recommended validation-pats cases")
-    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("part", choices=("probe", "suspicious", "selection", "suggest", "table"))
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "ct_hn_openkbp")
+    ap.add_argument("--cache", type=Path, default=ROOT / "results" / "coreset_cache")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--draws", type=int, default=3)
+    ap.add_argument("--budgets", type=float, nargs="+", default=[0.2, 0.3, 0.5])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[5, 10, 20, 40])
+    ap.add_argument("--from-step", type=int, default=300)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--anywhere", type=float, default=0.25, help="share of training slices drawn from anywhere")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    t0 = time.time()
-    pool_cases = labelled_cases(args.data, "train-pats")
-    pool_cases = pool_cases[:args.pool] if args.pool else pool_cases
-    pool = [load_slice_case(c, TARGETS) for c in pool_cases]
-    evals = [load_slice_case(c, TARGETS) for c in labelled_cases(args.data, "validation-pats", True)[:args.eval]]
-    n = len(pool)
-    print(f"pool {n} train-pats volumes, {len(evals)} validation-pats volumes ({time.time() - t0:.0f} s)", flush=True)
-    kw = dict(steps=args.steps, epochs=args.epochs)
-
-    # one observation run on the full pool: per-case values every epoch
-    obs = train_probe(pool, len(TARGETS), observe=True, seed=0, **kw)
-    gradnorm = np.stack([v.sum(1) for v in obs.values["gradnorm"]])        # (E, N)
-    kept = np.stack([online_cluster_rule(v, seed=0)[0] for v in obs.values["data_si"]])  # (E, N)
-    dad = dice_dynamics(np.stack(obs.dice))
-    print(f"observation run {obs.seconds:.0f} s; online rule kept {kept.mean():.0%} per epoch on average", flush=True)
-    embedder = MedLAMEmbedder()
-    feats = np.stack([embedder(c.load()[0]) for c in pool_cases])
-    print(f"MedLAM embeddings ({time.time() - t0:.0f} s)", flush=True)
-
-    rows: dict[str, dict[float, list[float]]] = {s: {b: [] for b in args.budgets} for s in SELECTORS}
-    full = []
-    for seed in args.seeds:
-        rng = np.random.default_rng(seed)
-        start = rng.choice(n, max(1, round(0.05 * n)), replace=False)        # the first labelled 5 %
-        seed_model = train_probe([pool[i] for i in start], len(TARGETS), seed=seed, **kw).model
-        entropy = np.array([tta_entropy(seed_model, c, seed=seed) for c in pool])
-        for b in args.budgets:
-            k = max(1, round(b * n))
-            rest = [i for i in np.argsort(-entropy) if i not in set(start)]
-            picks = {
-                "random": rng.choice(n, k, replace=False),
-                "k-center": np.array(k_center_greedy(feats, k)),
-                "uncertainty": np.concatenate([start, rest[:max(k - len(start), 0)]])[:k],
-                "data-si (online rule)": np.lexsort((rng.random(n), -kept.mean(0)))[:k],
-                "gradnorm (offline rule)": offline_coreset(gradnorm, k, seed=seed),
-                "dice dynamics": np.argsort(dad + 1e-9 * rng.random(n))[:k],
-            }
-            for name, idx in picks.items():
-                model = train_probe([pool[i] for i in idx], len(TARGETS), seed=seed, **kw).model
-                rows[name][b].append(mean_dice(model, evals))
-                print(f"seed {seed} budget {b:.0%} {name}: {rows[name][b][-1]:.3f} ({time.time() - t0:.0f} s)",
-                      flush=True)
-        full.append(mean_dice(train_probe(pool, len(TARGETS), seed=seed, **kw).model, evals))
-        print(f"seed {seed} full pool: {full[-1]:.3f}", flush=True)
-
-    print(f"\nCoreset selection: probe BasicUNet 2D {kw['steps']} steps x batch 12 for every row; pool {n} train-pats, "
-          f"Dice on {len(evals)} validation-pats (mean of {', '.join(TARGETS)}); seeds {args.seeds}; CPU, "
-          f"{torch.get_num_threads()} threads; {time.time() - t0:.0f} s in all\n")
-    print("| selector | " + " | ".join(f"{b:.0%}" for b in args.budgets) + " |")
-    print("|---" * (len(args.budgets) + 1) + "|")
-    fmt = lambda v: f"{np.mean(v):.3f} ± {np.std(v):.3f}" if len(v) > 1 else f"{np.mean(v):.3f}"  # noqa: E731
-    for name in SELECTORS:
-        print(f"| {name} | " + " | ".join(fmt(rows[name][b]) for b in args.budgets) + " |")
-    print(f"| full pool (100 %) | {fmt(full)} |")
-
-    # suspicious labels: corrupt 10 % of the pool, value again, check what the top 10 % flags recover
-    rng = np.random.default_rng(123)
-    bad = rng.choice(n, max(1, round(0.1 * n)), replace=False)
-    kinds = {int(i): corrupt(pool[i], rng) for i in bad}
-    obs = train_probe(pool, len(TARGETS), observe=True, seed=0, **kw)
-    scores = {
-        "gradnorm (mean of epoch-normalised)": np.mean([v.sum(1) / v.sum(1).mean() for v in obs.values["gradnorm"]], 0),
-        "|data-si| (mean of epoch-normalised)": np.mean([np.abs(v).sum(1) / np.abs(v).sum(1).mean()
-                                                         for v in obs.values["data_si"]], 0),
-        "low dice dynamics": -dice_dynamics(np.stack(obs.dice)),
-    }
-    print(f"\nSuspicious labels: {len(bad)} of {n} pool masks corrupted "
-          f"({', '.join(f'{k} {list(kinds.values()).count(k)}' for k in ('dilate', 'erode', 'shift', 'swap'))}); "
-          "recall of the corrupted among the top 10 % flagged\n")
-    print("| score | recall |\n|---|---|")
-    for name, s in scores.items():
-        flagged = set(suspicious(s, 0.1).tolist())
-        print(f"| {name} | {len(flagged & set(kinds)) / len(kinds):.2f} |")
+    torch.set_num_threads(args.threads)
+    {"probe": part_probe, "suspicious": part_suspicious, "selection": part_selection, "suggest": part_suggest,
+     "table": part_table}[args.part](args)
 
 
 if __name__ == "__main__":

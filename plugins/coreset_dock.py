@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 from qtpy.QtCore import Qt
+from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
                             QProgressBar, QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
@@ -48,7 +49,7 @@ class CoresetWidget(QWidget):
         self.labelled.setPlaceholderText("optional: folder of volumes already annotated")
         self.targets.setPlaceholderText("targets, e.g. liver,spleen (train on less)")
         self.budget = QDoubleSpinBox(minimum=0.01, maximum=100000, decimals=2, value=0.3)
-        self.steps = QDoubleSpinBox(minimum=2, maximum=100000, decimals=0, value=400)
+        self.steps = QDoubleSpinBox(minimum=2, maximum=100000, decimals=0, value=2000)
         browse = QPushButton("…")
         browse.clicked.connect(lambda: self._browse(self.folder))
         self.run_btn, self.cancel_btn = QPushButton("Run"), QPushButton("Cancel")
@@ -120,7 +121,8 @@ class CoresetWidget(QWidget):
 
             out = Path(folder) / "medlsam_coreset"
             steps = int(self.steps.value())
-            work = lambda: value_dataset(folder, targets, out, budget=budget, steps=steps, progress=progress)  # noqa
+            work = lambda: value_dataset(folder, targets, out, budget=budget, steps=steps, progress=progress,  # noqa
+                                         value_every=max(steps // 20, 1), cancelled=self._cancel.is_set)
         else:
             from medlsam_training.coreset.run import suggest
 
@@ -168,25 +170,34 @@ class CoresetWidget(QWidget):
             self.status.setText(f"{len(result)} volume(s) to annotate next")
         else:
             v = result
-            gn = np.mean([e.sum(1) / max(e.sum(1).mean(), 1e-12) for e in v.gradnorm], 0)
-            dice, kept = v.dice.mean(0), v.kept.mean(0)
-            cols = ("case", "GradNorm / mean", "kept by online rule", "mean train Dice", "in coresets", "suspicious")
+            with np.errstate(all="ignore"):
+                dice = np.nan_to_num(np.nanmean(v.checkpoints[-1].dice, 1)) if v.checkpoints else \
+                    np.zeros(len(v.cases))
+            # the suspicious ranking first: most suspicious on top, its reason, where to look
+            cols = ("rank", "case", "score", "reason", "worst slice z (mm)", "Dice own label", "in coresets")
             self.table.setColumnCount(len(cols))
             self.table.setHorizontalHeaderLabels(cols)
-            self.table.setRowCount(len(v.cases))
-            for r, name in enumerate(v.cases):
-                rules = [k for k, names in v.selections.items() if name in names]
-                cells = (QTableWidgetItem(name), _Number(gn[r]), _Number(kept[r], f"{kept[r]:.0%}"),
-                         _Number(dice[r], f"{dice[r]:.3f}"), QTableWidgetItem(", ".join(rules)),
-                         QTableWidgetItem("yes" if name in v.flagged else ""))
+            self.table.setRowCount(len(v.suspects))
+            self._worst_z = {}
+            for r, sus in enumerate(v.suspects):
+                rules = [k for k, names in v.selections.items() if sus.case in names]
+                self._worst_z[sus.case] = sus.worst_z_mm
+                cells = (_Number(sus.rank, str(sus.rank)), QTableWidgetItem(sus.case),
+                         _Number(sus.score, f"{sus.score:.2f}"), QTableWidgetItem(sus.reason),
+                         _Number(sus.worst_z_mm, f"{sus.worst_z_mm:.1f}"),
+                         _Number(dice[sus.index], f"{dice[sus.index]:.3f}"), QTableWidgetItem(", ".join(rules)))
                 for c, item in enumerate(cells):
                     self.table.setItem(r, c, item)
+                    if sus.case in v.flagged:
+                        item.setForeground(QColor("red"))
+            score = np.array([next(s.score for s in v.suspects if s.index == i) for i in range(len(v.cases))])
             flagged = np.isin(v.cases, v.flagged)
-            ax.scatter(dice[~flagged], gn[~flagged], s=10)
-            ax.scatter(dice[flagged], gn[flagged], s=14, c="red")
-            ax.set_xlabel("mean training Dice")
-            ax.set_ylabel("GradNorm / mean")
-            self.status.setText(f"{len(v.cases)} volumes valued; {len(v.flagged)} suspicious label(s) in red")
+            ax.scatter(dice[~flagged], score[~flagged], s=10)
+            ax.scatter(dice[flagged], score[flagged], s=14, c="red")
+            ax.set_xlabel("Dice with its own label")
+            ax.set_ylabel("suspicion (loss / median)")
+            self.status.setText(f"{len(v.cases)} volumes valued; the {len(v.flagged)} most suspicious label(s) in "
+                                "red, with the reason; 'Open' shows a volume at its worst slice")
         self.figure.tight_layout()
         self.canvas.draw_idle()
         self.table.setSortingEnabled(True)
@@ -211,7 +222,10 @@ class CoresetWidget(QWidget):
             for data, kwargs, kind in read_layers(str(path)):
                 kwargs["name"] = f"{case.name} {kwargs['name']}"
                 getattr(self.viewer, f"add_{kind}")(data, **kwargs)
-        self.status.setText(f"opened {case.name}")
+        z = getattr(self, "_worst_z", {}).get(name)
+        if z is not None:  # the slice where the probe disagrees most with the label (world z is LPS z, in mm)
+            self.viewer.dims.set_point(0, z)
+        self.status.setText(f"opened {case.name}" + (f" at its worst slice (z {z:.1f} mm)" if z is not None else ""))
 
     def flag_selected(self, reason: str) -> Path | None:
         """Record the selected volume's label as suspicious in <folder>/medlsam_flags.json (kept across runs)."""

@@ -120,18 +120,23 @@ def phantoms(tmp_path_factory):
     return root
 
 
-def test_value_writes_values_selection_plot_and_flags(phantoms) -> None:
+def test_value_writes_values_selection_suspicious_ranking_plot_and_probe(phantoms) -> None:
     out = phantoms / "value"
     result = runner.invoke(app, ["value", "--data", str(phantoms / "data"), "--targets", "liver,spleen", "--out",
-                                 str(out), "--budget", "0.5", "--steps", "8", "--epochs", "2"])
+                                 str(out), "--budget", "0.5", "--steps", "8", "--value-every", "4"])
     assert result.exit_code == 0, result.output
     import csv
     import json
 
     rows = list(csv.DictReader(open(out / "values.csv")))
-    assert len(rows) == 6 * 2 and {"gradnorm_final_conv", "data_si_upcat_1", "train_dice"} <= set(rows[0])
+    assert len(rows) == 6 * 2 and {"loss_liver", "dice_spleen", "gradnorm", "data_si"} <= set(rows[0])
     sel = json.loads((out / "selection.json").read_text())
     assert all(len(v) == 3 for v in sel["selections"].values()) and len(sel["suspicious"]) == 1
+    ranked = list(csv.DictReader(open(out / "suspicious.csv")))
+    assert list(ranked[0]) == ["volume", "score", "rank", "reason", "worst_slice_z_mm"]
+    assert [int(r["rank"]) for r in ranked] == list(range(1, 7))
+    assert [float(r["score"]) for r in ranked] == sorted((float(r["score"]) for r in ranked), reverse=True)
+    assert ranked[0]["reason"].split(":")[0] in ("liver", "spleen") and "the median" in ranked[0]["reason"]
     assert (out / "values.png").read_bytes()[:4] == b"\x89PNG"
     from medlsam_training.coreset.run import load_probe
 
@@ -142,7 +147,7 @@ def test_value_and_suggest_refuse_bad_input(phantoms, tmp_path) -> None:
     data = str(phantoms / "data")
     for budget, message in (("0", "give a fraction"), ("6", "not fewer than the 6 volumes"), ("1.5", "fraction")):
         result = runner.invoke(app, ["value", "--data", data, "--targets", "liver", "--out", str(tmp_path / "o"),
-                                     "--budget", budget, "--steps", "2", "--epochs", "2"])
+                                     "--budget", budget, "--steps", "2"])
         assert result.exit_code == 2 and message in result.output, result.output
     unlabelled = tmp_path / "pool"
     unlabelled.mkdir()

@@ -29,14 +29,20 @@ def test_coreset_dock_values_opens_and_flags(make_napari_viewer, qtbot, tmp_path
     dock.start()
     qtbot.waitUntil(lambda: dock.worker is None, timeout=120_000)
     assert dock.table.rowCount() == 4, dock.status.text()
-    assert (tmp_path / "medlsam_coreset" / "values.csv").is_file()
-    dock.table.sortItems(3)  # by mean training Dice: numeric sort
-    values = [float(dock.table.item(r, 3).text()) for r in range(4)]
+    assert (tmp_path / "medlsam_coreset" / "suspicious.csv").is_file()
+    header = [dock.table.horizontalHeaderItem(c).text() for c in range(dock.table.columnCount())]
+    assert header[:4] == ["rank", "case", "score", "reason"]  # the suspicious ranking, most suspicious first
+    assert [dock.table.item(r, 0).text() for r in range(4)] == ["1", "2", "3", "4"]
+    dock.table.sortItems(header.index("Dice own label"))  # numeric sort
+    values = [float(dock.table.item(r, header.index("Dice own label")).text()) for r in range(4)]
     assert values == sorted(values)
+    dock.table.sortItems(0)
     dock.table.selectRow(0)
     name = dock.selected_case()
     dock.open_selected()
     assert any(layer.name.startswith(name) for layer in viewer.layers)
+    worst_z = float(dock.table.item(0, header.index("worst slice z (mm)")).text())
+    assert viewer.dims.point[0] == pytest.approx(worst_z, abs=12.0)  # opened at its worst slice (one slice)
     path = dock.flag_selected("looks shifted")
     dock.flag_selected("second look")
     flags = json.loads(path.read_text())

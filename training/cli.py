@@ -725,24 +725,29 @@ def value(
     out: Path = typer.Option(..., "--out", help="Folder for values.csv, selection.json, values.png, probe.pt."),
     budget: float = typer.Option(0.3, help="Coreset size: a fraction in (0, 1) or a number of volumes."),
     split: Optional[str] = typer.Option(None, help="Only cases of this split (manifest.json)."),
-    steps: int = typer.Option(400, min=1),
-    epochs: int = typer.Option(8, min=2),
+    steps: int = typer.Option(2000, min=1, help="Probe training steps (batch 16 crops of 64 x 64; about 0.05 "
+                              "CPU-s each on one core)."),
+    value_every: int = typer.Option(100, min=1, help="Value every volume every this many steps."),
     seed: int = typer.Option(0),
 ) -> None:
-    """'Train on less': per-volume Data-SI, GradNorm and Dice dynamics while a probe trains; coresets and
-    suspicious labels."""
-    from .coreset.run import value_dataset
+    """'Train on less' and suspicious labels: a CPU probe trains on the volumes while each one is valued (loss per
+    target, Dice with its own label, GradNorm, Data-SI); coresets by each rule and a ranking of labels that look
+    wrong, with the reason."""
+    from .coreset.run import SUSPICIOUS_CSV, value_dataset
 
     try:
         with _RichProgress("valuing") as bar:
             v = value_dataset(data, _targets_arg(targets), out, budget=budget, split=split, steps=steps,
-                              epochs=epochs, seed=seed, progress=bar)
+                              value_every=value_every, seed=seed, progress=bar)
     except MedLSAMError as exc:
         _fail(exc)
     for rule, names in v.selections.items():
         console.print(f"{rule}: {len(names)} of {len(v.cases)} volumes")
-    console.print(f"suspicious labels to review: {', '.join(v.flagged)}", soft_wrap=True)
-    console.print(f"wrote {out / 'values.csv'}, {out / 'selection.json'}, {out / 'values.png'}")
+    for s in v.suspects[:len(v.flagged)]:
+        console.print(f"suspicious #{s.rank} {s.case} (z {s.worst_z_mm:.1f} mm): {s.reason}", soft_wrap=True,
+                      highlight=False)
+    console.print(f"wrote {out / SUSPICIOUS_CSV}, {out / 'values.csv'}, {out / 'selection.json'}, "
+                  f"{out / 'values.png'}")
 
 
 @app.command()

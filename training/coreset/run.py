@@ -16,10 +16,11 @@ from ..atomic import atomic_path, write_json_atomic
 from ..datasets import Case, find_cases, split_members
 from ..errors import MedLSAMError
 from .kcenter import k_center_greedy
-from .probe import FEATURES, load_slice_case, make_probe, train_probe, tta_entropy
-from .rules import dice_dynamics, offline_coreset, online_cluster_rule, suspicious
+from .probe import CHANNELS, Checkpoint, SliceCase, load_slice_case, make_probe, train_probe, tta_entropy
+from .rules import dice_dynamics, offline_coreset, online_cluster_rule
 
 ProgressFn = Callable[[int, int, str], None]
+SUSPICIOUS_CSV = "suspicious.csv"
 
 
 class CoresetError(MedLSAMError, ValueError):
@@ -58,45 +59,132 @@ def load_probe(path: str | os.PathLike[str], n_targets: int) -> torch.nn.Module:
         model.load_state_dict(state["state_dict"])
     except Exception as exc:  # noqa: BLE001 - an untrusted file can fail in any way; say which and why
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CoresetError(f"{path}: not a probe checkpoint of this architecture (BasicUNet {FEATURES}, "
+        raise CoresetError(f"{path}: not a probe checkpoint of this architecture (UNet {CHANNELS}, "
                            f"{n_targets} targets): {first}") from exc
     return model.eval()
+
+
+def mirror_pairs(targets: list[str]) -> dict[int, int]:
+    """Target index -> its left/right twin (parotid_right <-> parotid_left), to tell a swapped label."""
+    index = {t: i for i, t in enumerate(targets)}
+    out = {}
+    for t, i in index.items():
+        for a, b in (("right", "left"), ("left", "right")):
+            twin = t.replace(a, b)
+            if twin != t and twin in index:
+                out[i] = index[twin]
+    return out
+
+
+@dataclass
+class Suspect:
+    """A volume ranked by how wrong its label looks, with the evidence in words."""
+
+    index: int
+    case: str
+    score: float
+    rank: int
+    reason: str
+    worst_slice: int       # row of the probe's input (LPS axial slice)
+    worst_z_mm: float      # its LPS z: where the annotator should look first
+
+
+def suspicious_ranking(cases: list[SliceCase], checkpoints: list[Checkpoint], targets: list[str],
+                       from_step: int = 300) -> list[Suspect]:
+    """Every volume, most suspicious first.  Score: its worst target's loss relative to the median over volumes at
+    each checkpoint (losses are comparable only within a checkpoint), averaged over checkpoints from ``from_step``
+    on (the probe has learned the bulk by then; a wrong label keeps a high loss).  The reason names that target and
+    the evidence: the ratio, the Dice against its own label, a prediction on the mirror side, a size or position
+    mismatch, or a target predicted where the label has no contour."""
+    late = [c for c in checkpoints if c.step >= from_step] or checkpoints[-1:]
+    if not late:
+        raise CoresetError("no valuation checkpoint: train with value_every > 0")
+    with np.errstate(all="ignore"):
+        ratios = np.stack([c.loss / np.nanmedian(np.where(_contoured(cases), c.loss, np.nan), 0) for c in late])
+        ratio = np.nanmean(ratios, 0)                                     # (N, T)
+        dice = np.nanmean(np.stack([c.dice for c in late]), 0)
+        swapped = np.nanmean(np.stack([c.swapped for c in late]), 0)
+        size = np.nanmedian(np.stack([c.size_ratio for c in late]), 0)
+        offset = np.nanmedian(np.stack([c.offset_mm for c in late]), 0)
+    ratio = np.where(np.isfinite(ratio), ratio, 0.0)
+    score = ratio.max(1)
+    order = np.argsort(-score, kind="stable")
+    out = []
+    for rank, i in enumerate(order, start=1):
+        t = int(np.argmax(ratio[i]))
+        name, bits = targets[t], [f"loss {ratio[i, t]:.1f}× the median"]
+        if not cases[i].contoured[t]:
+            bits = [f"not contoured, yet found by the probe (loss {ratio[i, t]:.1f}× the median if absent)"]
+        else:
+            bits.append(f"Dice {dice[i, t]:.2f} with its own label")
+            if np.isfinite(swapped[i, t]) and swapped[i, t] > dice[i, t]:
+                bits.append("predicted on the other side")
+            if np.isfinite(offset[i, t]) and offset[i, t] >= 4.0:
+                bits.append(f"label {offset[i, t]:.0f} mm from the prediction")
+            if np.isfinite(size[i, t]) and not 0.75 <= size[i, t] <= 1.33:
+                bits.append(f"label {'larger' if size[i, t] > 1 else 'smaller'} than predicted "
+                            f"({size[i, t]:.2f}×)")
+        row = int(late[-1].worst_slice[i])
+        out.append(Suspect(int(i), cases[i].name, float(score[i]), rank, f"{name}: " + ", ".join(bits), row,
+                           float(cases[i].z_mm[row]) if len(cases[i].z_mm) else 0.0))
+    return out
+
+
+def _contoured(cases: list[SliceCase]) -> np.ndarray:
+    return np.stack([c.contoured for c in cases])
 
 
 @dataclass
 class Valuation:
     cases: list[str]
-    groups: list[str]
-    gradnorm: np.ndarray      # (E, N, G)
-    data_si: np.ndarray       # (E, N, G)
-    dice: np.ndarray          # (E, N)
-    kept: np.ndarray          # (E, N) kept by the online rule
+    checkpoints: list[Checkpoint]
     selections: dict[str, list[str]]
-    flagged: list[str]
+    suspects: list[Suspect]
+
+    @property
+    def flagged(self) -> list[str]:
+        """The top 10 % of the suspicious ranking: the labels to review first."""
+        return [s.case for s in self.suspects[:max(1, round(0.1 * len(self.suspects)))]]
+
+
+def select(checkpoints: list[Checkpoint], cases: list[SliceCase], k: int, seed: int = 0) -> dict[str, list[int]]:
+    """The selection rules over one valuation run, each a list of ``k`` volume indices."""
+    rng = np.random.default_rng(seed)
+    si = np.stack([c.data_si for c in checkpoints])                  # (E, N)
+    gn = np.stack([c.gradnorm for c in checkpoints])
+    kept = np.stack([online_cluster_rule(v[:, None], seed=seed)[0] for v in si]).mean(0)
+    with np.errstate(all="ignore"):
+        loss = np.nanmean(np.stack([np.nanmean(np.where(_contoured(cases), c.loss, np.nan), 1) /
+                                    np.nanmedian(np.where(_contoured(cases), c.loss, np.nan)) for c in checkpoints]), 0)
+        dad = dice_dynamics(np.stack([np.nanmean(c.dice, 1) for c in checkpoints]))
+    return {
+        "data_si_online": list(np.sort(np.lexsort((rng.random(len(kept)), -kept))[:k])),
+        "gradnorm_offline": list(offline_coreset(gn, k, seed=seed)),
+        "loss": list(np.sort(np.argsort(-np.nan_to_num(loss), kind="stable")[:k])),
+        "dice_dynamics": list(np.sort(np.argsort(np.nan_to_num(dad, nan=1.0), kind="stable")[:k])),
+    }
 
 
 def value_dataset(data: str | os.PathLike[str], targets: list[str], out: str | os.PathLike[str], *,
-                  budget: float = 0.3, split: str | None = None, steps: int = 400, epochs: int = 8, seed: int = 0,
-                  progress: ProgressFn | None = None) -> Valuation:
-    """Train the probe on every labelled volume while valuing each one per epoch, then select and flag."""
+                  budget: float = 0.3, split: str | None = None, steps: int = 2000, seed: int = 0,
+                  value_every: int = 100, progress: ProgressFn | None = None,
+                  cancelled: Callable[[], bool] | None = None) -> Valuation:
+    """Train the probe on every labelled volume while valuing each one at checkpoints, then select and rank."""
     cases = labelled(data, split)
     k = budget_count(budget, len(cases), str(data))
-    slices = [load_slice_case(c, targets) for c in cases]
-    if not any(len(s.rows) for s in slices):
+    slices = []
+    for i, c in enumerate(cases):
+        slices.append(load_slice_case(c, targets))
+        if progress:
+            progress(i + 1, len(cases), f"reading {c.name}")
+    if not any(s.contoured.any() for s in slices):
         raise CoresetError(f"{data}: no volume has a voxel of {', '.join(targets)}")
-    run = train_probe(slices, len(targets), steps=steps, epochs=epochs, seed=seed, observe=True, progress=progress)
-    gn, si = np.stack(run.values["gradnorm"]), np.stack(run.values["data_si"])
-    kept = np.stack([online_cluster_rule(v, seed=seed)[0] for v in si])
-    dad = dice_dynamics(np.stack(run.dice))
-    rng = np.random.default_rng(seed)
+    run = train_probe(slices, len(targets), steps=steps, seed=seed, value_every=value_every,
+                      mirror=mirror_pairs(targets), progress=progress, cancelled=cancelled)
     names = [c.name for c in cases]
-    flagged_idx = suspicious(np.mean([v.sum(1) / max(v.sum(1).mean(), 1e-12) for v in gn], 0), 0.1)
-    selections = {
-        "data_si_online": [names[i] for i in np.sort(np.lexsort((rng.random(len(names)), -kept.mean(0)))[:k])],
-        "gradnorm_offline": [names[i] for i in offline_coreset(gn.sum(2), k, seed=seed)],
-        "dice_dynamics": [names[i] for i in np.sort(np.argsort(dad, kind="stable")[:k])],
-    }
-    v = Valuation(names, run.groups, gn, si, np.stack(run.dice), kept, selections, [names[i] for i in flagged_idx])
+    chosen = select(run.checkpoints, slices, k, seed)
+    v = Valuation(names, run.checkpoints, {r: [names[i] for i in idx] for r, idx in chosen.items()},
+                  suspicious_ranking(slices, run.checkpoints, targets, from_step=min(300, steps)))
     _write_valuation(v, run.model, targets, Path(out))
     return v
 
@@ -105,39 +193,49 @@ def _write_valuation(v: Valuation, model, targets: list[str], out: Path) -> None
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "values.csv") as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["case", "epoch"] + [f"gradnorm_{g}" for g in v.groups] + [f"data_si_{g}" for g in v.groups]
-                   + ["train_dice", "kept_by_online_rule"])
-        for e in range(v.gradnorm.shape[0]):
+        w.writerow(["case", "step"] + [f"loss_{t}" for t in targets] + [f"dice_{t}" for t in targets]
+                   + ["gradnorm", "data_si"])
+        for c in v.checkpoints:
             for i, name in enumerate(v.cases):
-                w.writerow([name, e] + [f"{x:.6g}" for x in v.gradnorm[e, i]] + [f"{x:.6g}" for x in v.data_si[e, i]]
-                           + [f"{v.dice[e, i]:.4f}", int(v.kept[e, i])])
+                w.writerow([name, c.step] + [f"{x:.5g}" for x in c.loss[i]] + [f"{x:.4f}" for x in c.dice[i]]
+                           + [f"{c.gradnorm[i]:.6g}", f"{c.data_si[i]:.6g}"])
+    with atomic_path(out / SUSPICIOUS_CSV) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["volume", "score", "rank", "reason", "worst_slice_z_mm"])
+        for s in v.suspects:
+            w.writerow([s.case, f"{s.score:.3f}", s.rank, s.reason, f"{s.worst_z_mm:.1f}"])
     write_json_atomic({"targets": targets, "selections": v.selections, "suspicious": v.flagged,
-                       "rules": {"data_si_online": "KMeans(10) on Data-SI vectors per epoch, majority cluster (>50 %) "
-                                 "dropped; volumes kept most often", "gradnorm_offline": "mid band 0.1 < v/mean < 40 "
-                                 "in >= 30 % of epochs, random within the budget",
-                                 "dice_dynamics": "lowest mean training Dice (learned last)",
-                                 "suspicious": "top 10 % by epoch-normalised GradNorm"}}, out / "selection.json")
+                       "rules": {"data_si_online": "KMeans(10) on output-layer Data-SI per checkpoint, majority "
+                                 "cluster (>50 %) dropped; volumes kept most often",
+                                 "gradnorm_offline": "mid band 0.1 < v/mean < 40 in >= 30 % of checkpoints, random "
+                                 "within the budget", "loss": "highest loss relative to the checkpoint's median",
+                                 "dice_dynamics": "lowest mean Dice against its own label (learned last)",
+                                 "suspicious": "worst target's loss / median from step 300 on; top 10 % flagged"}},
+                      out / "selection.json")
     with atomic_path(out / "probe.pt") as tmp:
         torch.save({"state_dict": {k: t.detach().cpu() for k, t in model.state_dict().items()},
-                    "targets": targets, "features": list(FEATURES)}, tmp)
+                    "targets": targets, "channels": list(CHANNELS)}, tmp)
     plot_values(v, out / "values.png")
 
 
 def plot_values(v: Valuation, path: Path) -> Path:
-    """Per-volume GradNorm (epoch-normalised, mean over epochs) against mean training Dice; flags in red."""
+    """Suspicion score against Dice with the own label (last checkpoint); the flagged top 10 % in red."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    gn = np.mean([e.sum(1) / max(e.sum(1).mean(), 1e-12) for e in v.gradnorm], 0)
-    dice = v.dice.mean(0)
+    score = np.zeros(len(v.cases))
+    for s in v.suspects:
+        score[s.index] = s.score
+    with np.errstate(all="ignore"):
+        dice = np.nan_to_num(np.nanmean(v.checkpoints[-1].dice, 1)) if v.checkpoints else np.zeros(len(v.cases))
     fig, ax = plt.subplots(figsize=(6, 4))
     flagged = np.isin(v.cases, v.flagged)
-    ax.scatter(dice[~flagged], gn[~flagged], s=12, label="volumes")
-    ax.scatter(dice[flagged], gn[flagged], s=18, c="red", label="suspicious (top 10 %)")
-    ax.set_xlabel("mean training Dice over epochs")
-    ax.set_ylabel("GradNorm / epoch mean")
+    ax.scatter(dice[~flagged], score[~flagged], s=12, label="volumes")
+    ax.scatter(dice[flagged], score[flagged], s=18, c="red", label="suspicious (top 10 %)")
+    ax.set_xlabel("Dice of the probe with the volume's own label")
+    ax.set_ylabel("worst target's loss / median")
     ax.legend()
     fig.tight_layout()
     with atomic_path(path) as tmp:
