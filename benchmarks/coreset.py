@@ -74,13 +74,15 @@ SUBTLE = ("shift", "erode", "dilate")
 def corrupt(case: SliceCase, kind: str, rng: np.random.Generator) -> SliceCase:
     lab = case.labels.numpy().copy()
     out = np.zeros_like(lab)
+    contoured = case.contoured.copy()
     if kind == "swap":  # parotids right <-> left
         r, left = TARGETS.index("parotid_right") + 1, TARGETS.index("parotid_left") + 1
         out = lab.copy()
         out[lab == r], out[lab == left] = left, r
-    elif kind == "drop":  # one organ's contour left out, its voxels background (the annotator forgot it)
+    elif kind == "drop":  # one organ's contour left out (the annotator forgot it): the file no longer has it
         t = int(rng.integers(1, len(TARGETS) + 1))
         out = np.where(lab == t, 0, lab)
+        contoured[t - 1] = False  # as the loader reads such a file: not contoured (then 'found, yet not contoured')
     elif kind == "wrong slices":  # the contours moved 4-6 slices along z
         out = np.roll(lab, int(rng.choice([-1, 1]) * rng.integers(4, 7)), axis=0)
     else:
@@ -94,8 +96,7 @@ def corrupt(case: SliceCase, kind: str, rng: np.random.Generator) -> SliceCase:
             else:
                 m = ndimage.binary_dilation(m, np.ones((1, 3, 3), bool))
             out[m & (out == 0)] = t
-    # the contoured flags stay: the corrupted label still claims its targets (that is what makes it wrong)
-    return SliceCase(case.name, case.images, torch.from_numpy(out), case.contoured.copy(), case.rows, case.z_mm)
+    return SliceCase(case.name, case.images, torch.from_numpy(out), contoured, case.rows, case.z_mm)
 
 
 # --- parts ----------------------------------------------------------------------------------------------------------
@@ -103,8 +104,9 @@ def corrupt(case: SliceCase, kind: str, rng: np.random.Generator) -> SliceCase:
 def part_probe(args) -> None:
     pool, val = pool_and_eval(args)
     for seed in args.seeds:
-        run = train_probe(pool, len(TARGETS), steps=args.steps, seed=seed, anywhere=args.anywhere)
-        record({"part": "probe", "seed": seed, "steps": args.steps, "anywhere": args.anywhere, "pool": len(pool),
+        run = train_probe(pool, len(TARGETS), steps=args.steps, seed=seed, anywhere=args.anywhere, cosine=args.cosine)
+        record({"part": "probe", "seed": seed, "steps": args.steps, "anywhere": args.anywhere, "cosine": args.cosine,
+                "pool": len(pool),
                 "eval": len(val),
                 "cpu_s": round(run.seconds, 1), **score(run.model, val)})
 
@@ -118,13 +120,13 @@ def part_suspicious(args) -> None:
         cases = [corrupt(c, kinds[i], rng) if i in kinds else c for i, c in enumerate(pool)]
         for seed in args.seeds:
             t0 = time.process_time()
-            run = train_probe(cases, len(TARGETS), steps=args.steps, seed=seed, value_every=50,
-                              mirror=mirror_pairs(TARGETS))
+            run = train_probe(cases, len(TARGETS), steps=args.steps, seed=seed, value_every=args.value_every,
+                              anywhere=args.anywhere, cosine=args.cosine, mirror=mirror_pairs(TARGETS))
             ranking = suspicious_ranking(cases, run.checkpoints, TARGETS, from_step=args.from_step)
             order = [r.index for r in ranking]
             top10, top20 = set(order[:max(1, round(0.1 * len(order)))]), set(order[:max(1, round(0.2 * len(order)))])
             found = {i: (i in top10, i in top20) for i in kinds}
-            record({"part": "suspicious", "draw": draw, "seed": seed, "steps": args.steps,
+            record({"part": "suspicious", "draw": draw, "seed": seed, "steps": args.steps, "cosine": args.cosine,
                     "cpu_s": round(time.process_time() - t0, 1),
                     "recall10": float(np.mean([f[0] for f in found.values()])),
                     "recall20": float(np.mean([f[1] for f in found.values()])),
@@ -149,7 +151,7 @@ def embeddings(args, pool: list[SliceCase]) -> np.ndarray:
 
 
 def train_score(cases: list[SliceCase], val: list[SliceCase], args, seed: int) -> tuple[dict[str, float], float]:
-    run = train_probe(cases, len(TARGETS), steps=args.steps, seed=seed, anywhere=args.anywhere)
+    run = train_probe(cases, len(TARGETS), steps=args.steps, seed=seed, anywhere=args.anywhere, cosine=args.cosine)
     return score(run.model, val), run.seconds
 
 
@@ -163,12 +165,13 @@ def part_selection(args) -> None:
     feats = embeddings(args, pool)
     for seed in args.seeds:
         t0 = time.process_time()
-        run = train_probe(pool, len(TARGETS), steps=args.steps, seed=seed, value_every=50, anywhere=args.anywhere,
-                          mirror=mirror_pairs(TARGETS))
+        run = train_probe(pool, len(TARGETS), steps=args.steps, seed=seed, value_every=args.value_every,
+                          anywhere=args.anywhere, cosine=args.cosine, mirror=mirror_pairs(TARGETS))
         value_cpu = time.process_time() - t0
         entropy = np.array([tta_entropy(run.model, c) for c in pool])
         full, cpu = score(run.model, val), run.seconds
         record({"part": "selection", "selector": "full pool", "budget": 1.0, "seed": seed, "steps": args.steps,
+                "cosine": args.cosine,
                 "n": len(pool), "cpu_s": round(cpu, 1), "valuation_cpu_s": round(value_cpu, 1), **full})
         rng = np.random.default_rng(1000 + seed)
         for budget in args.budgets:
@@ -218,8 +221,10 @@ def main() -> None:
     ap.add_argument("--budgets", type=float, nargs="+", default=[0.2, 0.3, 0.5])
     ap.add_argument("--sizes", type=int, nargs="+", default=[5, 10, 20, 40])
     ap.add_argument("--from-step", type=int, default=300)
+    ap.add_argument("--value-every", type=int, default=100)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--anywhere", type=float, default=0.25, help="share of training slices drawn from anywhere")
+    ap.add_argument("--constant-lr", dest="cosine", action="store_false", help="no cosine learning-rate decay")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     {"probe": part_probe, "suspicious": part_suspicious, "selection": part_selection, "suggest": part_suggest,

