@@ -25,7 +25,8 @@ import torch
 from scipy import ndimage
 
 from medlsam_training.cam.data import labelled_cases
-from medlsam_training.coreset.probe import SliceCase, evaluate_probe, load_slice_case, train_probe
+from medlsam_training.coreset.probe import (SliceCase, crossfit_checkpoints, evaluate_probe, load_slice_case,
+                                            train_probe)
 from medlsam_training.coreset.run import mirror_pairs, suspicious_ranking
 
 TARGETS = ["mandible", "parotid_right", "parotid_left"]
@@ -120,18 +121,47 @@ def part_suspicious(args) -> None:
         cases = [corrupt(c, kinds[i], rng) if i in kinds else c for i, c in enumerate(pool)]
         for seed in args.seeds:
             t0 = time.process_time()
-            run = train_probe(cases, len(TARGETS), steps=args.steps, seed=seed, value_every=args.value_every,
-                              anywhere=args.anywhere, cosine=args.cosine, mirror=mirror_pairs(TARGETS))
-            ranking = suspicious_ranking(cases, run.checkpoints, TARGETS, from_step=args.from_step)
+            if args.in_training:  # the labels judged by the probe that trains on them (memorises them, late on)
+                checkpoints = train_probe(cases, len(TARGETS), steps=args.steps, seed=seed,
+                                          value_every=args.value_every, anywhere=args.anywhere, cosine=args.cosine,
+                                          mirror=mirror_pairs(TARGETS)).checkpoints
+            else:  # what 'medlsam value' does: two folds, each volume valued by the probe that never saw it
+                checkpoints = crossfit_checkpoints(cases, len(TARGETS), steps=args.steps, seed=seed,
+                                                   value_every=args.value_every, mirror=mirror_pairs(TARGETS))
+            how = "in-training" if args.in_training else "held-out"
+            save = args.cache / "suspicious" / f"{how}_draw{draw}_seed{seed}.pt"  # to rescore without retraining
+            save.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"cases": [vars(c) | {"images": None} for c in cases], "kinds": kinds,
+                        "checkpoints": [vars(c) for c in checkpoints]}, save)
+            ranking = suspicious_ranking(cases, checkpoints, TARGETS, from_step=args.from_step, combine=args.combine)
             order = [r.index for r in ranking]
             top10, top20 = set(order[:max(1, round(0.1 * len(order)))]), set(order[:max(1, round(0.2 * len(order)))])
             found = {i: (i in top10, i in top20) for i in kinds}
             record({"part": "suspicious", "draw": draw, "seed": seed, "steps": args.steps, "cosine": args.cosine,
+                    "combine": args.combine, "valued": how,
                     "cpu_s": round(time.process_time() - t0, 1),
                     "recall10": float(np.mean([f[0] for f in found.values()])),
                     "recall20": float(np.mean([f[1] for f in found.values()])),
                     "by_kind": {k: [int(found[i][0]) for i in kinds if kinds[i] == k] for k in KINDS},
                     "reasons": {kinds[r.index]: r.reason for r in ranking if r.index in kinds}})
+
+
+def part_rescore(args) -> None:
+    """Recall of each way to combine a volume's targets, from the saved valuation runs (no retraining)."""
+    from medlsam_training.coreset.probe import Checkpoint
+
+    for path in sorted((args.cache / "suspicious").glob("*draw*_seed*.pt")):
+        data = torch.load(path, weights_only=False)  # our own file
+        cases = [SliceCase(**c) for c in data["cases"]]
+        checkpoints = [Checkpoint(**c) for c in data["checkpoints"]]
+        kinds = data["kinds"]
+        for combine in ("max", "mean"):
+            order = [r.index for r in suspicious_ranking(cases, checkpoints, TARGETS, args.from_step, combine)]
+            top10 = set(order[:max(1, round(0.1 * len(order)))])
+            top20 = set(order[:max(1, round(0.2 * len(order)))])
+            print(f"{path.stem} {combine}: recall10 {np.mean([i in top10 for i in kinds]):.2f} "
+                  f"recall20 {np.mean([i in top20 for i in kinds]):.2f} missed "
+                  f"{sorted(kinds[i] for i in kinds if i not in top10)}")
 
 
 def embeddings(args, pool: list[SliceCase]) -> np.ndarray:
@@ -201,18 +231,57 @@ def part_suggest(args) -> None:
             record({"part": "suggest", "order": name, "n": n, "steps": args.steps, "cpu_s": round(cpu, 1), **result})
 
 
+def _ms(values: list[float]) -> str:
+    return f"{np.mean(values):.3f} ± {np.std(values):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
+
+
 def part_table(args) -> None:
+    """Markdown tables of every recorded result (mean ± SD over seeds)."""
     rows = [json.loads(line) for line in open(RESULTS)] if RESULTS.is_file() else []
-    for part in ("probe", "suspicious", "selection", "suggest"):
-        print(f"\n## {part}")
-        for r in rows:
-            if r["part"] == part:
-                print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items() if k != "reasons"})
+    probe = [r for r in rows if r["part"] == "probe" and r.get("cosine") and r["steps"] == args.steps]
+    if probe:
+        print(f"\n| probe ({args.steps} steps, {len(probe)} seeds) | mandible | parotid R | parotid L | mean | CPU-s |")
+        print("|---|---|---|---|---|---|")
+        print("| validation-pats | " + " | ".join(_ms([r[k] for r in probe]) for k in (*TARGETS, "mean"))
+              + f" | {_ms([r['cpu_s'] for r in probe])} |")
+    sus = [r for r in rows if r["part"] == "suspicious" and r.get("combine") == args.combine
+           and r.get("valued") == "held-out"]
+    if sus:
+        print(f"\n| suspicious labels ({len(sus)} runs: draws x seeds; {args.combine}) | recall top 10 % | "
+              "recall top 20 % |")
+        print("|---|---|---|")
+        print(f"| all kinds | {_ms([r['recall10'] for r in sus])} | {_ms([r['recall20'] for r in sus])} |")
+        for kind in KINDS:
+            hits = [h for r in sus for h in r["by_kind"].get(kind, [])]
+            if hits:
+                print(f"| {kind}{' (subtle)' if kind in SUBTLE else ''} | {np.mean(hits):.2f} ({sum(hits)}/{len(hits)})"
+                      " | |")
+        print(f"\nvaluation run (train + checkpoints): {_ms([r['cpu_s'] for r in sus])} CPU-s")
+    sel = [r for r in rows if r["part"] == "selection" and r.get("cosine", True)]
+    if sel:
+        budgets = sorted({r["budget"] for r in sel if r["budget"] < 1})
+        selectors = list(dict.fromkeys(r["selector"] for r in sel if r["budget"] < 1))
+        print("\n| selector | " + " | ".join(f"{b:.0%}" for b in budgets) + " |")
+        print("|---|" + "---|" * len(budgets))
+        for name in selectors:
+            cells = [_ms([r["mean"] for r in sel if r["selector"] == name and r["budget"] == b]) or "-"
+                     for b in budgets]
+            print(f"| {name} | " + " | ".join(cells) + " |")
+        full = [r["mean"] for r in sel if r["selector"] == "full pool"]
+        print(f"| full pool | {_ms(full)} (all budgets) |")
+    sug = [r for r in rows if r["part"] == "suggest"]
+    if sug:
+        sizes = sorted({r["n"] for r in sug})
+        print("\n| order | " + " | ".join(str(n) for n in sizes) + " |")
+        print("|---|" + "---|" * len(sizes))
+        for name in dict.fromkeys(r["order"] for r in sug):
+            by_n = {r["n"]: r["mean"] for r in sug if r["order"] == name}
+            print(f"| {name} | " + " | ".join(f"{by_n[n]:.3f}" if n in by_n else "-" for n in sizes) + " |")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("part", choices=("probe", "suspicious", "selection", "suggest", "table"))
+    ap.add_argument("part", choices=("probe", "suspicious", "selection", "suggest", "table", "rescore"))
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "ct_hn_openkbp")
     ap.add_argument("--cache", type=Path, default=ROOT / "results" / "coreset_cache")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -222,13 +291,15 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[5, 10, 20, 40])
     ap.add_argument("--from-step", type=int, default=300)
     ap.add_argument("--value-every", type=int, default=100)
+    ap.add_argument("--combine", default="max", choices=("max", "mean"), help="how a volume's targets combine")
+    ap.add_argument("--in-training", action="store_true", help="value labels with the probe that trains on them")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--anywhere", type=float, default=0.25, help="share of training slices drawn from anywhere")
     ap.add_argument("--constant-lr", dest="cosine", action="store_false", help="no cosine learning-rate decay")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     {"probe": part_probe, "suspicious": part_suspicious, "selection": part_selection, "suggest": part_suggest,
-     "table": part_table}[args.part](args)
+     "table": part_table, "rescore": part_rescore}[args.part](args)
 
 
 if __name__ == "__main__":

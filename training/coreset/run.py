@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,8 @@ from ..atomic import atomic_path, write_json_atomic
 from ..datasets import Case, find_cases, split_members
 from ..errors import MedLSAMError
 from .kcenter import k_center_greedy
-from .probe import CHANNELS, Checkpoint, SliceCase, load_slice_case, make_probe, train_probe, tta_entropy
+from .probe import (CHANNELS, Checkpoint, SliceCase, crossfit_checkpoints, load_slice_case, make_probe, train_probe,
+                    tta_entropy)
 from .rules import dice_dynamics, offline_coreset, online_cluster_rule
 
 ProgressFn = Callable[[int, int, str], None]
@@ -90,16 +92,18 @@ class Suspect:
 
 
 def suspicious_ranking(cases: list[SliceCase], checkpoints: list[Checkpoint], targets: list[str],
-                       from_step: int = 300) -> list[Suspect]:
+                       from_step: int = 300, combine: str = "max") -> list[Suspect]:
     """Every volume, most suspicious first.  Score: its worst target's loss relative to the median over volumes at
     each checkpoint (losses are comparable only within a checkpoint), averaged over checkpoints from ``from_step``
-    on (the probe has learned the bulk by then; a wrong label keeps a high loss).  The reason names that target and
-    the evidence: the ratio, the Dice against its own label, a prediction on the mirror side, a size or position
-    mismatch, or a target predicted where the label has no contour."""
+    on (the probe has learned the bulk by then; a wrong label keeps a high loss).  Give it held-out checkpoints
+    (:func:`crossfit_checkpoints`): a probe that trains on a wrong label long enough learns it.  The reason names
+    that target and the evidence: the ratio, the Dice against its own label, a prediction on the mirror side, a size
+    or position mismatch, or a target predicted where the label has no contour."""
     late = [c for c in checkpoints if c.step >= from_step] or checkpoints[-1:]
     if not late:
         raise CoresetError("no valuation checkpoint: train with value_every > 0")
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: targets a volume has no contour of
         ratios = np.stack([c.loss / np.nanmedian(np.where(_contoured(cases), c.loss, np.nan), 0) for c in late])
         ratio = np.nanmean(ratios, 0)                                     # (N, T)
         dice = np.nanmean(np.stack([c.dice for c in late]), 0)
@@ -107,7 +111,10 @@ def suspicious_ranking(cases: list[SliceCase], checkpoints: list[Checkpoint], ta
         size = np.nanmedian(np.stack([c.size_ratio for c in late]), 0)
         offset = np.nanmedian(np.stack([c.offset_mm for c in late]), 0)
     ratio = np.where(np.isfinite(ratio), ratio, 0.0)
-    score = ratio.max(1)
+    if combine not in ("max", "mean"):
+        raise CoresetError(f"combine {combine!r}: give max or mean")
+    # max: the worst target decides; mean: a label wrong on several targets (a shift, a swap) ranks higher
+    score = ratio.max(1) if combine == "max" else ratio.mean(1)
     order = np.argsort(-score, kind="stable")
     out = []
     for rank, i in enumerate(order, start=1):
@@ -153,7 +160,8 @@ def select(checkpoints: list[Checkpoint], cases: list[SliceCase], k: int, seed: 
     si = np.stack([c.data_si for c in checkpoints])                  # (E, N)
     gn = np.stack([c.gradnorm for c in checkpoints])
     kept = np.stack([online_cluster_rule(v[:, None], seed=seed)[0] for v in si]).mean(0)
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
         loss = np.nanmean(np.stack([np.nanmean(np.where(_contoured(cases), c.loss, np.nan), 1) /
                                     np.nanmedian(np.where(_contoured(cases), c.loss, np.nan)) for c in checkpoints]), 0)
         dad = dice_dynamics(np.stack([np.nanmean(c.dice, 1) for c in checkpoints]))
@@ -183,8 +191,12 @@ def value_dataset(data: str | os.PathLike[str], targets: list[str], out: str | o
                       mirror=mirror_pairs(targets), progress=progress, cancelled=cancelled)
     names = [c.name for c in cases]
     chosen = select(run.checkpoints, slices, k, seed)
+    # labels are judged by probes that never trained on them (two folds, half the steps each)
+    held_out = crossfit_checkpoints(slices, len(targets), steps=max(steps // 2, 1), seed=seed,
+                                    value_every=value_every, mirror=mirror_pairs(targets), progress=progress,
+                                    cancelled=cancelled)
     v = Valuation(names, run.checkpoints, {r: [names[i] for i in idx] for r, idx in chosen.items()},
-                  suspicious_ranking(slices, run.checkpoints, targets, from_step=min(300, steps)))
+                  suspicious_ranking(slices, held_out, targets, from_step=min(300, steps // 2)))
     _write_valuation(v, run.model, targets, Path(out))
     return v
 
