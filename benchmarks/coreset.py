@@ -120,6 +120,10 @@ def part_suspicious(args) -> None:
         kinds = {int(i): KINDS[k % len(KINDS)] for k, i in enumerate(bad)}
         cases = [corrupt(c, kinds[i], rng) if i in kinds else c for i, c in enumerate(pool)]
         for seed in args.seeds:
+            how = "in-training" if args.in_training else "held-out"
+            save = args.cache / "suspicious" / f"{how}_draw{draw}_seed{seed}.pt"  # to rescore without retraining
+            if save.is_file():
+                continue  # done in an earlier chunk (its record is in the results file)
             t0 = time.process_time()
             if args.in_training:  # the labels judged by the probe that trains on them (memorises them, late on)
                 checkpoints = train_probe(cases, len(TARGETS), steps=args.steps, seed=seed,
@@ -128,8 +132,6 @@ def part_suspicious(args) -> None:
             else:  # what 'medlsam value' does: two folds, each volume valued by the probe that never saw it
                 checkpoints = crossfit_checkpoints(cases, len(TARGETS), steps=args.steps, seed=seed,
                                                    value_every=args.value_every, mirror=mirror_pairs(TARGETS))
-            how = "in-training" if args.in_training else "held-out"
-            save = args.cache / "suspicious" / f"{how}_draw{draw}_seed{seed}.pt"  # to rescore without retraining
             save.parent.mkdir(parents=True, exist_ok=True)
             torch.save({"cases": [vars(c) | {"images": None} for c in cases], "kinds": kinds,
                         "checkpoints": [vars(c) for c in checkpoints]}, save)
