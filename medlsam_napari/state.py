@@ -165,7 +165,7 @@ class AnnotatorState:
         if not path.is_file():
             return 0
         changed = self.set_mask(read_label(path, self.volume, allow_empty=True).array)
-        if self.viewer.layers and BOX_LAYER in self.viewer.layers:
+        if BOX_LAYER in self.viewer.layers:
             self.viewer.layers.remove(BOX_LAYER)
         self._show_boxes(self.volume_name, self.volume)
         return changed

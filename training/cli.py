@@ -285,7 +285,7 @@ def segment(
     from .embedding_cache import default_cache_dir
     from .label_merge import EXISTING, check_policy
     from .localize import LOCALIZERS, load_templates, make_localizer
-    from .pipeline import query_cases, run_queries
+    from .pipeline import OWN_MASK, OWN_POINTS, query_cases, run_queries
     from .propagate import MODES, PropagationConfig
 
     try:
@@ -326,8 +326,9 @@ def segment(
     def add_row(r) -> None:
         results.append(r)
         left = len(cases) - len(results)
-        what = r.error or ", ".join(f"{t.target}: {t.method.split(': ', 1)[1]}" if t.method.startswith("template")
-                                    else f"{t.target} {t.status}" for t in r.targets) or "nothing to do"
+        what = r.error or ", ".join(f"{t.target}: {t.method.removeprefix('template: ')}"
+                                    if t.method in (OWN_POINTS, OWN_MASK) else f"{t.target} {t.status}"
+                                    for t in r.targets) or "nothing to do"
         # one line per volume (above the bar in a terminal): a run piped to a file is visibly alive
         console.print(f"{r.name}{' (template)' if r.template else ''}: {r.status} in {r.seconds:.1f} s ({what}); "
                       f"{left} volume{'s' if left != 1 else ''} left", soft_wrap=True, highlight=False)

@@ -121,39 +121,39 @@ def _check_header(path: Path, dimension: int, size: tuple[int, ...], components:
         )
 
 
-def probe_volume(path: str | os.PathLike[str], max_voxels: int = MAX_VOXELS) -> None:
-    """Raise what ``read_volume`` would about a file's header and completeness, without reading its voxels (a
-    project lists a corrupt volume as failed, with the reason, before anyone opens it).  Folders pass."""
-    path = Path(path)
-    if path.is_dir():
-        return
+def _checked_reader(path: Path, max_voxels: int, complete: bool = True) -> sitk.ImageFileReader | None:
+    """A reader of ``path`` whose header (and with ``complete``, a NIfTI's length) was checked, no voxel read; None
+    for a NIfTI that ITK refuses as non-orthonormal (nibabel reads those)."""
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
         reader.ReadImageInformation()
     except RuntimeError as exc:
         if compound_suffix(path).lower() in (".nii", ".nii.gz") and "orthonormal" in str(exc):
-            return  # read through nibabel instead
+            return None
         raise CorruptFileError(f"{path}: not a readable volume ({_first_line(exc)})") from exc
     _check_header(path, reader.GetDimension(), reader.GetSize(), reader.GetNumberOfComponents(), max_voxels)
-    if compound_suffix(path).lower() in (".nii", ".nii.gz"):
+    if complete and compound_suffix(path).lower() in (".nii", ".nii.gz"):
         _check_nifti_complete(path)
+    return reader
+
+
+def probe_volume(path: str | os.PathLike[str], max_voxels: int = MAX_VOXELS) -> None:
+    """Raise what ``read_volume`` would about a file's header, without reading its voxels (a project lists a
+    corrupt volume as failed, with the reason, before anyone opens it).  Header only: checking a NIfTI's length
+    decompresses all of it, too slow for every pending volume at every open; a file cut short after its header is
+    refused when it is read.  Folders pass."""
+    path = Path(path)
+    if not path.is_dir():
+        _checked_reader(path, max_voxels, complete=False)
 
 
 def _read_file(path: Path, max_voxels: int, allow_nan: bool = False) -> Volume:
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as exc:
-        if compound_suffix(path).lower() in (".nii", ".nii.gz") and "orthonormal" in str(exc):
-            return _read_nifti_nibabel(path, max_voxels)
-        raise CorruptFileError(f"{path}: not a readable volume ({_first_line(exc)})") from exc
-    _check_header(path, reader.GetDimension(), reader.GetSize(), reader.GetNumberOfComponents(), max_voxels)
-    if compound_suffix(path).lower() in (".nii", ".nii.gz"):
-        _check_nifti_complete(path)
-        if not allow_nan:
-            _check_nifti_finite(path)
+    reader = _checked_reader(path, max_voxels)
+    if reader is None:
+        return _read_nifti_nibabel(path, max_voxels)
+    if compound_suffix(path).lower() in (".nii", ".nii.gz") and not allow_nan:
+        _check_nifti_finite(path)
     try:
         image = reader.Execute()
     except RuntimeError as exc:

@@ -156,7 +156,7 @@ class Project:
             elif v.status == "missing":
                 v.status = "segmented" if v.mask and (self.folder / v.mask).is_file() else "pending"
             if v.status == "pending" or (v.status == "failed" and v.error and v.error.startswith(UNREADABLE)):
-                try:  # header and completeness only: a corrupt file is "failed", with its reason, from the start
+                try:  # its header only: a corrupt file is "failed", with its reason, from the start
                     probe_volume(self.volume_path(v.name))
                     if v.status == "failed":
                         v.status, v.error = "pending", None  # replaced by a readable file since
@@ -428,9 +428,9 @@ class Project:
         own), with their label values, less the project's targets: what the annotator offers as targets."""
         names: dict[int, str] = {}
         for v in self.volumes:
+            path = self.volume_path(v.name)
             try:
-                found = label_names_near(self.volume_path(v.name), levels=len(
-                    self.volume_path(v.name).relative_to(self.folder).parts) - 1)
+                found = label_names_near(path, levels=len(path.relative_to(self.folder).parts) - 1)
             except (DatasetError, ValueError):  # an unreadable names file offers nothing; elsewhere it is an error
                 continue
             for value, name in found.items():

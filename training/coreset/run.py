@@ -99,6 +99,8 @@ def suspicious_ranking(cases: list[SliceCase], checkpoints: list[Checkpoint], ta
     (:func:`crossfit_checkpoints`): a probe that trains on a wrong label long enough learns it.  The reason names
     that target and the evidence: the ratio, the Dice against its own label, a prediction on the mirror side, a size
     or position mismatch, or a target predicted where the label has no contour."""
+    if combine not in ("max", "mean"):
+        raise CoresetError(f"combine {combine!r}: give max or mean")
     late = [c for c in checkpoints if c.step >= from_step] or checkpoints[-1:]
     if not late:
         raise CoresetError("no valuation checkpoint: train with value_every > 0")
@@ -111,8 +113,6 @@ def suspicious_ranking(cases: list[SliceCase], checkpoints: list[Checkpoint], ta
         size = np.nanmedian(np.stack([c.size_ratio for c in late]), 0)
         offset = np.nanmedian(np.stack([c.offset_mm for c in late]), 0)
     ratio = np.where(np.isfinite(ratio), ratio, 0.0)
-    if combine not in ("max", "mean"):
-        raise CoresetError(f"combine {combine!r}: give max or mean")
     # max: the worst target decides; mean: a label wrong on several targets (a shift, a swap) ranks higher
     score = ratio.max(1) if combine == "max" else ratio.mean(1)
     order = np.argsort(-score, kind="stable")
