@@ -1,6 +1,12 @@
 """napari dock "CAM seeding": tick per slice whether a target is present, absent or unknown (a strip along z and
-keyboard shortcuts), train the slice classifier and seed masks in a worker, show the fused CAM, its uncertainty,
-the seeds and the pseudo-mask, and accept the pseudo-mask into a labels layer without overwriting painted voxels."""
+keyboard shortcuts), then seed by the target's class:
+
+* lesion / target volume: train (or load) the slice classifier, seed in a worker, show the fused CAM, its
+  uncertainty, the seeds and the pseudo-mask (the refinement network's mask when one is loaded);
+* organ: the localizer's mask of the organ (a labels layer) or a drawn box fills a prior that LiteMedSAM refines
+  on the ticked slices (organs share their slices: tags alone cannot place them; docs/benchmarks.md section 5).
+
+The result is accepted into a labels layer by the label-map policy, as one undo step."""
 
 from __future__ import annotations
 
@@ -22,7 +28,13 @@ from medlsam_training.atomic import write_json_atomic
 from medlsam_training.cam.classifier import load_classifier
 from medlsam_training.cam.tags import ABSENT, PRESENT, UNKNOWN, TagError, require_usable
 from medlsam_training.errors import MedLSAMError
+from medlsam_training.label_merge import POLICY_HELP, merge_target
 
+#: what each target class is seeded from, and why (shown in the dock)
+CLASSES = {
+    "lesion": "lesion / target volume: slice ticks -> CAM (UM-CAM + GSE), or the refinement network",
+    "organ": "organ: localizer mask or drawn box -> in-box prior -> LiteMedSAM on the ticked slices",
+}
 _COLOURS = {PRESENT: QColor(60, 200, 90), ABSENT: QColor(210, 70, 70), UNKNOWN: QColor(90, 90, 90)}
 SHORTCUTS = {"Alt-P": PRESENT, "Alt-A": ABSENT, "Alt-U": UNKNOWN}
 
@@ -77,6 +89,18 @@ class CamSeedWidget(QWidget):
         self.image_box, self.target = QComboBox(), QLineEdit("target")
         self.state_box = QComboBox()
         self.state_box.addItems(["present", "absent", "unknown"])
+        self.class_box = QComboBox()
+        for key, text in CLASSES.items():
+            self.class_box.addItem(key, key)
+            self.class_box.setItemData(self.class_box.count() - 1, text, Qt.ToolTipRole)
+        self.class_help = QLabel(CLASSES["lesion"])
+        self.class_help.setWordWrap(True)
+        self.refiner = None
+        self.refine_btn = QPushButton("Load refinement network…")
+        self.policy_box = QComboBox()
+        for key, text in POLICY_HELP.items():
+            self.policy_box.addItem(text, key)
+        self.policy_box.setCurrentIndex(list(POLICY_HELP).index("empty"))
         self.strip = TagStrip()
         self.summary = QLabel()
         self.epochs = QSpinBox(minimum=1, maximum=200)
@@ -84,30 +108,33 @@ class CamSeedWidget(QWidget):
         self.train_btn, self.load_btn = QPushButton("Train on tagged volumes"), QPushButton("Load classifier…")
         self.run_btn, self.cancel_btn = QPushButton("Seed this volume"), QPushButton("Cancel")
         self.labels_box, self.value = QComboBox(), QSpinBox(minimum=1, maximum=65535)
-        self.accept_btn, self.undo_btn = QPushButton("Accept into labels (empty voxels only)"), QPushButton("Undo")
+        self.accept_btn, self.undo_btn = QPushButton("Accept into labels"), QPushButton("Undo")
         self.save_btn, self.open_btn = QPushButton("Save tags…"), QPushButton("Load tags…")
         self.bar, self.status = QProgressBar(), QLabel()
         self.status.setWordWrap(True)
         form = QFormLayout()
         form.addRow("image", self.image_box)
         form.addRow("target", self.target)
+        form.addRow("target class", self.class_box)
         form.addRow("click tags as", self.state_box)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
+        layout.addWidget(self.class_help)
         layout.addWidget(QLabel("Slices (Alt-P present, Alt-A absent, Alt-U unknown; Alt-Shift-P/A: range from "
                                 "the last tagged slice)"))
         layout.addWidget(self.strip)
         layout.addWidget(self.summary)
-        for buttons in ((self.save_btn, self.open_btn), (self.train_btn, self.epochs), (self.load_btn, self.run_btn,
-                                                                                          self.cancel_btn)):
+        for buttons in ((self.save_btn, self.open_btn), (self.train_btn, self.epochs), (self.load_btn, self.refine_btn),
+                        (self.run_btn, self.cancel_btn)):
             row = QHBoxLayout()
             for b in buttons:
                 row.addWidget(b)
             layout.addLayout(row)
         layout.addWidget(self.bar)
         form2 = QFormLayout()
-        form2.addRow("into labels", self.labels_box)
+        form2.addRow("labels (organ prior, result)", self.labels_box)
         form2.addRow("label value", self.value)
+        form2.addRow("existing labels", self.policy_box)
         layout.addLayout(form2)
         row = QHBoxLayout()
         row.addWidget(self.accept_btn)
@@ -121,6 +148,8 @@ class CamSeedWidget(QWidget):
         self.strip.clicked.connect(lambda z: self.tag(z, [PRESENT, ABSENT, UNKNOWN][self.state_box.currentIndex()]))
         self.train_btn.clicked.connect(lambda: self.start_training())  # clicked(bool) must not fill the argument
         self.load_btn.clicked.connect(self._choose_model)
+        self.refine_btn.clicked.connect(self._choose_refiner)
+        self.class_box.currentIndexChanged.connect(self._class_changed)
         self.run_btn.clicked.connect(self.start_seeding)
         self.cancel_btn.clicked.connect(self._cancel.set)
         self.accept_btn.clicked.connect(self.accept)
@@ -147,7 +176,7 @@ class CamSeedWidget(QWidget):
             box.blockSignals(True)
             box.clear()
             box.addItems([layer.name for layer in self.viewer.layers if isinstance(layer, kind)
-                          and not layer.name.endswith(("UM-CAM", "uncertainty", "pseudo-mask"))])
+                          and not layer.name.endswith(("UM-CAM", "uncertainty", "pseudo-mask", " prior"))])
             if current:
                 box.setCurrentText(current)
             box.blockSignals(False)
@@ -297,8 +326,32 @@ class CamSeedWidget(QWidget):
         self.status.setText(f"trained ({path}); now 'Seed this volume'")
 
     # --- seeding --------------------------------------------------------------------------------
+    def _class_changed(self, _index: int = 0) -> None:
+        kind = self.class_box.currentData()
+        self.class_help.setText(CLASSES[kind])
+        for w in (self.train_btn, self.epochs, self.load_btn, self.refine_btn):
+            w.setEnabled(kind == "lesion")
+
+    def _choose_refiner(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "CAM refinement network", "", "Checkpoints (*.pt)")
+        if path:
+            self.load_refiner(path)
+
+    def load_refiner(self, path: str | Path) -> None:
+        from medlsam_training.cam.rvc import load_net
+
+        try:
+            self.refiner = load_net(path)
+        except MedLSAMError as exc:
+            self.status.setText(str(exc))
+            return
+        self.status.setText(f"refinement network loaded: seeding segments the ticked slices with it ({path})")
+
     def start_seeding(self) -> None:
         if self.worker is not None:
+            return
+        if self.class_box.currentData() == "organ":
+            self.start_organ_seeding()
             return
         key = self._key()
         if self.model is None or key is None:
@@ -311,16 +364,22 @@ class CamSeedWidget(QWidget):
             return
         volume = self._volume(image)
         model, learned, progress = self.model, self.model_targets, self.bridge.reporter(self._cancel)
-        from medlsam_training.cam.run import on_volume_grid, seed_volume
+        refiner = self.refiner
+        from medlsam_training.cam.run import on_volume_grid, seed_volume, tags_to_canonical
         from medlsam_training.report.measure import guess_modality
 
         def work():
             prep, seeds, _ = seed_volume(model, learned, volume, {target: tags}, modality=guess_modality(volume),
                                          progress=progress)
             s = seeds[target]
+            mask = s.masks["umcam_gse"]
+            if refiner is not None:  # the network trained on pseudo-masks segments the ticked slices
+                from medlsam_training.cam.rvc import segment_ticked
+
+                mask = segment_ticked(refiner, prep, tags_to_canonical(volume, tags))[1]
             back = {k: on_volume_grid(prep.canonical, a, volume).array for k, a in
                     (("cam", s.maps["umcam_gse"].astype(np.float32)), ("uncertainty", s.uncertainty),
-                     ("mask", s.masks["umcam_gse"].astype(np.uint8)))}
+                     ("mask", mask.astype(np.uint8)))}
             points = []
             for pts, kind in ((s.seeds_fg, 1), (s.seeds_bg, 0)):
                 if pts is not None:
@@ -330,14 +389,72 @@ class CamSeedWidget(QWidget):
 
         self._start(work, self._seeded, f"seeding {target} on {image}…")
 
+    def start_organ_seeding(self) -> None:
+        """Prior from the labels layer's voxels of the label value (the localizer's result) or from a drawn box
+        (a Shapes layer's rectangle, over the slices ticked present) -> LiteMedSAM on the ticked slices."""
+        key = self._key()
+        if key is None:
+            self.status.setText("open an image first")
+            return
+        image, target = key
+        ticks = self.tags[key]
+        volume = self._volume(image)
+        try:
+            warped, box = self._organ_prior(volume, ticks)
+        except MedLSAMError as exc:
+            self.status.setText(str(exc))
+            return
+        own_ticks = ticks if np.any(ticks == PRESENT) else None
+        progress = self.bridge.reporter(self._cancel)
+        from medlsam_training.cam.organ import seed_organ_volume
+        from medlsam_training.segmenters import load_segmenter
+
+        def work():
+            progress(0, 2, "loading LiteMedSAM")
+            mask, prior, kind = seed_organ_volume(volume, load_segmenter("litemedsam"), target, warped=warped,
+                                                  box=box, own_ticks=own_ticks)
+            progress(2, 2, f"prior: {kind.value}")
+            return target, volume, {"prior": prior.astype(np.uint8), "mask": mask.astype(np.uint8)}, []
+
+        self._start(work, self._seeded, f"seeding organ {target} on {image} (LiteMedSAM)…")
+
+    def _organ_prior(self, volume, ticks: np.ndarray):
+        """(warped mask or None, box or None) for the organ path; one clear line when neither is there."""
+        from napari.layers import Shapes
+
+        from medlsam_training.boxes import Box3D
+
+        labels_name = self.labels_box.currentText()
+        if labels_name and labels_name in self.viewer.layers:
+            data = np.asarray(self.viewer.layers[labels_name].data)
+            if data.shape == volume.array.shape and np.any(data == self.value.value()):
+                return data == self.value.value(), None
+        shapes = [layer for layer in self.viewer.layers if isinstance(layer, Shapes) and len(layer.data)]
+        present = np.flatnonzero(ticks == PRESENT)
+        if not shapes or not present.size:
+            raise MedLSAMError(f"organ seeding needs a prior: label value {self.value.value()} in "
+                               f"{labels_name or 'a labels layer'} (the localizer's result), or a box drawn in a "
+                               "Shapes layer with the organ's slices ticked present")
+        image_layer = self.viewer.layers[self.image_box.currentText()]
+        verts = np.concatenate([np.asarray(v)[:, -2:] for v in shapes[-1].data])  # (y, x) in world coordinates
+        world = np.column_stack([np.zeros(len(verts)), verts])
+        yx = np.array([image_layer.world_to_data(w)[-2:] for w in world])
+        lo = np.clip(np.floor(yx.min(0)), 0, np.array(volume.array.shape[1:]) - 1).astype(int)
+        hi = np.clip(np.ceil(yx.max(0)), 0, np.array(volume.array.shape[1:]) - 1).astype(int)
+        return None, Box3D((lo[1], lo[0], int(present.min())), (hi[1], hi[0], int(present.max())))
+
     def _seeded(self, result) -> None:
         target, volume, maps, points = result
         self.results[target] = maps
-        for suffix, data, kind, extra in ((f"{target} UM-CAM", maps["cam"], "image",
-                                           {"colormap": "inferno", "blending": "additive", "opacity": 0.5}),
-                                          (f"{target} uncertainty", maps["uncertainty"], "image",
-                                           {"colormap": "magma", "visible": False}),
-                                          (f"{target} pseudo-mask", maps["mask"], "labels", {})):
+        layers = [(f"{target} pseudo-mask", maps["mask"], "labels", {})]
+        if "cam" in maps:
+            layers[:0] = [(f"{target} UM-CAM", maps["cam"], "image",
+                           {"colormap": "inferno", "blending": "additive", "opacity": 0.5}),
+                          (f"{target} uncertainty", maps["uncertainty"], "image",
+                           {"colormap": "magma", "visible": False})]
+        if "prior" in maps:
+            layers[:0] = [(f"{target} prior", maps["prior"], "labels", {"visible": False})]
+        for suffix, data, kind, extra in layers:
             if suffix in self.viewer.layers:
                 self.viewer.layers.remove(suffix)
             kwargs = layer_kwargs(volume.with_array(data), suffix, labels=kind == "labels")
@@ -354,7 +471,8 @@ class CamSeedWidget(QWidget):
         self.status.setText(f"{target}: pseudo-mask of {int(maps['mask'].sum())} voxels; review it, then accept")
 
     def accept(self) -> None:
-        """Write the pseudo-mask into the chosen labels layer, only on voxels that are still 0 (painted work stays)."""
+        """Write the pseudo-mask into the chosen labels layer by the chosen policy (default: only voxels that are
+        still 0, so painted work stays)."""
         target = self.target.text().strip()
         labels_name = self.labels_box.currentText()
         if target not in self.results or not labels_name:
@@ -365,14 +483,18 @@ class CamSeedWidget(QWidget):
         if layer.data.shape != mask.shape:
             self.status.setText(f"{labels_name} has shape {layer.data.shape}, the image {mask.shape}")
             return
-        self._undo = (labels_name, np.array(layer.data, copy=True))
-        free = mask & (np.asarray(layer.data) == 0)
-        data = np.array(layer.data, copy=True)
-        data[free] = self.value.value()
+        before = np.array(layer.data, copy=True)
+        try:
+            data = merge_target(before, mask, self.value.value(), self.policy_box.currentData())
+        except (MedLSAMError, ValueError) as exc:
+            self.status.setText(str(exc))
+            return
+        self._undo = (labels_name, before)
         apply_labels(layer, data)  # one step of the layer's undo history: Ctrl+Z undoes the accepted seed
         self.undo_btn.setEnabled(True)
-        kept = int((mask & ~free).sum())
-        self.status.setText(f"accepted {int(free.sum())} voxels as {self.value.value()} into {labels_name}"
+        written = int((mask & (data == self.value.value())).sum())
+        kept = int(mask.sum()) - written
+        self.status.setText(f"accepted {written} voxels as {self.value.value()} into {labels_name}"
                             + (f"; {kept} already labelled voxels kept" if kept else ""))
 
     def undo(self) -> None:
@@ -401,8 +523,8 @@ class CamSeedWidget(QWidget):
     def _idle(self) -> None:
         self.bridge.close()
         self.worker = None
-        for b in (self.train_btn, self.run_btn):
-            b.setEnabled(True)
+        self.run_btn.setEnabled(True)
+        self._class_changed()  # training stays off for organs
 
     def _on_progress(self, done: int, total: int, message: str) -> None:
         self.bar.setRange(0, max(total, 1))
@@ -422,4 +544,4 @@ def _ranges(flags: np.ndarray) -> list[list[int]]:
     return [[int(a), int(b)] for a, b in zip(starts, ends)]
 
 
-__all__ = ["CamSeedWidget", "SHORTCUTS", "TagStrip"]
+__all__ = ["CLASSES", "CamSeedWidget", "SHORTCUTS", "TagStrip"]

@@ -70,3 +70,57 @@ def test_cam_dock_tags_trains_seeds_and_accepts(make_napari_viewer, qtbot, tmp_p
     assert np.all(data[proposal & (painted == 0)] == 1)
     dock.undo()
     assert np.array_equal(viewer.layers["mask"].data, painted)
+
+
+def test_cam_dock_seeds_an_organ_from_the_localizer_mask(make_napari_viewer, qtbot, openkbp: Path) -> None:
+    """The organ path: the labels layer's brainstem (the localizer's result) is the prior, the ticks limit the
+    slices, LiteMedSAM segments them; accepting under 'keep other labels' replaces the brainstem only."""
+    from medlsam_plugins.cam_dock import CLASSES
+    from medlsam_training.cam.data import labelled_cases
+    from medlsam_training.metrics import dice_score
+
+    case = next(c for c in labelled_cases(openkbp, "validation-pats") if c.name == "pt_201")
+    image, label = case.load()
+    brainstem = case.label_value("brainstem")
+    truth = label.array == brainstem
+    localized = np.where(truth, 0, label.array).astype(np.uint8)
+    localized[np.roll(truth, 1, axis=2)] = brainstem          # the localizer's mask, one voxel off
+    viewer = make_napari_viewer()
+    viewer.add_image(image.array, **layer_kwargs(image, "ct"))
+    viewer.add_labels(localized, **layer_kwargs(image.with_array(localized), "organs", labels=True))
+    dock = CamSeedWidget(viewer)
+    dock.target.setText("brainstem")
+    dock.class_box.setCurrentIndex(list(CLASSES).index("organ"))
+    assert "LiteMedSAM" in dock.class_help.text() and not dock.train_btn.isEnabled()
+    dock.value.setValue(brainstem)
+    present = np.flatnonzero(truth.any(axis=(1, 2)))
+    dock.tag(int(present[0]), PRESENT)
+    viewer.dims.set_point(0, image.index_to_physical([0, 0, int(present[-1])])[2])
+    dock.tag_range(dock.current_slice(), PRESENT)
+    dock.start_seeding()
+    qtbot.waitUntil(lambda: dock.worker is None, timeout=300_000)
+    assert "brainstem pseudo-mask" in viewer.layers and "brainstem prior" in viewer.layers, dock.status.text()
+    seeded = viewer.layers["brainstem pseudo-mask"].data.astype(bool)
+    assert dice_score(seeded, truth) > 0.5 and not seeded[np.setdiff1d(np.arange(len(seeded)), present)].any()
+    dock.policy_box.setCurrentIndex(dock.policy_box.findData("keep"))
+    dock.accept()
+    data = viewer.layers["organs"].data
+    assert np.array_equal(data == brainstem, seeded & ((localized == 0) | (localized == brainstem)))
+    assert np.array_equal(data[(data != brainstem) & (localized != brainstem)],
+                          localized[(data != brainstem) & (localized != brainstem)])
+    dock.undo()
+    assert np.array_equal(viewer.layers["organs"].data, localized)
+
+
+def test_cam_dock_organ_path_without_a_prior_says_what_it_needs(make_napari_viewer, openkbp: Path) -> None:
+    from medlsam_training.cam.data import labelled_cases
+
+    case = labelled_cases(openkbp, "validation-pats")[0]
+    image, _ = case.load()
+    viewer = make_napari_viewer()
+    viewer.add_image(image.array, **layer_kwargs(image, "ct"))
+    dock = CamSeedWidget(viewer)
+    dock.target.setText("parotid_left")
+    dock.class_box.setCurrentIndex(dock.class_box.findData("organ"))
+    dock.start_seeding()
+    assert dock.worker is None and "needs a prior" in dock.status.text()

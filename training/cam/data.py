@@ -17,7 +17,15 @@ from .classifier import PreparedSlices, prepare_slices
 from .tags import UNKNOWN, tags_from_mask, tags_from_ranges
 
 
-def labelled_cases(root: str | Path, split: str | None = None, recommended_only: bool = False) -> list[Case]:
+#: label maps kept beside ``labelsTr/`` in a folder of their own, and where their value names are: OpenKBP's
+#: radiotherapy target volumes (``ptvTr/``, names in manifest.json's "ptv_labels")
+LABEL_FOLDERS = {"ptvTr": ("manifest.json", "ptv_labels")}
+
+
+def labelled_cases(root: str | Path, split: str | None = None, recommended_only: bool = False,
+                   labels: str | None = None) -> list[Case]:
+    """The labelled cases of ``root`` (a split of its manifest, its recommended cases); with ``labels`` a folder
+    of ``LABEL_FOLDERS`` (e.g. "ptvTr"), that folder's label maps instead of ``labelsTr/``."""
     cases = find_cases(root, require_labels=True)
     members = split_members(root, split)
     if members is not None:
@@ -26,7 +34,27 @@ def labelled_cases(root: str | Path, split: str | None = None, recommended_only:
     if recommended_only and manifest.is_file():
         ok = {c["patient"] for c in json.loads(manifest.read_text())["cases"] if c.get("recommended", True)}
         cases = [c for c in cases if c.name in ok]
+    if labels is not None:
+        cases = _with_label_folder(Path(root), cases, labels)
     return cases
+
+
+def _with_label_folder(root: Path, cases: list[Case], folder: str) -> list[Case]:
+    if folder not in LABEL_FOLDERS:
+        raise DatasetError(f"{root}: unknown label folder {folder!r} (known: {', '.join(LABEL_FOLDERS)})")
+    names_file, key = LABEL_FOLDERS[folder]
+    try:
+        names = {int(v): str(n) for v, n in json.loads((root / names_file).read_text())[key].items()}
+    except (OSError, KeyError, ValueError, AttributeError) as exc:
+        raise DatasetError(f"{root / names_file}: no {key!r} label names ({exc})") from exc
+    out = []
+    for case in cases:
+        label = root / folder / case.label.name
+        if label.is_file():
+            out.append(Case(case.name, case.image, label, names))
+    if not out:
+        raise DatasetError(f"{root / folder}: no label map for any of the {len(cases)} cases")
+    return out
 
 
 def mask_tags(case: Case, label_canonical: np.ndarray, targets: list[str]) -> np.ndarray:

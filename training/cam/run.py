@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..io import align_label_to_image, write_volume
 from ..volume import Volume, orient
@@ -41,9 +43,11 @@ def tags_to_canonical(volume: Volume, own_tags: np.ndarray) -> np.ndarray:
 
 def train_from_dataset(data: str | os.PathLike[str], targets: list[str], out: str | os.PathLike[str], *,
                        split: str | None = None, tag_file: dict | None = None, epochs: int = 8,
-                       slices_per_epoch: int = 6000, progress: ProgressFn | None = None) -> Path:
-    """Train on every labelled case of ``data`` (tags from ``tag_file`` where it lists a case, else from masks)."""
-    cases = labelled_cases(data, split) if tag_file is None else _cases_with_tags(data, tag_file)
+                       slices_per_epoch: int = 6000, labels: str | None = None,
+                       progress: ProgressFn | None = None) -> Path:
+    """Train on every labelled case of ``data`` (tags from ``tag_file`` where it lists a case, else from masks;
+    ``labels`` a label folder such as "ptvTr" instead of labelsTr/)."""
+    cases = labelled_cases(data, split, labels=labels) if tag_file is None else _cases_with_tags(data, tag_file)
     if not cases:
         raise TagError(f"{data}: no case to train on{f' in split {split}' if split else ''}")
     known = {n for c in cases for n in c.label_names.values()}
@@ -55,6 +59,51 @@ def train_from_dataset(data: str | os.PathLike[str], targets: list[str], out: st
         require_usable(np.concatenate([tags[:, t] for _, _, tags, _ in tagged]), f"{data}/{name}")
     return train_classifier([(p, tags) for _, p, tags, _ in tagged], targets, out, epochs=epochs,
                             slices_per_epoch=slices_per_epoch, modality=tagged[0][1].modality, progress=progress)
+
+
+@dataclass
+class RefinerData:
+    """The refinement network's training set: slices of the pseudo-labelled volumes and how good the pseudo-masks
+    were where the volumes' own masks exist (a benchmark figure; tags from a file have no mask to compare)."""
+
+    images: torch.Tensor
+    masks: torch.Tensor
+    volumes: int
+    pseudo_dice: list[float]
+
+
+def pseudo_label_dataset(model: SliceClassifier, model_targets: list[str], target: str,
+                         data: str | os.PathLike[str], *, split: str | None = None, labels: str | None = None,
+                         tag_file: dict | None = None, max_cases: int = 0, seed: int = 0,
+                         progress: ProgressFn | None = None) -> RefinerData:
+    """UM-CAM + GSE pseudo-masks of the tagged volumes of ``data`` (the classifier's own training volumes, as in
+    the paper), as the refinement network's training slices."""
+    from ..metrics import dice_score
+    from .rvc import training_slices
+
+    if target not in model_targets:
+        raise TagError(f"target {target!r} is not one the classifier learned ({', '.join(model_targets)})")
+    t = model_targets.index(target)
+    cases = labelled_cases(data, split, labels=labels) if tag_file is None else _cases_with_tags(data, tag_file)
+    cases = cases[:max_cases] if max_cases else cases
+    rng = np.random.default_rng(seed)
+    images, masks, quality = [], [], []
+    for i, (case, prep, tags, lab) in enumerate(load_tagged(cases, model_targets, tag_file)):
+        if progress:
+            progress(i, len(cases), f"pseudo-labelling {case.name}")
+        if not np.any(tags[:, t] == PRESENT) or not np.any(tags[:, t] == ABSENT):
+            continue
+        pseudo = seed_target(model, prep, tags[:, t], t, target).masks.get("umcam_gse")
+        if pseudo is None:
+            continue
+        if lab is not None and tag_file is None:
+            quality.append(float(dice_score(pseudo, lab == case.label_value(target))))
+        x, y = training_slices(prep, pseudo, tags[:, t], rng)
+        images.append(x)
+        masks.append(y)
+    if not images:
+        raise TagError(f"{data}: no volume with slices tagged both present and absent for {target}")
+    return RefinerData(torch.cat(images), torch.cat(masks), len(images), quality)
 
 
 def _cases_with_tags(data, tag_file: dict):
@@ -100,9 +149,10 @@ def on_volume_grid(canonical: Volume, array: np.ndarray, volume: Volume) -> Volu
 
 
 def write_seeds(volume: Volume, canonical: Volume, seeds: dict[str, TargetSeeds], sam: dict[str, np.ndarray],
-                out: str | os.PathLike[str], case: str) -> list[Path]:
+                out: str | os.PathLike[str], case: str, refined: dict[str, np.ndarray] | None = None) -> list[Path]:
     """<case>_<target>_{umcam,gse,uncertainty}.nii.gz (fused CAM, after GSE, its uncertainty), _pseudo.nii.gz (the
-    GSE pseudo-mask) and _sam.nii.gz (LiteMedSAM from it) with the volume's geometry."""
+    GSE pseudo-mask), _sam.nii.gz (LiteMedSAM from it) and _refined.nii.gz (the refinement network on the ticked
+    slices) with the volume's geometry."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -115,6 +165,8 @@ def write_seeds(volume: Volume, canonical: Volume, seeds: dict[str, TargetSeeds]
             items["uncertainty"] = s.uncertainty.astype(np.float32)
         if name in sam:
             items["sam"] = sam[name].astype(np.uint8)
+        if refined and name in refined:
+            items["refined"] = refined[name].astype(np.uint8)
         for kind, arr in items.items():
             written.append(write_volume(on_volume_grid(canonical, arr, volume), out / f"{case}_{name}_{kind}.nii.gz"))
     return written

@@ -9,12 +9,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 from monai.visualize.class_activation_maps import ModelWithHooks
 
 from ..metrics import dice_score
 from ..propagate import PropagationConfig, VolumeSegmenter, mask_box_2d
-from .classifier import PreparedSlices, SliceClassifier, to_slice_grid
+from .classifier import PreparedSlices, SliceClassifier, body_slices, to_slice_grid
 from .fusion import mean_fusion, um_fusion
 from .gse import best_threshold, gse_refine, largest_component
 from .tags import PRESENT
@@ -53,7 +52,8 @@ def cam_maps(model: SliceClassifier, prep: PreparedSlices, target: int, slices: 
         for k, m in maps.items():
             m = m.detach()
             m = m / m.flatten(1).max(1).values.clamp(min=1e-12)[:, None, None]
-            out[k].append(to_slice_grid(m.numpy(), shape_yx))
+            crops = prep.crops[slices[i:i + batch]] if prep.crops is not None else None
+            out[k].append(to_slice_grid(m.numpy(), shape_yx, crops))
     return {k: np.clip(np.concatenate(v), 0, 1) for k, v in out.items()}
 
 
@@ -78,10 +78,8 @@ def standardised(prep: PreparedSlices) -> np.ndarray:
 
 
 def body_mask(prep: PreparedSlices) -> np.ndarray:
-    """Voxels of the patient: above -500 HU for CT (above the 5th percentile for MR), holes filled per slice."""
-    arr = prep.canonical.array
-    inside = arr > (-500 if prep.modality == "CT" else np.percentile(arr, 5))
-    return np.stack([ndimage.binary_fill_holes(s) for s in inside])
+    """Voxels of the patient (``body_slices``) on the canonical grid."""
+    return body_slices(prep.canonical.array, prep.modality)
 
 
 def seed_target(model: SliceClassifier, prep: PreparedSlices, tags: np.ndarray, target: int, name: str,
