@@ -20,11 +20,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from localization import DEFAULT_DATA, HN_DATA, hn_split, hn_templates_and_queries  # noqa: E402
+
 from medlsam_training.datasets import find_cases  # noqa: E402
 from medlsam_training.extreme_points import extreme_points_from_mask  # noqa: E402
 from medlsam_training.io import read_volume  # noqa: E402
 from medlsam_training.localize import MAX_SPREAD_MM, MIN_IN_SCAN, MIN_MATCH, AtlasLocalizer, Template  # noqa: E402
-from localization import DEFAULT_DATA, HN_DATA, hn_split, hn_templates_and_queries  # noqa: E402
 
 UNLABELLED = DEFAULT_DATA.parent / "ct_unlabelled"
 NO_HEAD = ("cmb_crc_chest", "contrast_abdomen", "midrc_ricord_chest", "lidc_chest_154677", "siemens_chest",
@@ -72,7 +73,7 @@ def main() -> None:
     for n in names:
         img, lab = by_name[n].load()
         counts = {o: int((lab.array == v).sum()) for o, v in HN_VALUES.items()}
-        run("present", n, img, templates, lambda o: True if counts.get(o, 0) >= 200 else None)
+        run("present", n, img, templates, lambda o, c=counts: True if c.get(o, 0) >= 200 else None)
     for n in NO_HEAD:
         run("absent", n, read_volume(UNLABELLED / f"{n}.nii.gz"), hn_absent, lambda o: False)
     for n in names:

@@ -214,7 +214,7 @@ def organs_protocol(args) -> None:
     seconds = []
     for qname, qimg, qlab, names in queries:
         found = localizer.localize(qimg, templates)
-        canon = lambda a: orient(qimg.with_array(a.astype(np.uint8)), "LPS").array.astype(bool)  # noqa: E731
+        canon = lambda a, q=qimg: orient(q.with_array(a.astype(np.uint8)), "LPS").array.astype(bool)  # noqa: E731
         vs = VolumeSegmenter(qimg, segmenter)
         image = vs.canonical.array
         line = []
@@ -261,7 +261,7 @@ def organs_protocol(args) -> None:
         per = [np.mean(dice[row][o]) if dice[row][o] else float("nan") for o in ORGANS]
         print(f"| {label} | " + " | ".join(f"{d:.3f}" for d in per) + f" | {np.nanmean(per):.3f} |")
     ref = [np.mean(dice["oracle"][o]) for o in ORGANS]
-    for row, label in ORGAN_ROWS[:6]:
+    for row, _ in ORGAN_ROWS[:6]:
         ratio = [np.mean(dice[row][o]) / max(r, 1e-6) for o, r in zip(ORGANS, ref)]
         print(f"ratio to the reference, {row}: " + " ".join(f"{o} {x:.2f}" for o, x in zip(ORGANS, ratio)))
 

@@ -25,8 +25,7 @@ import torch
 from scipy import ndimage
 
 from medlsam_training.cam.data import labelled_cases
-from medlsam_training.coreset.probe import (SliceCase, crossfit_checkpoints, evaluate_probe, load_slice_case,
-                                            train_probe)
+from medlsam_training.coreset.probe import SliceCase, crossfit_checkpoints, evaluate_probe, load_slice_case, train_probe
 from medlsam_training.coreset.run import mirror_pairs, suspicious_ranking
 
 TARGETS = ["mandible", "parotid_right", "parotid_left"]

@@ -30,8 +30,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from medlsam_training.boxes import Box3D  # noqa: E402
 from medlsam_training.datasets import find_cases  # noqa: E402
 from medlsam_training.extreme_points import extreme_points_from_mask  # noqa: E402
-from medlsam_training.localize import (AtlasLocalizer, MedLAMLocalizer, RefinedRegistrationLocalizer,  # noqa: E402
-                                       RegistrationLocalizer, Template)
+from medlsam_training.localize import (  # noqa: E402
+    AtlasLocalizer,
+    MedLAMLocalizer,
+    RefinedRegistrationLocalizer,
+    RegistrationLocalizer,
+    Template,
+)
 from medlsam_training.medlam.preprocess import looks_like_ct  # noqa: E402
 from medlsam_training.metrics import box_face_distance_mm, box_iou  # noqa: E402
 from medlsam_training.phantom import make_phantom  # noqa: E402
@@ -210,15 +215,19 @@ def table(title: str, scores, seconds, methods, paper: dict[str, float] | None =
         cells = []
         for m in methods:
             vals = scores.get((m, organ), [])
-            cells.append(f"{100 * np.mean([v[0] for v in vals]):.1f} / {np.nanmean([v[1] for v in vals]):.1f} ({len(vals)})"
-                         if vals else "-")
+            if not vals:
+                cells.append("-")
+                continue
+            iou, wd = 100 * np.mean([v[0] for v in vals]), np.nanmean([v[1] for v in vals])
+            cells.append(f"{iou:.1f} / {wd:.1f} ({len(vals)})")
         if paper:
             cells.append(f"{paper[organ]:.1f}" if organ in paper else "-")
         lines.append(f"| {organ} | " + " | ".join(cells) + " |")
     means = []
     for m in methods:
         vals = [v for (mm, _), vs in scores.items() if mm == m for v in vs]
-        means.append(f"**{100 * np.mean([v[0] for v in vals]):.1f} / {np.nanmean([v[1] for v in vals]):.1f}**" if vals else "-")
+        means.append(f"**{100 * np.mean([v[0] for v in vals]):.1f} / {np.nanmean([v[1] for v in vals]):.1f}**"
+                     if vals else "-")
     lines.append("| **mean** | " + " | ".join(means) + " |")
     if paper:
         target = []
@@ -228,7 +237,8 @@ def table(title: str, scores, seconds, methods, paper: dict[str, float] | None =
             target.append(f"**{100 * np.mean([v[0] for v in vals]):.1f} / {np.nanmean([v[1] for v in vals]):.1f}**"
                           f" (lowest organ {100 * min(per):.1f})" if vals else "-")
         lines.append("| **mean of " + ", ".join(paper) + "** | " + " | ".join(target) + " |")
-    lines.append("| s / query | " + " | ".join(f"{np.mean(seconds[m]):.1f}" if seconds.get(m) else "-" for m in methods) + " |")
+    per_query = [f"{np.mean(seconds[m]):.1f}" if seconds.get(m) else "-" for m in methods]
+    lines.append("| s / query | " + " | ".join(per_query) + " |")
     if paper:  # keep the column count of the rows above
         lines = [ln if not ln.startswith("|") or ln.count("|") == len(head) + 2 else ln + " - |" for ln in lines]
     return "\n".join(lines)
@@ -308,7 +318,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    where = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU {platform.machine()}, {torch.get_num_threads()} threads"
+    where = (torch.cuda.get_device_name() if device.type == "cuda"
+             else f"CPU {platform.machine()}, {torch.get_num_threads()} threads")
     print(f"device: {where}; MedLAM weights: {args.weights or 'shipped'}\n")
     if args.protocol == "hn":
         cache: dict = {}
@@ -328,7 +339,8 @@ def main() -> None:
         return
     sets = []
     if args.data:
-        sets.append((f"labelled CT in {', '.join(str(d) for d in args.data)} (leave-one-out)", load_labelled(args.data)))
+        sets.append((f"labelled CT in {', '.join(str(d) for d in args.data)} (leave-one-out)",
+                     load_labelled(args.data)))
     if args.phantoms:
         sets.append((f"{args.phantoms} synthetic phantoms (leave-one-out, {args.phantoms - 1} templates)",
                      phantom_set(args.phantoms)))

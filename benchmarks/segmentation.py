@@ -107,7 +107,8 @@ def main() -> None:
         t0 = time.perf_counter()
         seg.encode(x)
         torch.cuda.synchronize()
-        print(f"| GPU throughput, batch 32 | {(time.perf_counter() - t0) / 32:.4f} | {32 / (time.perf_counter() - t0):.0f} slices/s |")
+        dt = time.perf_counter() - t0
+        print(f"| GPU throughput, batch 32 | {dt / 32:.4f} | {32 / dt:.0f} slices/s |")
     if args.skip_accuracy:
         return
 
@@ -118,8 +119,7 @@ def main() -> None:
         cases = load_labelled(args.data)
     dice: dict = defaultdict(list)
     reprompt, peak = [], []
-    localizer = make_localizer(args.localizer, **({"device": args.device} if args.localizer.startswith("medlam") and
-                                                  args.device else {}))
+    localizer = make_localizer(args.localizer, device=args.device)
     wanted = set(args.organs.split(","))
     organs = [{o: v for o, v in organ_values(lab, names).items() if o in wanted} for _, _, lab, names in cases]
     for qi, (qname, image, label, _) in enumerate(cases):
@@ -137,7 +137,8 @@ def main() -> None:
             box = Box3D.from_mask(truth)
             # (1) oracle per-slice boxes, on the canonical (LPS) grid the segmenter slices
             canon_box = vs.to_canonical(box)
-            truth_on_canon = align_label_to_image(image.with_array(truth.astype(np.uint8)), vs.canonical).array.astype(bool)
+            truth_on_canon = align_label_to_image(image.with_array(truth.astype(np.uint8)),
+                                                  vs.canonical).array.astype(bool)
             cfg = PropagationConfig()
             m = vs.segment_slices(oracle_slice_prompts(truth_on_canon, cfg.margin_px), cfg)
             m = vs.to_volume_grid(clean_mask(m, for_target(cfg, organ).largest_component))
@@ -151,7 +152,8 @@ def main() -> None:
                 for mode in args.modes.split(","):
                     boxes = r.sub_boxes if mode == "spl" and r.sub_boxes else [r.box]
                     m = vs.propagate(boxes, for_target(PropagationConfig(mode=mode), organ))
-                    dice[(organ, f"{args.localizer}-{mode}")].append(binary_metrics(m, truth, image.spacing_zyx)["dice"])
+                    score = binary_metrics(m, truth, image.spacing_zyx)["dice"]
+                    dice[(organ, f"{args.localizer}-{mode}")].append(score)
             elif organ in {ep.target for t in templates for ep in t.targets}:  # not found while it is there: a miss
                 for mode in args.modes.split(","):
                     dice[(organ, f"{args.localizer}-{mode}")].append(0.0)

@@ -13,5 +13,4 @@ def load_models(project: Project, cache: dict[str, object]):
     key = f"{project.segmenter}@{device}"
     if key not in cache:
         cache[key] = load_segmenter(project.segmenter, device=device)
-    kwargs = {"device": device} if project.localizer.startswith("medlam") else {}
-    return make_localizer(project.localizer, **kwargs), cache[key]
+    return make_localizer(project.localizer, device=device), cache[key]

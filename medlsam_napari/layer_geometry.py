@@ -38,7 +38,8 @@ def layer_kwargs(volume: Volume, name: str | None = None, *, labels: bool = Fals
     if not labels:
         arr = volume.array
         is_ct = volume.meta.get("modality") == "CT" or (arr.min() < -500 and arr.max() > 500)
-        kwargs["contrast_limits"] = CT_WINDOW if is_ct else (float(np.percentile(arr, 0.5)), float(np.percentile(arr, 99.5)))
+        robust = (float(np.percentile(arr, 0.5)), float(np.percentile(arr, 99.5)))
+        kwargs["contrast_limits"] = CT_WINDOW if is_ct else robust
         kwargs["colormap"] = "gray"
     return kwargs
 

@@ -4,9 +4,10 @@ cancellation at the next progress report."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 
 from qtpy.QtCore import QObject, Signal
+
+from medlsam_training.progress import ProgressFn
 
 
 class ProgressBridge(QObject):
@@ -43,7 +44,7 @@ class ProgressBridge(QObject):
             self._bar.close()
             self._bar = None
 
-    def reporter(self, cancel: threading.Event, cancelled: str = "cancelled") -> Callable[[int, int, str], None]:
+    def reporter(self, cancel: threading.Event, cancelled: str = "cancelled") -> ProgressFn:
         """A progress callback for headless code: emits each report, raises InterruptedError once ``cancel`` is set."""
 
         def progress(done: int, total: int, message: str) -> None:

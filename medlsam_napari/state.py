@@ -113,7 +113,8 @@ class AnnotatorState:
         self.volume_name, self.volume = name, volume
         self.viewer.add_image(volume.array, **layer_kwargs(volume, name))
         mask_path = self.project.mask_path(name)
-        mask = np.zeros(volume.array.shape, np.uint16 if max((t.label for t in self.project.targets), default=0) > 255 else np.uint8)
+        wide = max((t.label for t in self.project.targets), default=0) > 255
+        mask = np.zeros(volume.array.shape, np.uint16 if wide else np.uint8)
         if mask_path.is_file():
             mask = read_label(mask_path, volume, allow_empty=True).array.astype(mask.dtype)
         self._saved_mask = mask.copy()

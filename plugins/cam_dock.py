@@ -11,30 +11,38 @@ The result is accepted into a labels layer by the label-map policy, as one undo 
 from __future__ import annotations
 
 import tempfile
-import threading
 from pathlib import Path
 
 import numpy as np
 from qtpy.QtCore import QRect, Qt, Signal
 from qtpy.QtGui import QColor, QPainter
-from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QProgressBar,
-                            QPushButton, QSpinBox, QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
 
-from medlsam_napari.progress import ProgressBridge
+from medlsam_napari.dock_job import DockJob
+from medlsam_napari.docking import dock_as_tab
 from medlsam_napari.label_history import apply_labels
 from medlsam_napari.layer_geometry import layer_kwargs, volume_from_layer
-from medlsam_napari.docking import dock_as_tab
 from medlsam_training.atomic import write_json_atomic
 from medlsam_training.cam.classifier import load_classifier
 from medlsam_training.cam.tags import ABSENT, PRESENT, UNKNOWN, TagError, require_usable
 from medlsam_training.errors import MedLSAMError
-from medlsam_training.label_merge import POLICY_HELP, merge_target
+from medlsam_training.label_merge import merge_target
+from medlsam_training.options import POLICY_HELP, TARGET_CLASS_HELP, LabelPolicy, TargetClass
 
-#: what each target class is seeded from, and why (shown in the dock)
-CLASSES = {
-    "lesion": "lesion / target volume: slice ticks -> CAM (UM-CAM + GSE), or the refinement network",
-    "organ": "organ: localizer mask or drawn box -> in-box prior -> LiteMedSAM on the ticked slices",
-}
+#: what each target class is seeded from (shown in the dock); why: docs/benchmarks.md section 5
+CLASSES = TARGET_CLASS_HELP
 _COLOURS = {PRESENT: QColor(60, 200, 90), ABSENT: QColor(210, 70, 70), UNKNOWN: QColor(90, 90, 90)}
 SHORTCUTS = {"Alt-P": PRESENT, "Alt-A": ABSENT, "Alt-U": UNKNOWN}
 
@@ -75,6 +83,11 @@ class TagStrip(QWidget):
 
 
 class CamSeedWidget(QWidget):
+    @property
+    def worker(self):
+        """The running job's worker (None when idle)."""
+        return self.job.worker
+
     def __init__(self, napari_viewer):
         super().__init__()
         dock_as_tab(self)  # beside the other MedLSAM docks, never squeezing them
@@ -82,8 +95,6 @@ class CamSeedWidget(QWidget):
         self.tags: dict[tuple[str, str], np.ndarray] = {}   # (image layer, target) -> own-slice tags
         self.model = None
         self.model_targets: list[str] = []
-        self.worker = None
-        self._cancel = threading.Event()
         self._undo: tuple[str, np.ndarray] | None = None
         self.results: dict[str, object] = {}
         self.image_box, self.target = QComboBox(), QLineEdit("target")
@@ -91,16 +102,16 @@ class CamSeedWidget(QWidget):
         self.state_box.addItems(["present", "absent", "unknown"])
         self.class_box = QComboBox()
         for key, text in CLASSES.items():
-            self.class_box.addItem(key, key)
+            self.class_box.addItem(key.value, key.value)
             self.class_box.setItemData(self.class_box.count() - 1, text, Qt.ToolTipRole)
-        self.class_help = QLabel(CLASSES["lesion"])
+        self.class_help = QLabel(CLASSES[TargetClass.LESION])
         self.class_help.setWordWrap(True)
         self.refiner = None
         self.refine_btn = QPushButton("Load refinement network…")
         self.policy_box = QComboBox()
         for key, text in POLICY_HELP.items():
-            self.policy_box.addItem(text, key)
-        self.policy_box.setCurrentIndex(list(POLICY_HELP).index("empty"))
+            self.policy_box.addItem(text, key.value)
+        self.policy_box.setCurrentIndex(list(POLICY_HELP).index(LabelPolicy.EMPTY))
         self.strip = TagStrip()
         self.summary = QLabel()
         self.epochs = QSpinBox(minimum=1, maximum=200)
@@ -143,15 +154,15 @@ class CamSeedWidget(QWidget):
         layout.addWidget(self.status)
         self.undo_btn.setEnabled(False)
         self._last_tagged: int | None = None
-        self.bridge = ProgressBridge("CAM seeding")
-        self.bridge.progress.connect(self._on_progress)
+        self.job = DockJob("CAM seeding", status=self.status, bar=self.bar, buttons=(self.train_btn, self.run_btn),
+                           on_idle=self._class_changed)  # training stays off for organs
         self.strip.clicked.connect(lambda z: self.tag(z, [PRESENT, ABSENT, UNKNOWN][self.state_box.currentIndex()]))
         self.train_btn.clicked.connect(lambda: self.start_training())  # clicked(bool) must not fill the argument
         self.load_btn.clicked.connect(self._choose_model)
         self.refine_btn.clicked.connect(self._choose_refiner)
         self.class_box.currentIndexChanged.connect(self._class_changed)
         self.run_btn.clicked.connect(self.start_seeding)
-        self.cancel_btn.clicked.connect(self._cancel.set)
+        self.cancel_btn.clicked.connect(self.job.cancel)
         self.accept_btn.clicked.connect(self.accept)
         self.undo_btn.clicked.connect(self.undo)
         self.save_btn.clicked.connect(self._choose_save)
@@ -288,7 +299,7 @@ class CamSeedWidget(QWidget):
 
     def start_training(self, slices_per_epoch: int = 2000) -> None:
         """Train on every image of this session that has tags for the targets ticked so far."""
-        if self.worker is not None:
+        if self.job.busy:
             return
         targets = sorted({t for (_, t), tags in self.tags.items() if np.any(tags == PRESENT)})
         try:
@@ -307,7 +318,7 @@ class CamSeedWidget(QWidget):
         from medlsam_training.cam.run import tags_to_canonical
         from medlsam_training.report.measure import guess_modality
 
-        epochs, progress = self.epochs.value(), self.bridge.reporter(self._cancel)
+        epochs, progress = self.epochs.value(), self.job.reporter()
         out = Path(tempfile.mkdtemp(prefix="medlsam-cam-")) / "classifier.pt"
 
         def work():
@@ -319,7 +330,7 @@ class CamSeedWidget(QWidget):
                              modality=guess_modality(next(iter(volumes.values()))), progress=progress)
             return out
 
-        self._start(work, self._trained, f"training on {len(volumes)} volume(s) for {', '.join(targets)}…")
+        self.job.start(work, self._trained, message=f"training on {len(volumes)} volume(s) for {', '.join(targets)}…")
 
     def _trained(self, path: Path) -> None:
         self.load_model(path)
@@ -330,7 +341,7 @@ class CamSeedWidget(QWidget):
         kind = self.class_box.currentData()
         self.class_help.setText(CLASSES[kind])
         for w in (self.train_btn, self.epochs, self.load_btn, self.refine_btn):
-            w.setEnabled(kind == "lesion")
+            w.setEnabled(kind == TargetClass.LESION)
 
     def _choose_refiner(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "CAM refinement network", "", "Checkpoints (*.pt)")
@@ -348,9 +359,9 @@ class CamSeedWidget(QWidget):
         self.status.setText(f"refinement network loaded: seeding segments the ticked slices with it ({path})")
 
     def start_seeding(self) -> None:
-        if self.worker is not None:
+        if self.job.busy:
             return
-        if self.class_box.currentData() == "organ":
+        if self.class_box.currentData() == TargetClass.ORGAN:
             self.start_organ_seeding()
             return
         key = self._key()
@@ -363,7 +374,7 @@ class CamSeedWidget(QWidget):
             self.status.setText(f"the classifier knows {', '.join(self.model_targets)}, not {target!r}")
             return
         volume = self._volume(image)
-        model, learned, progress = self.model, self.model_targets, self.bridge.reporter(self._cancel)
+        model, learned, progress = self.model, self.model_targets, self.job.reporter()
         refiner = self.refiner
         from medlsam_training.cam.run import on_volume_grid, seed_volume, tags_to_canonical
         from medlsam_training.report.measure import guess_modality
@@ -387,7 +398,7 @@ class CamSeedWidget(QWidget):
                     points += [(p[::-1], kind) for p in xyz]   # LPS (z, y, x) world coordinates
             return target, volume, back, points
 
-        self._start(work, self._seeded, f"seeding {target} on {image}…")
+        self.job.start(work, self._seeded, message=f"seeding {target} on {image}…")
 
     def start_organ_seeding(self) -> None:
         """Prior from the labels layer's voxels of the label value (the localizer's result) or from a drawn box
@@ -405,7 +416,7 @@ class CamSeedWidget(QWidget):
             self.status.setText(str(exc))
             return
         own_ticks = ticks if np.any(ticks == PRESENT) else None
-        progress = self.bridge.reporter(self._cancel)
+        progress = self.job.reporter()
         from medlsam_training.cam.organ import seed_organ_volume
         from medlsam_training.segmenters import load_segmenter
 
@@ -416,7 +427,7 @@ class CamSeedWidget(QWidget):
             progress(2, 2, f"prior: {kind.value}")
             return target, volume, {"prior": prior.astype(np.uint8), "mask": mask.astype(np.uint8)}, []
 
-        self._start(work, self._seeded, f"seeding organ {target} on {image} (LiteMedSAM)…")
+        self.job.start(work, self._seeded, message=f"seeding organ {target} on {image} (LiteMedSAM)…")
 
     def _organ_prior(self, volume, ticks: np.ndarray):
         """(warped mask or None, box or None) for the organ path; one clear line when neither is there."""
@@ -504,33 +515,6 @@ class CamSeedWidget(QWidget):
             self._undo = None
             self.undo_btn.setEnabled(False)
             self.status.setText(f"{name} restored")
-
-    # --- worker plumbing ------------------------------------------------------------------------
-    def _start(self, work, on_done, message: str) -> None:
-        from napari.qt.threading import thread_worker
-
-        self._cancel.clear()
-        self.worker = thread_worker(work)()
-        self.worker.returned.connect(on_done)
-        self.worker.errored.connect(lambda exc: self.status.setText(
-            "cancelled" if isinstance(exc, InterruptedError) else f"failed: {exc}"))
-        self.worker.finished.connect(self._idle)
-        for b in (self.train_btn, self.run_btn):
-            b.setEnabled(False)
-        self.status.setText(message)
-        self.worker.start()
-
-    def _idle(self) -> None:
-        self.bridge.close()
-        self.worker = None
-        self.run_btn.setEnabled(True)
-        self._class_changed()  # training stays off for organs
-
-    def _on_progress(self, done: int, total: int, message: str) -> None:
-        self.bar.setRange(0, max(total, 1))
-        self.bar.setValue(done)
-        if message:
-            self.status.setText(message)
 
 
 def _ranges(flags: np.ndarray) -> list[list[int]]:

@@ -4,17 +4,29 @@ are redundant and which labels look wrong, as a sortable table with a plot; open
 from __future__ import annotations
 
 import json
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 from qtpy.QtCore import Qt
 from qtpy.QtGui import QColor
-from qtpy.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
-                            QProgressBar, QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
 
-from medlsam_napari.progress import ProgressBridge
+from medlsam_napari.dock_job import DockJob
 from medlsam_napari.docking import dock_as_tab
 from medlsam_training.atomic import write_json_atomic
 from medlsam_training.datasets import find_cases
@@ -36,12 +48,15 @@ class _Number(QTableWidgetItem):
 
 
 class CoresetWidget(QWidget):
+    @property
+    def worker(self):
+        """The running job's worker (None when idle)."""
+        return self.job.worker
+
     def __init__(self, napari_viewer):
         super().__init__()
         dock_as_tab(self)  # beside the other MedLSAM docks, never squeezing them
         self.viewer = napari_viewer
-        self.worker = None
-        self._cancel = threading.Event()
         self.mode = QComboBox()
         self.mode.addItems([NEXT, LESS])
         self.folder, self.labelled, self.targets = QLineEdit(), QLineEdit(), QLineEdit()
@@ -88,10 +103,9 @@ class CoresetWidget(QWidget):
             row.addWidget(w)
         layout.addLayout(row)
         layout.addWidget(self.status)
-        self.bridge = ProgressBridge("coreset")
-        self.bridge.progress.connect(self._on_progress)
+        self.job = DockJob("coreset", status=self.status, bar=self.bar, buttons=(self.run_btn,))
         self.run_btn.clicked.connect(self.start)
-        self.cancel_btn.clicked.connect(self._cancel.set)
+        self.cancel_btn.clicked.connect(self.job.cancel)
         self.open_btn.clicked.connect(self.open_selected)
         self.flag_btn.clicked.connect(lambda: self.flag_selected("flagged in the coreset dock"))
 
@@ -102,14 +116,13 @@ class CoresetWidget(QWidget):
 
     # --- running ----------------------------------------------------------------------------------
     def start(self) -> None:
-        if self.worker is not None:
+        if self.job.busy:
             return
         folder = self.folder.text().strip()
         if not folder or not Path(folder).is_dir():
             self.status.setText("choose a folder of volumes first")
             return
-        self._cancel.clear()
-        progress = self.bridge.reporter(self._cancel)
+        progress = self.job.reporter()
 
         budget = self.budget.value()
         targets = [t.strip() for t in self.targets.text().split(",") if t.strip()]
@@ -122,32 +135,13 @@ class CoresetWidget(QWidget):
             out = Path(folder) / "medlsam_coreset"
             steps = int(self.steps.value())
             work = lambda: value_dataset(folder, targets, out, budget=budget, steps=steps, progress=progress,  # noqa
-                                         value_every=max(steps // 20, 1), cancelled=self._cancel.is_set)
+                                         value_every=max(steps // 20, 1), cancelled=self.job.cancelled)
         else:
             from medlsam_training.coreset.run import suggest
 
             labelled = self.labelled.text().strip() or None
             work = lambda: suggest(folder, budget, labelled_data=labelled, progress=progress)  # noqa: E731
-        from napari.qt.threading import thread_worker
-
-        self.worker = thread_worker(work)()
-        self.worker.returned.connect(self._show)
-        self.worker.errored.connect(lambda exc: self.status.setText(
-            "cancelled" if isinstance(exc, InterruptedError) else f"failed: {exc}"))
-        self.worker.finished.connect(self._idle)
-        self.run_btn.setEnabled(False)
-        self.status.setText("running…")
-        self.worker.start()
-
-    def _idle(self) -> None:
-        self.bridge.close()
-        self.worker = None
-        self.run_btn.setEnabled(True)
-
-    def _on_progress(self, done: int, total: int, message: str) -> None:
-        self.bar.setRange(0, max(total, 1))
-        self.bar.setValue(done)
-        self.status.setText(message)
+        self.job.start(work, self._show, message="running…")
 
     # --- results ----------------------------------------------------------------------------------
     def _show(self, result) -> None:

@@ -4,26 +4,36 @@ other volumes into Labels layers for review."""
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 from qtpy.QtCore import QPointF, Qt
 from qtpy.QtGui import QPainter, QPen
-from qtpy.QtWidgets import (QComboBox, QFileDialog, QHBoxLayout, QLabel, QLineEdit, QListWidget, QListWidgetItem,
-                            QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
 
-from medlsam_napari.progress import ProgressBridge
-from medlsam_napari.layer_geometry import layer_kwargs
-from medlsam_training.atomic import keep_previous
-from medlsam_training.project import Project
-from medlsam_napari.state import state_for
+from medlsam_napari.dock_job import DockJob
 from medlsam_napari.docking import dock_as_tab
+from medlsam_napari.layer_geometry import layer_kwargs
+from medlsam_napari.state import state_for
+from medlsam_training.atomic import keep_previous
 from medlsam_training.datasets import Case
 from medlsam_training.io import read_volume, write_mask
+from medlsam_training.project import Project
 from medlsam_training.vf.train import DEFAULT_CONFIG, PCTPredictor, VFConfig, finetune
-
 
 KEEP = "Keep existing masks (write only where none)"
 REPLACE = "Replace existing masks (previous copy kept)"
@@ -57,6 +67,11 @@ class LossCurve(QWidget):
 
 
 class FinetuneWidget(QWidget):
+    @property
+    def worker(self):
+        """The running job's worker (None when idle)."""
+        return self.job.worker
+
     def __init__(self, napari_viewer, project_dir: str | Path | None = None, config: str | Path | None = None):
         super().__init__()
         dock_as_tab(self)  # beside the other MedLSAM docks, never squeezing them
@@ -65,8 +80,6 @@ class FinetuneWidget(QWidget):
         self.state.on_change(lambda what: self.refresh() if what == "project" and self.project else None)
         self.config_path = Path(config) if config else DEFAULT_CONFIG
         self.checkpoint: Path | None = None
-        self.worker = None
-        self._cancel = threading.Event()
         open_btn = QPushButton("Open project folder…")
         open_btn.clicked.connect(self._choose)
         self.train_list, self.target_list, self.predict_list = QListWidget(), QListWidget(), QListWidget()
@@ -78,7 +91,6 @@ class FinetuneWidget(QWidget):
         self.train_btn, self.cancel_btn, self.predict_btn = (QPushButton("Fine-tune"), QPushButton("Cancel"),
                                                              QPushButton("Pre-segment selected"))
         self.train_btn.clicked.connect(self.start_training)
-        self.cancel_btn.clicked.connect(self._cancel.set)
         self.predict_btn.clicked.connect(self.start_prediction)
         self.existing = QComboBox()
         self.existing.addItems([KEEP, REPLACE])  # what pre-segmentation does with masks already there
@@ -102,8 +114,9 @@ class FinetuneWidget(QWidget):
         for w in (self.bar, self.curve, QLabel("Volumes to pre-segment"), self.predict_list, self.existing,
                   self.predict_btn, self.status):
             layout.addWidget(w)
-        self.bridge = ProgressBridge("fine-tuning")
-        self.bridge.progress.connect(self._on_progress)
+        self.job = DockJob("fine-tuning", status=self.status, bar=self.bar,
+                           buttons=(self.train_btn, self.predict_btn), on_progress=self._on_progress)
+        self.cancel_btn.clicked.connect(self.job.cancel)
         if project_dir is not None:
             self.open_project(project_dir)
 
@@ -152,7 +165,7 @@ class FinetuneWidget(QWidget):
     # --- training ----------------------------------------------------------------------------
     def start_training(self) -> None:
         p = self.project
-        if p is None or self.worker is not None:
+        if p is None or self.job.busy:
             return
         names, targets = self._checked(self.train_list), self._checked(self.target_list)
         if not names or not targets:
@@ -164,19 +177,11 @@ class FinetuneWidget(QWidget):
         init = self.init.text().strip() or None
         out = p.folder / "models" / f"pctnet-{time.strftime('%Y%m%d-%H%M%S')}.pt"
         out.parent.mkdir(exist_ok=True)
-        self._cancel.clear()
         self.curve.values.clear()
-        progress = self.bridge.reporter(self._cancel, "fine-tuning cancelled; the last checkpoint is kept and resumable")
-
-        from napari.qt.threading import thread_worker
-
-        self.worker = thread_worker(lambda: finetune(cfg, cases, labels, out, init, progress))()
-        self.worker.returned.connect(self._trained)
-        self.worker.errored.connect(lambda exc: self.status.setText(f"Fine-tuning stopped: {exc}"))
-        self.worker.finished.connect(self._idle)
-        self.train_btn.setEnabled(False)
-        self.status.setText(f"fine-tuning on {len(cases)} volume(s), {len(labels)} target(s)…")
-        self.worker.start()
+        progress = self.job.reporter("fine-tuning cancelled; the last checkpoint is kept and resumable")
+        self.job.start(lambda: finetune(cfg, cases, labels, out, init, progress), self._trained,
+                       message=f"fine-tuning on {len(cases)} volume(s), {len(labels)} target(s)…",
+                       on_error=lambda exc: self.status.setText(f"Fine-tuning stopped: {exc}"))
 
     def _on_progress(self, done: int, total: int, message: str) -> None:
         self.bar.setRange(0, total)
@@ -190,32 +195,20 @@ class FinetuneWidget(QWidget):
         note = f"; from {self.init.text()}: {len(skipped)} tensors not loaded" if self.init.text().strip() else ""
         self.status.setText(f"fine-tuned: {path.name}{note}")
 
-    def _idle(self) -> None:
-        self.bridge.close()
-        self.worker = None
-        self.train_btn.setEnabled(True)
-        self.predict_btn.setEnabled(True)
-
     # --- pre-segmentation ---------------------------------------------------------------------
     def start_prediction(self) -> None:
-        if self.checkpoint is None or self.worker is not None:
+        if self.checkpoint is None or self.job.busy:
             self.status.setText("Fine-tune first (or wait for the running job).")
             return
         p, names, ckpt = self.project, self._checked(self.predict_list), self.checkpoint
-        from napari.qt.threading import thread_worker
-
         def work():
             predictor = PCTPredictor(ckpt)
             for name in names:
                 volume = read_volume(p.volume_path(name))
                 yield name, volume, predictor.predict(volume)
 
-        self.worker = thread_worker(work)()
-        self.worker.yielded.connect(self._show_prediction)
-        self.worker.errored.connect(lambda exc: self.status.setText(f"Pre-segmentation failed: {exc}"))
-        self.worker.finished.connect(self._idle)
-        self.predict_btn.setEnabled(False)
-        self.worker.start()
+        self.job.start(work, on_yield=self._show_prediction,
+                       on_error=lambda exc: self.status.setText(f"Pre-segmentation failed: {exc}"))
 
     def _show_prediction(self, item) -> None:
         name, volume, labels = item

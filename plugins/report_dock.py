@@ -4,19 +4,31 @@ DICOM SR when the image came from a DICOM series)."""
 
 from __future__ import annotations
 
-import threading
 import weakref
 from pathlib import Path
 
 from qtpy.QtCore import QEvent, QObject, Qt
-from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QHeaderView, QLabel, QMessageBox,
-                            QPlainTextEdit, QProgressBar, QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout,
-                            QWidget)
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QMessageBox,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
 
-from medlsam_napari.progress import ProgressBridge
+from medlsam_napari.dock_job import DockJob
+from medlsam_napari.docking import dock_as_tab
 from medlsam_napari.layer_geometry import volume_from_layer
 from medlsam_napari.state import state_for
-from medlsam_napari.docking import dock_as_tab
 from medlsam_training.datasets import read_label_names
 from medlsam_training.errors import MedLSAMError
 from medlsam_training.io import is_volume_path
@@ -70,13 +82,16 @@ class _UnsavedDraftGuard(QObject):
 
 
 class ReportWidget(QWidget):
+    @property
+    def worker(self):
+        """The running job's worker (None when idle)."""
+        return self.job.worker
+
     def __init__(self, napari_viewer):
         super().__init__()
         dock_as_tab(self)  # beside the other MedLSAM docks, never squeezing them
         self.viewer = napari_viewer
         self.report: Report | None = None
-        self.worker = None
-        self._cancel = threading.Event()
         self._draft_text = ""           # the last generated draft: differs from the box once the user edits
         self._pending_text: str | None = None
         self.image_box, self.labels_box = QComboBox(), QComboBox()
@@ -115,11 +130,11 @@ class ReportWidget(QWidget):
         self.regen_btn.setEnabled(False)
         self.save_btn.setEnabled(False)
         self.measure_btn.clicked.connect(self.start_measuring)
-        self.cancel_btn.clicked.connect(self._cancel.set)
         self.regen_btn.clicked.connect(self.replace_text)
         self.save_btn.clicked.connect(self._choose_save)
-        self.bridge = ProgressBridge("report")
-        self.bridge.progress.connect(self._on_progress)
+        self.job = DockJob("report", status=self.status, bar=self.bar, buttons=(self.measure_btn,),
+                           on_progress=self._on_progress, on_idle=lambda: self.measure_btn.setText("Re-measure"))
+        self.cancel_btn.clicked.connect(self.job.cancel)
         for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
             event.connect(lambda _e: self.refresh_layers())
         self.refresh_layers()
@@ -169,28 +184,20 @@ class ReportWidget(QWidget):
 
     # --- measuring ------------------------------------------------------------------------------
     def start_measuring(self) -> None:
-        if self.worker is not None:
+        if self.job.busy:
             return
         try:
             image, labels, names = self._volumes()
         except (MedLSAMError, ValueError) as exc:
             self.status.setText(str(exc))
             return
-        self._cancel.clear()
-        bridge, cancel = self.bridge, self._cancel
-        from napari.qt.threading import thread_worker
+        progress, cancelled = self.job.reporter(), self.job.cancelled
 
         def work() -> Report:
-            return build_report(image, labels, names, patient=Patient.from_meta(image.meta),
-                                progress=lambda d, t, m: bridge.progress.emit(d, t, m), cancelled=cancel.is_set)
+            return build_report(image, labels, names, patient=Patient.from_meta(image.meta), progress=progress,
+                                cancelled=cancelled)
 
-        self.worker = thread_worker(work)()
-        self.worker.returned.connect(self._measured)
-        self.worker.errored.connect(self._failed)
-        self.worker.finished.connect(self._idle)
-        self.measure_btn.setEnabled(False)
-        self.status.setText("measuring…")
-        self.worker.start()
+        self.job.start(work, self._measured, message="measuring…", on_error=self._failed)
 
     def _on_progress(self, done: int, total: int, message: str) -> None:
         self.bar.setRange(0, max(total, 1))
@@ -199,12 +206,6 @@ class ReportWidget(QWidget):
 
     def _failed(self, exc: Exception) -> None:
         self.status.setText("cancelled" if isinstance(exc, InterruptedError) else f"measurement failed: {exc}")
-
-    def _idle(self) -> None:
-        self.bridge.close()
-        self.worker = None
-        self.measure_btn.setEnabled(True)
-        self.measure_btn.setText("Re-measure")
 
     def _measured(self, report: Report) -> None:
         self.report = report

@@ -11,8 +11,16 @@ from scipy.sparse.csgraph import dijkstra
 from medlsam_training.cam.fusion import binary_entropy, mean_fusion, um_fusion
 from medlsam_training.cam.geodesic import geodesic_distance
 from medlsam_training.cam.gse import best_threshold, gse_refine, seed_points
-from medlsam_training.cam.tags import (ABSENT, PRESENT, UNKNOWN, TagError, read_tags, require_usable,
-                                       tags_from_mask, tags_from_ranges)
+from medlsam_training.cam.tags import (
+    ABSENT,
+    PRESENT,
+    UNKNOWN,
+    TagError,
+    read_tags,
+    require_usable,
+    tags_from_mask,
+    tags_from_ranges,
+)
 
 
 def test_um_fusion_matches_hand_computation() -> None:

@@ -9,12 +9,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from medlsam_training.boxes import Box3D
 from medlsam_training.cam.classifier import SIZE, body_slices, prepare_slices, to_slice_grid
 from medlsam_training.cam.data import labelled_cases, load_tagged
 from medlsam_training.cam.organ import Prior, box_prior, prior_kind, seed_organ_volume, slice_boxes
-from medlsam_training.cam.rvc import RES, segment_ticked, train_rvc, training_slices, load_net
+from medlsam_training.cam.rvc import RES, load_net, segment_ticked, train_rvc, training_slices
 from medlsam_training.cam.tags import ABSENT, PRESENT
-from medlsam_training.boxes import Box3D
 from medlsam_training.cli import app
 from medlsam_training.errors import DatasetError, MedLSAMError
 from medlsam_training.io import read_volume

@@ -7,12 +7,12 @@ import os
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import slicerio
+import tomllib
 from typer.testing import CliRunner
 
 from medlsam_training.cli import app

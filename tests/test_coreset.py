@@ -11,15 +11,19 @@ import torch
 from torch import nn
 
 from medlsam_training.coreset.kcenter import cover_radius, k_center_greedy
-from medlsam_training.coreset.rules import (dice_dynamics, offline_coreset, online_cluster_rule, select_by_score,
-                                            suspicious)
-from medlsam_training.coreset.valuation import (data_si_values, gradnorm_values, per_sample_gradients,
-                                                predicted_sgd_step)
+from medlsam_training.coreset.rules import (
+    dice_dynamics,
+    offline_coreset,
+    online_cluster_rule,
+    select_by_score,
+    suspicious,
+)
+from medlsam_training.coreset.valuation import data_si_values, gradnorm_values, per_sample_gradients, predicted_sgd_step
 
 
 def test_k_center_greedy_is_within_twice_the_optimal_radius_and_matches_a_naive_loop() -> None:
     rng = np.random.default_rng(0)
-    for trial in range(20):
+    for _ in range(20):
         x = rng.normal(size=(9, 2))
         k = 3
         picks = k_center_greedy(x, k)

@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from medlsam_training.cam.data import labelled_cases
-from medlsam_training.coreset.probe import (CROP, PIXEL_MM, SliceCase, crossfit_checkpoints, load_slice_case,
-                                            probe_loss)
+from medlsam_training.coreset.probe import CROP, PIXEL_MM, SliceCase, crossfit_checkpoints, load_slice_case, probe_loss
 from medlsam_training.coreset.run import mirror_pairs, suspicious_ranking
 
 TARGETS = ["mandible", "parotid_right", "parotid_left"]

@@ -10,9 +10,16 @@ import pytest
 from medlsam_training.boxes import Box3D
 from medlsam_training.extreme_points import extreme_points_from_mask
 from medlsam_training.io import read_image_label, read_volume
-from medlsam_training.localize import (LocalizationError, MedLAMLocalizer, RefinedRegistrationLocalizer,
-                                       RegistrationLocalizer, Template, box_from_points, shipped_weights,
-                                       sub_boxes_in_view)
+from medlsam_training.localize import (
+    LocalizationError,
+    MedLAMLocalizer,
+    RefinedRegistrationLocalizer,
+    RegistrationLocalizer,
+    Template,
+    box_from_points,
+    shipped_weights,
+    sub_boxes_in_view,
+)
 from medlsam_training.medlam.preprocess import ModalityError
 from medlsam_training.metrics import box_iou
 from medlsam_training.phantom import make_phantom
@@ -50,9 +57,10 @@ def test_default_statuses_are_right_on_the_demo_and_on_a_real_slab(liver_templat
                                                                     ct_dicom: Path) -> None:
     """A warning that always fires teaches users to ignore it: on the README demo's phantoms the liver lies inside
     the scan (found) while the spine runs through it (partly outside); on a real 40 mm slab the liver is cut."""
-    from medlsam_training.localize import LOCALIZERS, make_localizer
+    from medlsam_training.localize import make_localizer
+    from medlsam_training.options import LocalizerName
 
-    localizer = make_localizer(LOCALIZERS[0])
+    localizer = make_localizer(LocalizerName.ATLAS)
     template, query = make_phantom(0), make_phantom(1)
     targets = [extreme_points_from_mask(n, v, template.image, template.label) for v, n in ((1, "liver"), (6, "spine"))]
     masks = {"liver": template.label.array == 1, "spine": template.label.array == 6}
@@ -242,7 +250,8 @@ def _first_train_patients_with(openkbp: Path, value: int, k: int) -> list[str]:
 def held_out(openkbp: Path) -> tuple[Volume, Volume, dict]:
     """pt_201 (the first recommended validation-pats patient) localized by the default localizer with the
     protocol's templates: the first five train-pats patients holding each organ, with their masks."""
-    from medlsam_training.localize import LOCALIZERS, make_localizer
+    from medlsam_training.localize import make_localizer
+    from medlsam_training.options import LocalizerName
 
     templates: dict[str, Template] = {}
     for value, organ in HN_TARGET_ORGANS.items():
@@ -252,7 +261,7 @@ def held_out(openkbp: Path) -> tuple[Volume, Volume, dict]:
             tpl.targets.append(extreme_points_from_mask(organ, value, tpl.volume, label))
             tpl.masks[organ] = label.array == value
     query, label = _hn_case(openkbp, "pt_201")
-    localizer = make_localizer(LOCALIZERS[0])  # the default of the CLI and the annotator
+    localizer = make_localizer(LocalizerName.ATLAS)  # the default of the CLI and the annotator
     return query, label, {r.target: r for r in localizer.localize(query, list(templates.values()))}
 
 

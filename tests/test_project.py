@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from medlsam_training.project import SESSION_FILE, Project, ProjectError
 from medlsam_training.extreme_points import ExtremePointsError
 from medlsam_training.io import read_volume
 from medlsam_training.phantom import write_phantom_dataset
+from medlsam_training.project import SESSION_FILE, Project, ProjectError
 
 
 @pytest.fixture()

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
+
 from medlsam_training.cli import app, expand_list_options
 from medlsam_training.extreme_points import ExtremePoints, extreme_points_from_mask
 from medlsam_training.io import read_image_label, read_label, read_volume, write_mask
@@ -17,7 +19,6 @@ from medlsam_training.metrics import binary_metrics
 from medlsam_training.phantom import write_phantom_dataset
 from medlsam_training.project import SESSION_FILE, Project
 from medlsam_training.project_run import build_templates
-from typer.testing import CliRunner
 
 runner = CliRunner()
 

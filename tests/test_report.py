@@ -120,7 +120,8 @@ def test_cli_report_bad_inputs_exit_2_with_one_line(ct_example: Path, shared_dat
     assert result.exit_code == 2 and "--sex X" in result.output
     flat = tmp_path / "flat.nii.gz"
     sitk.WriteImage(sitk.Image(64, 64, sitk.sitkInt16), str(flat))
-    result = runner.invoke(app, ["report", str(flat), str(ct_example / "label.nii.gz"), "--out", str(tmp_path / "r.md")])
+    result = runner.invoke(app, ["report", str(flat), str(ct_example / "label.nii.gz"), "--out",
+                                 str(tmp_path / "r.md")])
     assert result.exit_code == 2 and "2D image" in result.output and "flat.nii.gz" in result.output
     assert not (tmp_path / "r.md").exists()
 

@@ -40,12 +40,12 @@ class Box3D:
     @property
     def shape(self) -> tuple[int, int, int]:
         """Voxel counts along (x, y, z)."""
-        return tuple(h - l + 1 for l, h in zip(self.lo, self.hi))
+        return tuple(b - a + 1 for a, b in zip(self.lo, self.hi))
 
     @property
     def slices(self) -> tuple[slice, slice, slice]:
         """Array slices [z, y, x] selecting the box."""
-        return tuple(slice(l, h + 1) for l, h in zip(self.lo[::-1], self.hi[::-1]))
+        return tuple(slice(a, b + 1) for a, b in zip(self.lo[::-1], self.hi[::-1]))
 
     def clip(self, size: tuple[int, int, int]) -> "Box3D":
         """Clip to a grid of size (x, y, z); raises ValueError when nothing is left."""

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-import tomllib
 from typing import Any, TypeVar
+
+import tomllib
 
 T = TypeVar("T")
 

@@ -47,7 +47,8 @@ class Case:
         for value, name in self.label_names.items():
             if name == name_or_value:
                 return value
-        raise DatasetError(f"{self.name}: no label named '{name_or_value}' (known: {sorted(self.label_names.values())})")
+        raise DatasetError(f"{self.name}: no label named '{name_or_value}' "
+                           f"(known: {sorted(self.label_names.values())})")
 
 
 def _stem(path: Path) -> str:
@@ -146,7 +147,8 @@ def _loose_volumes(folder: Path) -> list[Case]:
     if any(p.suffix.lower() == ".dcm" for p in files) or (not files and bool(dicom_series_ids(folder))):
         return [Case(folder.name, folder)]  # DICOM files often have no extension at all
     hints = tuple(f"_{h}" for h in _LABEL_STEMS)
-    return [Case(_stem(p), p) for p in files if not _stem(p).lower().endswith(hints) and _stem(p).lower() not in _LABEL_STEMS]
+    return [Case(_stem(p), p) for p in files
+            if not _stem(p).lower().endswith(hints) and _stem(p).lower() not in _LABEL_STEMS]
 
 
 def split_members(folder: str | os.PathLike[str], split: str | None) -> set[str] | None:

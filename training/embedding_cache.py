@@ -17,10 +17,9 @@ import numpy as np
 import torch
 
 from .atomic import atomic_path
+from .progress import ProgressFn
 from .segmenters import Segmenter
 from .slice_prep import SliceFrame
-
-ProgressFn = Callable[[int, int, str], None]
 
 
 def default_cache_dir() -> Path:

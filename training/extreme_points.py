@@ -60,7 +60,8 @@ def template_volume_path(json_path: str | os.PathLike[str], template_path: str) 
     return beside if beside.exists() else path
 
 
-def validate_points(points_mm: np.ndarray, geometry: Geometry | None = None, where: str = "extreme points") -> np.ndarray:
+def validate_points(points_mm: np.ndarray, geometry: Geometry | None = None, where: str = "extreme points"
+                    ) -> np.ndarray:
     """Check six LPS points: finite, min < max on each axis, inside the volume when its geometry is known."""
     pts = np.asarray(points_mm, dtype=float)
     if pts.shape != (6, 3):
@@ -78,7 +79,8 @@ def validate_points(points_mm: np.ndarray, geometry: Geometry | None = None, whe
             idx = geometry.physical_to_index(p)
             if not geometry.contains_index(idx):
                 raise ExtremePointsError(f"{where}: the {name} point {np.round(p, 1).tolist()} mm (voxel "
-                                         f"{np.round(idx, 1).tolist()}) lies outside the volume of size {geometry.size}")
+                                         f"{np.round(idx, 1).tolist()}) lies outside the volume of size "
+                                         f"{geometry.size}")
     return pts
 
 
@@ -171,7 +173,8 @@ class ExtremePoints:
                 raise ExtremePointsError(f"{where}: six points are needed, the file has {len(items)}")
             names = [p.get("name") for p in items]
             if names != list(POINT_NAMES):
-                raise ExtremePointsError(f"{where}: points must be named {list(POINT_NAMES)} in that order, got {names}")
+                raise ExtremePointsError(f"{where}: points must be named {list(POINT_NAMES)} in that order, "
+                                         f"got {names}")
             return np.array([p["mm"] for p in items], dtype=float)
 
         mask = data.get("mask") or {}

@@ -294,7 +294,8 @@ def _check_slice_positions(folder: Path, files: tuple[str, ...] | list[str]) -> 
     if bad.any():
         i = int(np.argmax(np.abs(gaps - median)))
         raise CorruptFileError(f"{folder}: the DICOM slices are unevenly spaced ({gaps.min():.2f} to "
-                               f"{gaps.max():.2f} mm, median {median:.2f} mm; largest gap after slice {i + 1} of {len(files)}): a slice "
+                               f"{gaps.max():.2f} mm, median {median:.2f} mm; largest gap after slice {i + 1} of "
+                               f"{len(files)}): a slice "
                                "is missing or thicknesses are mixed; a uniform grid would misplace the slices")
 
 

@@ -19,25 +19,17 @@ from collections.abc import Collection
 import numpy as np
 
 from .errors import MedLSAMError
-
-POLICIES = ("keep", "overwrite", "empty")
-#: What a re-run does with a volume whose label map exists: leave it (``skip``) or merge by a policy.
-EXISTING = ("skip",) + POLICIES
-POLICY_HELP = {  # short: they label a combo box in a narrow dock
-    "keep": "keep other labels",
-    "overwrite": "overwrite other labels",
-    "empty": "fill empty voxels only",
-}
+from .options import ExistingMaps, LabelPolicy, choose
 
 
 class LockedTargetError(MedLSAMError, ValueError):
     """A write to a target that the annotator locked (reviewed)."""
 
 
-def check_policy(policy: str, allowed: tuple[str, ...] = POLICIES) -> str:
-    if policy not in allowed:
-        raise ValueError(f"unknown policy {policy!r} for existing labels; choose one of {', '.join(allowed)}")
-    return policy
+def check_policy(policy: str, *, rerun: bool = False) -> LabelPolicy | ExistingMaps:
+    """``policy`` checked against the label policies, or with ``rerun`` against what a re-run may do with a
+    volume whose label map exists (``ExistingMaps``: skip it, or merge by a policy)."""
+    return choose(policy, ExistingMaps if rerun else LabelPolicy, "policy")
 
 
 def merge_target(label_map: np.ndarray, mask: np.ndarray, value: int, policy: str = "keep",

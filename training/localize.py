@@ -25,26 +25,42 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .atlas import (AtlasImage, QuerySpectrum, TemplateRegistration, atlas_image, invert_points, one_itk_thread,
-                    refine_target, register_template, warp_mask)
+from .atlas import (
+    AtlasImage,
+    QuerySpectrum,
+    TemplateRegistration,
+    atlas_image,
+    invert_points,
+    one_itk_thread,
+    refine_target,
+    register_template,
+    warp_mask,
+)
 from .boxes import Box3D, box_from_physical
 from .errors import MedLSAMError
 from .extreme_points import POINT_NAMES, ExtremePoints, template_volume_path, validate_points
+from .identity_cache import IdentityCache
 from .medlam.matching import COARSE_RADIUS, PointKernel, VolumeFeatures, match_point, point_kernel, volume_features
 from .medlam.network import MedLAMNet
 from .medlam.preprocess import PreparedCT, crop, prepare_ct
-from .identity_cache import IdentityCache
-from .registration import RegistrationImage, register, registration_image
+from .options import LOCALIZER_ALIASES, LocalizerName, choose
 from .propagate import clean_mask, single_part_target
+from .registration import RegistrationImage, register, registration_image
 from .segmenters import default_device, load_state_dict
-from .template_fusion import (FOUND, MIN_OUTLIER_MM, NOT_FOUND, PARTLY_OUTSIDE, box_status, content_box, edge_faces,
-                              fuse_points)
+from .template_fusion import (
+    FOUND,
+    MIN_OUTLIER_MM,
+    NOT_FOUND,
+    PARTLY_OUTSIDE,
+    box_status,
+    content_box,
+    edge_faces,
+    fuse_points,
+)
 from .volume import Volume
 
 log = logging.getLogger(__name__)
 SHIPPED_WEIGHTS = "medlam_ct_3mm.pt"
-#: the localizers a user can choose (CLI, annotator, project file); the first is the default
-LOCALIZERS = ("atlas", "medlam", "medlam+reg", "registration", "registration+bspline")
 
 
 class LocalizationError(MedLSAMError, ValueError):
@@ -322,7 +338,7 @@ class RegistrationLocalizer:
         mapped: Estimates = {}
         for tpl in templates:
             t = self.transform(tpl.volume, query)
-            move = lambda pts: np.array([t.TransformPoint(tuple(p)) for p in pts])  # noqa: E731
+            move = lambda pts, t=t: np.array([t.TransformPoint(tuple(p)) for p in pts])  # noqa: E731
             for ep in tpl.targets:
                 mapped.setdefault(ep.target, []).append((move(ep.points_mm), [move(s) for s in ep.slabs_mm]))
         return mapped
@@ -528,19 +544,21 @@ def _fuse_masks(result: LocalizedTarget, masks: list[tuple[sitk.Image, TemplateR
     result.box = Box3D.from_mask(full)
 
 
-def make_localizer(name: str, **kwargs) -> Localizer:
-    name = name.lower()
-    if name == "medlam":
+def make_localizer(name: str, device: torch.device | str | None = None, **kwargs) -> Localizer:
+    """The localizer called ``name`` (``LocalizerName`` or an alias); ``device`` reaches the ones that run a
+    network (MedLAM) and is ignored by the registration localizers, which run on the CPU."""
+    choice = choose(name, LocalizerName, "localizer", LOCALIZER_ALIASES)
+    if choice.takes_device and device is not None:
+        kwargs["device"] = device
+    if choice == LocalizerName.MEDLAM:
         return MedLAMLocalizer(**kwargs)
-    if name in ("registration", "reg"):
+    if choice == LocalizerName.REGISTRATION:
         return RegistrationLocalizer(**kwargs)
-    if name in ("registration+bspline", "deformable"):
+    if choice == LocalizerName.REGISTRATION_BSPLINE:
         return RegistrationLocalizer(deformable=True, **kwargs)
-    if name in ("medlam+reg", "medlam+registration"):
+    if choice == LocalizerName.MEDLAM_REG:
         return RefinedRegistrationLocalizer(MedLAMLocalizer(**kwargs))
-    if name == "atlas":
-        return AtlasLocalizer(**kwargs)
-    raise ValueError(f"unknown localizer {name!r}: {', '.join(LOCALIZERS)}")
+    return AtlasLocalizer(**kwargs)
 
 
 def load_templates(paths: list[str | os.PathLike[str]]) -> list[Template]:

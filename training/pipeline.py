@@ -21,15 +21,15 @@ import numpy as np
 from .atomic import keep_previous, write_json_atomic
 from .boxes import Box3D, box_from_physical
 from .datasets import Case, find_cases, read_label_names
-from .embedding_cache import ProgressFn
 from .errors import MedLSAMError
-from .io import is_volume_path, read_label, read_volume, write_mask
-from .label_merge import EXISTING, check_policy, merge_target
 from .extreme_points import POINT_NAMES, ExtremePoints
+from .io import is_volume_path, read_label, read_volume, write_mask
+from .label_merge import check_policy, merge_target
 from .localize import LocalizedTarget, Localizer, Template, sub_boxes_in_view
-from .template_fusion import PARTLY_OUTSIDE, box_status, edge_faces
+from .progress import ProgressFn
 from .propagate import PropagationConfig, VolumeSegmenter, clean_mask, for_target
 from .segmenters import Segmenter
+from .template_fusion import PARTLY_OUTSIDE, box_status, edge_faces
 from .volume import Volume
 
 log = logging.getLogger(__name__)
@@ -225,7 +225,7 @@ def run_queries(
     targets merged into it by the policy ``keep``, ``overwrite`` or ``empty``; the previous file is first
     copied to ``out_dir/.previous/``.  ``locked`` names, per case, targets never to touch (reviewed ones).
     """
-    check_policy(existing, EXISTING)
+    check_policy(existing, rerun=True)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary_path = out_dir / RESULTS_NAME
@@ -248,7 +248,7 @@ def run_queries(
             query = read_volume(case.image)
             result.template = any(is_template_of(t, query) for t in templates)
             before = read_label(output, query, allow_empty=True).array if output.is_file() else None
-            slice_progress = (lambda d, n, m, i=i: progress(d, n, f"{case.name} ({i + 1}/{len(cases)}): {m}")) \
+            slice_progress = (lambda d, n, m, i=i, c=case: progress(d, n, f"{c.name} ({i + 1}/{len(cases)}): {m}")) \
                 if progress else None
             label_map, result.targets = segment_query(
                 query, templates, localizer, segmenter, config, cache_dir, slice_progress, cancelled,

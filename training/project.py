@@ -40,9 +40,8 @@ from .errors import DatasetError, MedLSAMError
 from .extreme_points import POINT_NAMES, ExtremePoints, point_conflict, template_volume_path
 from .io import probe_volume
 from .label_merge import check_policy
-from .localize import LOCALIZERS
+from .options import LocalizerName, PropagationMode, choose
 from .pipeline import LABELS_NAME, RESULTS_NAME, target_confidence, write_label_names
-from .propagate import MODES
 from .volume import Geometry, Volume
 
 SESSION_FILE = "medlsam_project.json"
@@ -83,10 +82,10 @@ class Project:
     targets: list[Target] = field(default_factory=list)
     points: dict[str, dict[str, list[list[float] | None]]] = field(default_factory=dict)
     active_target: str | None = None
-    localizer: str = LOCALIZERS[0]  # best on the head-and-neck benchmark (docs/benchmarks.md, section 1)
+    localizer: str = LocalizerName.ATLAS.value  # best on the head-and-neck benchmark (docs/benchmarks.md, sec. 1)
     segmenter: str = "litemedsam"
     device: str = "auto"
-    mode: str = MODES[0]
+    mode: str = PropagationMode.ATLAS.value
     existing: str = "keep"  # what re-segmenting a target does to labels already there (training/label_merge.py)
     output_dir: str = "masks"
     point_files: dict[str, dict[str, str]] = field(default_factory=dict)  # volume -> target -> templates/ file
@@ -131,6 +130,9 @@ class Project:
             if key in data:
                 setattr(self, key, data[key])
         check_policy(self.existing)
+        # one line naming the session file's bad value, before any model is loaded
+        self.localizer = choose(self.localizer, LocalizerName, f"localizer in {self.session_path}").value
+        self.mode = choose(self.mode, PropagationMode, f"propagation mode in {self.session_path}").value
         for v in self.volumes:
             if v.status not in STATUSES:
                 raise ValueError(f"volume {v.name}: unknown status {v.status!r}")
@@ -524,7 +526,8 @@ class Project:
         slots = self.point_slots(name, target)
         missing = [POINT_NAMES[i] for i, p in enumerate(slots) if p is None]
         if missing:
-            raise ProjectError(f"{target} on {name}: {6 - len(missing)} of six points set; missing {', '.join(missing)}")
+            raise ProjectError(f"{target} on {name}: {6 - len(missing)} of six points set; "
+                               f"missing {', '.join(missing)}")
         t = self.target(target)
         return ExtremePoints.from_index_points(target, t.label, volume, np.array(slots))
 

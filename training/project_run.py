@@ -8,14 +8,15 @@ from pathlib import Path
 import numpy as np
 
 from .datasets import Case
-from .embedding_cache import ProgressFn, default_cache_dir
+from .embedding_cache import default_cache_dir
 from .errors import MedLSAMError
 from .io import read_label, read_volume
-from .volume import Volume
 from .localize import Template
 from .pipeline import QueryResult, run_queries
+from .progress import ProgressFn
 from .project import Project, ProjectError
 from .propagate import PropagationConfig
+from .volume import Volume
 
 
 def build_templates(project: Project) -> list[Template]:

@@ -17,31 +17,28 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 from scipy import ndimage
 
 from .boxes import Box3D, box_from_physical
-from .embedding_cache import ProgressFn, SliceEmbeddings
+from .embedding_cache import SliceEmbeddings
 from .errors import GeometryMismatchError
 from .io import align_label_to_image
+from .options import PropagationMode, choose, listed
+from .progress import ProgressFn
 from .segmenters import Prediction, Segmenter
 from .slice_prep import Window, scale_to_unit, window_for_modality
 from .volume import Volume, orient
 
 log = logging.getLogger(__name__)
-Mode = Literal["atlas", "mask", "wpl", "spl"]
-#: how a localized target becomes a mask (CLI, annotator, project file); the first is the default:
-#: atlas = the templates' warped masks fused by vote (when the templates have masks; else SAM in 'mask' mode),
-#: mask = SAM slice by slice from the box's centre, each slice prompted by the previous mask's box,
-#: wpl = SAM with the 3D box's xy on every slice, spl = SAM with per-slab sub-boxes
-MODES = ("atlas", "mask", "wpl", "spl")
+#: how a localized target becomes a mask: training/options.py, with each mode's help
+Mode = PropagationMode
 
 
 @dataclass
 class PropagationConfig:
-    mode: Mode = "wpl"
+    mode: Mode = PropagationMode.WPL
     margin_px: int = 3  # slice pixels added around every 2D box (SAM models were trained on loose boxes)
     min_area_px: int = 10  # 'mask' mode stops where the mask falls below this
     min_score: float = 0.0  # slices whose predicted IoU is lower are left empty
@@ -52,8 +49,7 @@ class PropagationConfig:
     fill_holes: bool = True
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"unknown propagation mode {self.mode!r}: {', '.join(MODES)}")
+        self.mode = choose(self.mode, PropagationMode, "propagation mode")
 
 
 def box_2d(box: Box3D, margin: int = 0) -> np.ndarray:
@@ -175,7 +171,7 @@ class VolumeSegmenter:
         elif config.mode in ("mask", "atlas"):  # 'atlas' without template masks: SAM from the box
             mask = self._propagate_from_centre(boxes, config, progress, cancelled)
         else:
-            raise ValueError(f"unknown propagation mode {config.mode!r} ({', '.join(MODES)})")
+            raise ValueError(f"unknown propagation mode {config.mode!r} ({listed(PropagationMode)})")
         mask = clean_mask(mask, config.largest_component, config.fill_holes)
         return self.to_volume_grid(mask)
 

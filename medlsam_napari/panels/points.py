@@ -6,7 +6,6 @@ import numpy as np
 from qtpy.QtWidgets import QComboBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from medlsam_training.extreme_points import POINT_NAMES, POINT_PROMPTS
-
 from medlsam_training.project import ProjectError
 
 from ..state import AnnotatorState

@@ -11,6 +11,7 @@ from qtpy.QtWidgets import QGridLayout, QLabel, QPushButton, QVBoxLayout, QWidge
 from medlsam_training.label_merge import merge_target
 from medlsam_training.propagate import PropagationConfig, VolumeSegmenter
 
+from ..dock_job import DockJob
 from ..jobs import load_models
 from ..state import PROMPT_LAYER, AnnotatorState
 from ._messages import show_error
@@ -20,6 +21,11 @@ VISITED_VOLUMES_KEPT = 2  # volumes whose embeddings stay in RAM for instant re-
 
 
 class ReviewPanel(QWidget):
+    @property
+    def worker(self):
+        """The running prompt's worker (None when idle)."""
+        return self.job.worker
+
     def __init__(self, state: AnnotatorState):
         super().__init__()
         self.state = state
@@ -52,7 +58,8 @@ class ReviewPanel(QWidget):
         layout = QVBoxLayout(self)
         layout.addLayout(grid)
         layout.addWidget(self.status)
-        self.worker = None
+        self.job = DockJob("MedLSAM prompt", status=self.status, buttons=(*self.buttons.values(), self.lock),
+                           on_idle=self._sync_lock)
         state.on_change(lambda what: self._sync_lock() if what in ("volume", "active_target", "status", "project",
                                                                    "targets") else None)
 
@@ -168,13 +175,8 @@ class ReviewPanel(QWidget):
         return merge_target(current, mask, label, self.state.project.existing, self.state.locked_labels())
 
     def _run(self, job, on_done) -> None:
-        from napari.qt.threading import thread_worker
-
-        if self.worker is not None:
+        if self.job.busy:
             return
-        for b in [*self.buttons.values(), self.lock]:
-            b.setEnabled(False)
-        self.status.setText("working… (the first prompt on a volume loads the model and embeds the slice)")
         volume = self.state.volume_name
 
         def apply(result) -> None:
@@ -183,18 +185,8 @@ class ReviewPanel(QWidget):
                 return
             on_done(result)
 
-        worker = thread_worker(job)()
-        worker.returned.connect(apply)
-        worker.errored.connect(lambda exc: show_error(self, "Prompt failed", exc))
-        worker.finished.connect(self._done)
-        self.worker = worker
-        worker.start()
-
-    def _done(self) -> None:
-        self.worker = None
-        for b in self.buttons.values():
-            b.setEnabled(True)
-        self._sync_lock()
+        self.job.start(job, apply, message="working… (the first prompt on a volume loads the model and embeds the "
+                       "slice)", on_error=lambda exc: show_error(self, "Prompt failed", exc))
 
     def segment_slice(self) -> None:
         if self.state.volume is None or (label := self._target_label()) is None:
@@ -228,5 +220,5 @@ class ReviewPanel(QWidget):
             self.state.set_mask(new)  # one undo step; its paint event saves it
             self.status.setText(f"re-propagated from slice {z}: {int(mask3d.sum())} voxels, saved (Ctrl+Z undoes).")
 
-        self._run(lambda: self._volume_segmenter().repropagate_from_slice(z, seed, z_range, PropagationConfig(mode="mask")),
-                  apply)
+        config = PropagationConfig(mode="mask")
+        self._run(lambda: self._volume_segmenter().repropagate_from_slice(z, seed, z_range, config), apply)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import threading
-
-from medlsam_training.project_run import build_templates, run_project
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
+from medlsam_training.project_run import build_templates, run_project
+
+from ..dock_job import DockJob
 from ..jobs import load_models
 from ..progress import ProgressBridge
 from ..state import AnnotatorState
@@ -22,6 +22,11 @@ class _RunBridge(ProgressBridge):
 
 
 class RunPanel(QWidget):
+    @property
+    def worker(self):
+        """The running job's worker (None when idle)."""
+        return self.job.worker
+
     def __init__(self, state: AnnotatorState):
         super().__init__()
         self.state = state
@@ -42,10 +47,9 @@ class RunPanel(QWidget):
         for w in (self.volumes_bar, self.slices_bar, self.status):
             layout.addWidget(w)
         self.bridge = _RunBridge("MedLSAM")
-        self.bridge.progress.connect(self._on_slices)
         self.bridge.volume_done.connect(self._on_volume)
-        self.worker = None
-        self._cancel = threading.Event()
+        self.job = DockJob("MedLSAM", bridge=self.bridge, status=self.status, buttons=(self.run_btn,),
+                           on_progress=self._on_slices)
         self.results: list = []
 
     def start(self) -> None:
@@ -59,38 +63,31 @@ class RunPanel(QWidget):
         queries = p.to_segment  # the templates too: their own targets from their clicked points
         if not p.queries:
             return show_error(self, "Cannot run", "no query volume: every volume is a template or missing")
-        from napari.qt.threading import thread_worker
-
-        self._cancel.clear()
         self.results = []
         self.volumes_bar.setRange(0, len(queries))
         self.volumes_bar.setValue(0)
         self.status.setText(f"loading models ({p.localizer} + {p.segmenter})…")
-        bridge, cancel = self.bridge, self._cancel
+        bridge, cancelled = self.bridge, self.job.cancelled
 
-        @thread_worker
         def work():
             localizer, segmenter = load_models(p, self.state.segmenter_cache)
+            # progress does not raise on cancel: run_project stops after the current slice and sums up
             return run_project(p, templates, queries, localizer, segmenter,
                                progress=lambda d, n, m: bridge.progress.emit(d, n, m),
-                               on_result=bridge.volume_done.emit, cancelled=cancel.is_set)
+                               on_result=bridge.volume_done.emit, cancelled=cancelled)
 
-        self.worker = work()
-        self.worker.returned.connect(self._on_finished)
-        self.worker.errored.connect(lambda exc: self._on_finished(None, exc))
-        self.run_btn.setEnabled(False)
+        self.job.start(work, self._on_finished, on_error=lambda exc: self._on_finished(None, exc))
         self.cancel_btn.setEnabled(True)
-        self.worker.start()
 
     def cancel(self) -> None:
-        self._cancel.set()
+        self.job.cancel()
         self.status.setText("cancelling after the current slice…")
 
     def _on_slices(self, done: int, total: int, message: str) -> None:
         self.slices_bar.setRange(0, max(total, 1))
         self.slices_bar.setValue(done)
         self.slices_bar.setFormat(f"{message} %v/%m")
-        if not self._cancel.is_set():  # the models are loaded once work arrives: the text line follows the bar
+        if not self.job.cancelled():  # the models are loaded once work arrives: the text line follows the bar
             self.status.setText(f"running: {message}")
 
     def _on_volume(self, result) -> None:
@@ -105,17 +102,15 @@ class RunPanel(QWidget):
         self.state.changed("status")
 
     def _on_finished(self, summary, error: BaseException | None = None) -> None:
-        self.bridge.close()
-        self.run_btn.setEnabled(True)
-        self.cancel_btn.setEnabled(False)
-        self.worker = None
+        self.cancel_btn.setEnabled(False)  # the job re-enables 'run' when its worker finishes
         if error is not None:
             show_error(self, "Run failed", error)
-        elif self._cancel.is_set():
+        elif self.job.cancelled():
             self.status.setText(f"cancelled after {len(self.results)} volume(s)")
         else:
             failed = [r.name for r in self.results if r.status == "failed"]
-            text = f"done: {len(self.results) - len(failed)} segmented" + (f", failed: {', '.join(failed)}" if failed else "")
+            text = f"done: {len(self.results) - len(failed)} segmented" + (
+                f", failed: {', '.join(failed)}" if failed else "")
             self.status.setText(text)
             show_info(text)
         self.state.changed("status")

@@ -3,13 +3,11 @@ re-segmenting a target does to the labels already in the volume's label map."""
 
 from __future__ import annotations
 
-from medlsam_training.label_merge import POLICIES, POLICY_HELP
-from medlsam_training.localize import LOCALIZERS
-from medlsam_training.propagate import MODES
 from qtpy.QtWidgets import QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLineEdit, QPushButton, QWidget
 
-from ..state import AnnotatorState
+from medlsam_training.options import LOCALIZER_HELP, MODE_HELP, POLICY_HELP, LabelPolicy, LocalizerName, PropagationMode
 
+from ..state import AnnotatorState
 
 
 class SettingsPanel(QWidget):
@@ -17,13 +15,11 @@ class SettingsPanel(QWidget):
         super().__init__()
         self.state = state
         self.localizer = QComboBox()
-        self.localizer.addItems(LOCALIZERS)
+        self.localizer.addItems(list(LocalizerName))
         self.mode = QComboBox()
-        self.mode.addItems(MODES)
-        self.mode.setToolTip("atlas: the templates' reviewed masks warped into the volume and fused (SAM from the box "
-                             "where a template has no confirmed mask); mask / wpl / spl: SAM slice by slice")
-        self.localizer.setToolTip("atlas: registration of each template (best on the head-and-neck benchmark); "
-                                  "medlam: fast preview")
+        self.mode.addItems(list(PropagationMode))
+        self.mode.setToolTip("\n".join(f"{m}: {h}" for m, h in MODE_HELP.items()))
+        self.localizer.setToolTip("\n".join(f"{m}: {h}" for m, h in LOCALIZER_HELP.items()))
         self.segmenter = QLineEdit("litemedsam")
         self.segmenter.setToolTip("'litemedsam' (embedded) or the path of a SAM / MedSAM checkpoint")
         browse = QPushButton("…")
@@ -31,8 +27,8 @@ class SettingsPanel(QWidget):
         self.device = QComboBox()
         self.device.addItems(self._devices())
         self.existing = QComboBox()
-        for policy in POLICIES:
-            self.existing.addItem(POLICY_HELP[policy], policy)
+        for policy in LabelPolicy:
+            self.existing.addItem(POLICY_HELP[policy], policy.value)
         self.existing.setToolTip("When a target is segmented again (run, re-prompt, re-propagate): what its new "
                                  "voxels may replace. Its own old voxels are replaced unless 'fill empty voxels "
                                  "only'. Locked (reviewed) targets are never changed.")
@@ -71,7 +67,8 @@ class SettingsPanel(QWidget):
         self.segmenter.setText(p.segmenter)
 
     def _browse(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "SAM / MedSAM / LiteMedSAM checkpoint", "", "Checkpoints (*.pth *.pt)")
+        path, _ = QFileDialog.getOpenFileName(self, "SAM / MedSAM / LiteMedSAM checkpoint", "",
+                                              "Checkpoints (*.pth *.pt)")
         if path:
             self.segmenter.setText(path)
             self._store()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import pickle
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import MedLSAMError
+from ..progress import ProgressFn
 from ..volume import Volume, orient
 from .tags import ABSENT, PRESENT
 
@@ -179,7 +179,7 @@ def load_classifier(path: str | os.PathLike[str], device: str | torch.device = "
 def train_classifier(cases: list[tuple[PreparedSlices, np.ndarray]], targets: list[str], out: str | os.PathLike[str],
                      *, epochs: int = 8, slices_per_epoch: int = 6000, batch: int = 48, lr: float = 1e-3,
                      seed: int = 0, modality: str = "CT", pool: str = "mean", near: float = 0.0,
-                     near_slices: int = 8, progress: Callable[[int, int, str], None] | None = None) -> Path:
+                     near_slices: int = 8, progress: ProgressFn | None = None) -> Path:
     """Train on (slices, tags (Z, T) of PRESENT/ABSENT/UNKNOWN) pairs; unknown tags do not count in the loss.
 
     Positive slices are oversampled to half of each epoch, since most slices show none of the targets. ``near``

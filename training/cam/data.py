@@ -4,18 +4,17 @@ from a tag file; a target a case does not contain is unknown there, never absent
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from ..datasets import Case, find_cases, split_members
 from ..errors import DatasetError
+from ..progress import ProgressFn
 from ..report.measure import guess_modality
 from ..volume import orient
 from .classifier import PreparedSlices, prepare_slices
 from .tags import UNKNOWN, tags_from_mask, tags_from_ranges
-
 
 #: label maps kept beside ``labelsTr/`` in a folder of their own, and where their value names are: OpenKBP's
 #: radiotherapy target volumes (``ptvTr/``, names in manifest.json's "ptv_labels")
@@ -71,7 +70,7 @@ def mask_tags(case: Case, label_canonical: np.ndarray, targets: list[str]) -> np
 
 
 def load_tagged(cases: list[Case], targets: list[str], tag_file: dict | None = None, modality: str | None = None,
-                progress: Callable[[int, int, str], None] | None = None
+                progress: ProgressFn | None = None
                 ) -> list[tuple[Case, PreparedSlices, np.ndarray, np.ndarray | None]]:
     """(case, prepared slices, tags (Z, T), LPS-oriented label array or None) per case; each case windowed as its
     own modality unless ``modality`` is given."""

@@ -4,7 +4,6 @@ its tags, and write the maps and pseudo-masks with the image's geometry."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,13 +11,12 @@ import numpy as np
 import torch
 
 from ..io import align_label_to_image, write_volume
+from ..progress import ProgressFn
 from ..volume import Volume, orient
 from .classifier import SliceClassifier, prepare_slices, train_classifier
 from .data import labelled_cases, load_tagged
 from .seeding import TargetSeeds, sam_from_mask, seed_target
 from .tags import ABSENT, PRESENT, TagError, require_usable
-
-ProgressFn = Callable[[int, int, str], None]
 
 
 def canonical_order(volume: Volume) -> np.ndarray:

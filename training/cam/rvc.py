@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import pickle
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ import torch.nn.functional as F
 from monai.networks.nets import UNet
 
 from ..errors import MedLSAMError
+from ..progress import ProgressFn
 from .classifier import SIZE, PreparedSlices, _augment, crop_to_input, to_slice_grid
 from .gse import largest_component
 from .tags import ABSENT, PRESENT
@@ -79,7 +79,7 @@ def _view(model: torch.nn.Module, x: torch.Tensor, kind: int) -> torch.Tensor:
 
 def train_rvc(images: torch.Tensor, targets: torch.Tensor, out: str | os.PathLike[str], *, steps: int = 1500,
               batch: int = 16, lr: float = 2e-3, consistency: float = 0.1, rvc: bool = True, seed: int = 0,
-              progress: Callable[[int, int, str], None] | None = None) -> Path:
+              progress: ProgressFn | None = None) -> Path:
     """Train on (N, 2, RES, RES) images and (N, RES, RES) pseudo-masks; ``rvc`` False trains one plain view
     (the baseline the benchmark compares against). Saves fp16 weights only."""
     torch.manual_seed(seed)

@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..medlam.matching import volume_features
 from ..localize import load_medlam
+from ..medlam.matching import volume_features
 from ..medlam.preprocess import prepare_ct
 from ..volume import Volume
 

@@ -24,6 +24,7 @@ from scipy import ndimage
 
 from ..datasets import Case
 from ..errors import DatasetError
+from ..progress import ProgressFn
 from ..resample import resample_to_spacing
 from ..volume import orient
 from .valuation import data_si_values, gradnorm_values, per_sample_gradients
@@ -164,7 +165,7 @@ def _batch(cases: list[SliceCase], picks, rows):
 def train_probe(cases: list[SliceCase], n_targets: int, *, steps: int = 2000, batch: int = 16, lr: float = 2e-3,
                 seed: int = 0, value_every: int = 0, value_slices: int = 8, mirror: dict[int, int] | None = None,
                 anywhere: float = ANYWHERE, cosine: bool = True, value_on: list[SliceCase] | None = None,
-                progress: Callable[[int, int, str], None] | None = None,
+                progress: ProgressFn | None = None,
                 cancelled: Callable[[], bool] | None = None) -> ProbeRun:
     """Adam on the slices with a contoured target (± 3) and a share ``anywhere`` of any slices; every
     ``value_every`` steps (0: never) each volume (of ``value_on`` when given: held-out ones) is
@@ -250,7 +251,8 @@ def value_cases(model: UNet, cases: list[SliceCase], value_rows: list[np.ndarray
                 o = y == mirror[t] + 1
                 swapped[i, t] = 2 * float((p & o).sum()) / max(float(p.sum() + o.sum()), 1.0)
         onehot_loss = lambda out, target, _m=m[:1]: probe_loss(out, target, _m)  # noqa: E731
-        g = per_sample_gradients(model, names, x, y[:, None], lambda out, tgt: onehot_loss(out, tgt[:, 0]))
+        g = per_sample_gradients(model, names, x, y[:, None],
+                                 lambda out, tgt, f=onehot_loss: f(out, tgt[:, 0]))
         grads_all.append(g)
         owners += [i] * len(rows)
     if grads_all:
@@ -267,7 +269,7 @@ def value_cases(model: UNet, cases: list[SliceCase], value_rows: list[np.ndarray
 
 def crossfit_checkpoints(cases: list[SliceCase], n_targets: int, *, folds: int = 2, steps: int = 1000,
                          seed: int = 0, value_every: int = 100, mirror: dict[int, int] | None = None,
-                         progress: Callable[[int, int, str], None] | None = None,
+                         progress: ProgressFn | None = None,
                          cancelled: Callable[[], bool] | None = None) -> list[Checkpoint]:
     """Each volume valued by probes that never trained on it (``folds`` probes, each on the other folds): a probe
     memorises a wrong label it trains on long enough, one that never saw it cannot."""

@@ -16,12 +16,20 @@ import torch
 from ..atomic import atomic_path, write_json_atomic
 from ..datasets import Case, find_cases, split_members
 from ..errors import MedLSAMError
+from ..progress import ProgressFn
 from .kcenter import k_center_greedy
-from .probe import (CHANNELS, Checkpoint, SliceCase, crossfit_checkpoints, load_slice_case, make_probe, train_probe,
-                    tta_entropy)
+from .probe import (
+    CHANNELS,
+    Checkpoint,
+    SliceCase,
+    crossfit_checkpoints,
+    load_slice_case,
+    make_probe,
+    train_probe,
+    tta_entropy,
+)
 from .rules import dice_dynamics, offline_coreset, online_cluster_rule
 
-ProgressFn = Callable[[int, int, str], None]
 SUSPICIOUS_CSV = "suspicious.csv"
 
 

@@ -59,7 +59,8 @@ def predicted_sgd_step(optimizer: torch.optim.SGD, model: nn.Module, full_grad: 
     return out
 
 
-def _grouped(per_tensor: dict[str, torch.Tensor], sizes: dict[str, int], weighted: bool) -> tuple[list[str], torch.Tensor]:
+def _grouped(per_tensor: dict[str, torch.Tensor], sizes: dict[str, int], weighted: bool
+             ) -> tuple[list[str], torch.Tensor]:
     groups: dict[str, list[str]] = defaultdict(list)
     for name in per_tensor:
         groups[group_of(name)].append(name)

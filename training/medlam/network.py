@@ -33,7 +33,8 @@ class MedLAMNet(nn.Module):
             cin = c
         c1, c2, c3, c4, c5 = channels
         self.dec8 = _unit(c5 + c4, 2 * feature_channels)
-        self.dec16 = nn.Sequential(_unit(2 * feature_channels + c3, feature_channels), _unit(feature_channels, feature_channels))
+        self.dec16 = nn.Sequential(_unit(2 * feature_channels + c3, feature_channels),
+                                   _unit(feature_channels, feature_channels))
         self.dec32 = _unit(feature_channels + c2, feature_channels)
         bottleneck = patch // 2 ** (len(channels) - 1)
         self.head = nn.Sequential(nn.Dropout(0.2), nn.Flatten(), nn.Linear(c5 * bottleneck**3, hidden),

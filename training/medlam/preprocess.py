@@ -65,8 +65,8 @@ def crop(array: np.ndarray, centre_zyx: np.ndarray, size: int = PATCH) -> np.nda
     c = np.round(np.asarray(centre_zyx)).astype(int)
     lo = c - size // 2
     out = np.zeros((size,) * 3, dtype=array.dtype)
-    src = tuple(slice(max(0, l), min(n, l + size)) for l, n in zip(lo, array.shape))
-    dst = tuple(slice(s.start - l, s.stop - l) for s, l in zip(src, lo))
+    src = tuple(slice(max(0, a), min(n, a + size)) for a, n in zip(lo, array.shape))
+    dst = tuple(slice(s.start - a, s.stop - a) for s, a in zip(src, lo))
     if all(s.stop > s.start for s in src):
         out[dst] = array[src]
     return out

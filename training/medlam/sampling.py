@@ -36,8 +36,8 @@ def _coords_mm(vol: PreparedCT, lo_zyx: np.ndarray, size: int) -> np.ndarray:
 
 def _crop_at(vol: PreparedCT, lo_zyx: np.ndarray, size: int) -> np.ndarray:
     out = np.zeros((size,) * 3, np.float32)
-    src = tuple(slice(max(0, l), min(n, l + size)) for l, n in zip(lo_zyx, vol.array.shape))
-    dst = tuple(slice(s.start - l, s.stop - l) for s, l in zip(src, lo_zyx))
+    src = tuple(slice(max(0, a), min(n, a + size)) for a, n in zip(lo_zyx, vol.array.shape))
+    dst = tuple(slice(s.start - a, s.stop - a) for s, a in zip(src, lo_zyx))
     if all(s.stop > s.start for s in src):
         out[dst] = vol.array[src]
     return out
@@ -68,7 +68,8 @@ def _augment(big: torch.Tensor, big_mm: torch.Tensor, rng: np.random.Generator) 
     grid = F.affine_grid(affine, [1, 1, PATCH, PATCH, PATCH], align_corners=False)
     if rng.random() < 0.5:  # smooth elastic displacement from a 5^3 control grid (about 3 voxels)
         ctrl = torch.tensor(rng.normal(0, 3.0 / BIG * 2, (1, 3, 5, 5, 5)), dtype=torch.float32)
-        grid = grid + F.interpolate(ctrl, size=(PATCH,) * 3, mode="trilinear", align_corners=True).permute(0, 2, 3, 4, 1)
+        warp = F.interpolate(ctrl, size=(PATCH,) * 3, mode="trilinear", align_corners=True)
+        grid = grid + warp.permute(0, 2, 3, 4, 1)
     img = F.grid_sample(big[None, None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
     mm = F.grid_sample(big_mm[None], grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
     if rng.random() < 0.5:  # intensity: gamma and contrast

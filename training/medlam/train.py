@@ -22,8 +22,8 @@ from ..atomic import atomic_path, write_json_atomic
 from ..config_file import load_config
 from ..datasets import find_cases, split_members
 from ..io import read_volume
-from ..segmenters import load_state_dict
 from ..lr_schedule import set_lr, warmup_cosine
+from ..segmenters import load_state_dict
 from .losses import mss_loss, rdr_loss
 from .network import MedLAMNet
 from .preprocess import PreparedCT, looks_like_ct, prepare_ct

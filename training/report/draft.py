@@ -9,9 +9,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 
+from ..progress import ProgressFn
 from ..volume import Volume
 from .anatomy import ANATOMY, SECTIONS
-from .measure import ProgressFn, StructureMeasurement, axial_axis, guess_modality, measure_structures
+from .measure import StructureMeasurement, axial_axis, guess_modality, measure_structures
 from .phase import Phase, estimate_phase
 from .references import Reference, Verdict, judge_all, load_references
 

@@ -14,6 +14,7 @@ from scipy.spatial.distance import pdist
 from skimage.measure import find_contours, marching_cubes
 
 from ..errors import DimensionError, EmptyLabelError, GeometryMismatchError
+from ..progress import ProgressFn
 from ..template_fusion import content_box
 from ..volume import Volume
 from .anatomy import Anatomy, lookup
@@ -70,7 +71,6 @@ class StructureMeasurement:
         return out
 
 
-ProgressFn = Callable[[int, int, str], None]
 
 
 def check_inputs(image: Volume, label: Volume) -> None:

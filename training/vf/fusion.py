@@ -26,12 +26,13 @@ class FusionConfig:
 
 def random_resized_crop(volume: np.ndarray, size: tuple[int, int, int], rng: np.random.Generator,
                         scale: tuple[float, float]) -> np.ndarray:
-    """A crop of ``size * s`` voxels (s per axis in ``scale``), zero-padded where it leaves the volume, zoomed to ``size``."""
+    """A crop of ``size * s`` voxels (s per axis in ``scale``), zero-padded where it leaves the volume, zoomed to
+    ``size``."""
     extent = [max(2, int(round(n * rng.uniform(*scale)))) for n in size]
     lo = [int(rng.integers(min(0, d - e), max(0, d - e) + 1)) for d, e in zip(volume.shape, extent)]
     out = np.zeros(extent, np.float32)
-    src = tuple(slice(max(0, l), min(d, l + e)) for l, d, e in zip(lo, volume.shape, extent))
-    dst = tuple(slice(s.start - l, s.stop - l) for s, l in zip(src, lo))
+    src = tuple(slice(max(0, a), min(d, a + e)) for a, d, e in zip(lo, volume.shape, extent))
+    dst = tuple(slice(s.start - a, s.stop - a) for s, a in zip(src, lo))
     out[dst] = volume[src]
     t = torch.from_numpy(out)[None, None]
     return F.interpolate(t, size=size, mode="trilinear", align_corners=False)[0, 0].numpy()

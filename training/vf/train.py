@@ -30,6 +30,7 @@ from ..errors import DatasetError
 from ..io import read_image_label, read_volume
 from ..lr_schedule import polynomial, set_lr
 from ..medlam.preprocess import HU_KNOTS, UNIT_KNOTS, looks_like_ct
+from ..progress import ProgressFn
 from ..resample import resample_to_reference, resample_to_spacing
 from ..segmenters import CheckpointError
 from ..volume import Geometry, Volume, orient
@@ -38,7 +39,6 @@ from .pctnet import PCTNet
 
 log = logging.getLogger(__name__)
 DEFAULT_CONFIG = Path(__file__).with_name("vf_cpu.toml")
-ProgressFn = Callable[[int, int, str], None]
 
 
 @dataclass
@@ -95,7 +95,7 @@ def _pad_to(array: np.ndarray, size: list[int]) -> np.ndarray:
 
 
 def _crop(array: np.ndarray, lo: np.ndarray, size: list[int]) -> np.ndarray:
-    return array[tuple(slice(l, l + s) for l, s in zip(lo, size))]
+    return array[tuple(slice(a, a + s) for a, s in zip(lo, size))]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -215,7 +215,8 @@ def pretrain_vf(cfg: VFConfig, folders: list[str | os.PathLike[str]], out: str |
                 volumes.append(_pad_to(prepare(vol, cfg.spacing).array, cfg.crop))
     if not volumes:
         raise DatasetError(f"no CT volume under {folders} for Volume Fusion pretraining")
-    fusion = FusionConfig(tuple(cfg.crop), cfg.classes, tuple(cfg.block_min), tuple(cfg.block_max), cfg.foreground_ratio)
+    fusion = FusionConfig(tuple(cfg.crop), cfg.classes, tuple(cfg.block_min), tuple(cfg.block_max),
+                          cfg.foreground_ratio)
 
     def sample(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         return fusion_sample(volumes[rng.integers(len(volumes))], rng, fusion)

@@ -12,10 +12,10 @@ if not os.environ.get("DISPLAY"):
     pytest.skip("napari layers need a GL context: run the tests under xvfb-run (see README)",
                 allow_module_level=True)
 
-from medlsam_training.project import Project  # noqa: E402
 from medlsam_plugins.finetune_dock import FinetuneWidget  # noqa: E402
 from medlsam_training.io import read_label, read_volume, write_mask  # noqa: E402
 from medlsam_training.phantom import write_phantom_dataset  # noqa: E402
+from medlsam_training.project import Project  # noqa: E402
 
 TINY_TOML = """[vf]
 spacing = 6.0

@@ -14,11 +14,11 @@ if not os.environ.get("DISPLAY"):
                 allow_module_level=True)
 
 from medlsam_napari.annotator import AnnotatorWidget  # noqa: E402
-from medlsam_training.project import Project  # noqa: E402
 from medlsam_napari.state import PROMPT_LAYER  # noqa: E402
 from medlsam_training.extreme_points import extreme_points_from_mask  # noqa: E402
 from medlsam_training.io import read_image_label  # noqa: E402
 from medlsam_training.metrics import binary_metrics  # noqa: E402
+from medlsam_training.project import Project  # noqa: E402
 
 
 @pytest.fixture()

@@ -1,0 +1,276 @@
+"""Few-shot localization and segmentation: localize, segment, segment-box, evaluate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import typer
+from rich.table import Table
+
+from ..errors import MedLSAMError
+from ..io import read_label, read_volume
+from ..options import POLICY_HELP, ExistingMaps, LabelPolicy, LocalizerName, PropagationMode, SegmenterName
+from ._app import (
+    _LOCALIZER_HELP,
+    _MODE_HELP,
+    _fail,
+    _parse_device,
+    _RichProgress,
+    _segmenter,
+    app,
+    console,
+    err_console,
+)
+
+
+@app.command()
+def localize(
+    templates: list[Path] = typer.Option(..., "--templates", "-t", help="Extreme-points JSON file(s)."),
+    queries: list[Path] = typer.Option(..., "--queries", "-q", help="Query volume(s) or dataset folder(s)."),
+    out: Path = typer.Option(..., "--out", help="boxes JSON to write."),
+    localizer: str = typer.Option(LocalizerName.ATLAS.value, help=_LOCALIZER_HELP),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 (default: CUDA when present)."),
+) -> None:
+    """Find every template target in every query volume; write boxes (voxels) and points (mm)."""
+    from ..atomic import write_json_atomic
+    from ..localize import load_templates, make_localizer
+    from ..pipeline import localized_json, query_cases
+
+    try:
+        loc = make_localizer(localizer, device=_parse_device(device))
+        tpls = load_templates(templates)
+        cases = query_cases(queries, exclude={t.volume.path for t in tpls if t.volume.path})
+    except (MedLSAMError, ValueError) as exc:
+        _fail(exc)
+    results, table = {}, Table(title=f"localization ({localizer})")
+    for col in ("query", "target", "status", "box (voxels x0,y0,z0,x1,y1,z1)", "spread mm", "s"):
+        table.add_column(col)
+    failed = 0
+    for case in cases:
+        try:
+            located = loc.localize(read_volume(case.image), tpls)
+            results[str(case.image)] = {t.target: localized_json(t) for t in located}
+            for t in located:
+                table.add_row(case.name, t.target, t.status, ",".join(map(str, t.box.as_list())) if t.box else "-",
+                              f"{t.spread_mm:.1f}", f"{t.seconds:.1f}")
+        except (MedLSAMError, ValueError, RuntimeError) as exc:
+            failed += 1
+            results[str(case.image)] = {"error": f"{type(exc).__name__}: {exc}"}
+            table.add_row(case.name, "[red]failed[/]", "", str(exc)[:80], "", "")
+    write_json_atomic(results, out)
+    console.print(table)
+    console.print(f"wrote {out}")
+    if failed:
+        err_console.print(f"[bold red]error:[/] {failed} of {len(cases)} queries failed", soft_wrap=True,
+                          highlight=False)
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def segment(
+    templates: Optional[list[Path]] = typer.Option(None, "--templates", "-t", help="Extreme-points JSON file(s)."),
+    queries: Optional[list[Path]] = typer.Option(None, "--queries", "-q", help="Query volume(s) or dataset folder(s)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder: one <case>.nii.gz label map per query."),
+    project: Optional[Path] = typer.Option(None, "--project", help="A project folder (the annotator's): its templates "
+                                           "and queries, masks into its masks/, statuses and locks kept; replaces "
+                                           "-t, -q and --out."),
+    localizer: Optional[str] = typer.Option(None, help=_LOCALIZER_HELP + " With --project: the project's."),
+    mode: Optional[str] = typer.Option(None, help=_MODE_HELP + " With --project: the project's."),
+    segmenter: Optional[str] = typer.Option(None, help=f"{SegmenterName.LITEMEDSAM} (embedded, default) or a "
+                                            "SAM/MedSAM checkpoint path."),
+    cache: Optional[Path] = typer.Option(None, help="Embedding cache folder (default: ~/.cache/medlsam-napari)."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 (default: CUDA when present)."),
+    existing: str = typer.Option(ExistingMaps.SKIP.value, help="A query whose mask exists: skip it (resumable "
+                                 "runs), or write this run's targets into it: " + "; ".join(
+                                     f"{p} ({POLICY_HELP[p]})" for p in LabelPolicy) + ". Locked (reviewed) "
+                                 "targets are never changed."),
+) -> None:
+    """The MedLSAM pipeline: localize every target in every query, segment it slice by slice, write masks."""
+    from ..embedding_cache import default_cache_dir
+    from ..label_merge import check_policy
+    from ..localize import load_templates, make_localizer
+    from ..pipeline import OWN_MASK, OWN_POINTS, query_cases, run_queries
+    from ..propagate import PropagationConfig
+
+    try:
+        check_policy(existing, rerun=True)  # options first: a typo must not cost a model load
+        if project is not None:
+            if templates or queries or out:
+                raise ValueError("--project takes its templates, queries and output folder from the project; "
+                                 "leave out -t, -q and --out (put extra template files in its templates/)")
+            from ..project import Project
+            from ..project_run import build_templates, run_project
+
+            proj = Project.open(project)
+            for message in proj.messages:
+                console.print(f"[yellow]{message}[/]")
+            localizer, mode, segmenter = localizer or proj.localizer, mode or proj.mode, segmenter or proj.segmenter
+        elif not (templates and queries and out):
+            raise ValueError("give -t (extreme-points files), -q (queries) and --out, or --project FOLDER")
+        localizer = localizer or LocalizerName.ATLAS
+        mode, segmenter = mode or PropagationMode.ATLAS, segmenter or SegmenterName.LITEMEDSAM
+        config = PropagationConfig(mode=mode)
+        loc = make_localizer(localizer, device=_parse_device(device))
+        if project is not None:
+            tpls = build_templates(proj)
+            cases, out = proj.to_segment, proj.folder / proj.output_dir
+            reviewed = [q for q in cases if proj.entry(q).status == "reviewed"]
+            if reviewed:
+                console.print(f"{len(reviewed)} reviewed volume(s) left as they are: {', '.join(reviewed)}")
+        else:
+            tpls = load_templates(templates)
+            cases = query_cases(queries, exclude={out})  # template volumes among them too: from their own points
+        seg = _segmenter(segmenter, device)
+    except (MedLSAMError, ValueError) as exc:
+        _fail(exc)
+    table = Table(title=f"MedLSAM: {len(cases)} volumes, {localizer} + {seg.name}, mode {mode}")
+    for col in ("query", "status", "targets", "seconds", "output / error"):
+        table.add_column(col)
+    results = []
+
+    def add_row(r) -> None:
+        results.append(r)
+        left = len(cases) - len(results)
+        what = r.error or ", ".join(f"{t.target}: {t.method.removeprefix('template: ')}"
+                                    if t.method in (OWN_POINTS, OWN_MASK) else f"{t.target} {t.status}"
+                                    for t in r.targets) or "nothing to do"
+        # one line per volume (above the bar in a terminal): a run piped to a file is visibly alive
+        console.print(f"{r.name}{' (template)' if r.template else ''}: {r.status} in {r.seconds:.1f} s ({what}); "
+                      f"{left} volume{'s' if left != 1 else ''} left", soft_wrap=True, highlight=False)
+        table.add_row(r.name + (" (template)" if r.template else ""), r.status,
+                      ", ".join(t.target + ("" if t.status == "found" else f": {t.status}") for t in r.targets),
+                      f"{r.seconds:.1f}", str(r.output) if r.output else (r.error or "")[:100])
+
+    with _RichProgress("segmenting") as bar:
+        if project is not None:  # reviewed volumes and locked targets are left alone, statuses saved
+            run_project(proj, tpls, cases, loc, seg, bar, add_row, existing=existing, config=config,
+                        cache_dir=cache)
+        else:
+            for r in run_queries(cases, tpls, loc, seg, out, config, cache or default_cache_dir(), existing, bar):
+                add_row(r)
+    failed = sum(r.status == "failed" for r in results)
+    console.print(table)
+    if failed:
+        err_console.print(f"[bold red]error:[/] {failed} of {len(cases)} volumes failed; see "
+                          f"{out / 'medlsam_results.json'}", soft_wrap=True, highlight=False)
+        raise typer.Exit(code=1)
+
+
+@app.command("segment-box")
+def segment_box(
+    image: Path = typer.Argument(..., help="Volume file or DICOM folder."),
+    out: Path = typer.Option(..., "--out", help="Mask file to write (image geometry)."),
+    box: Optional[str] = typer.Option(None, help="x0,y0,z0,x1,y1,z1 in voxel indices (inclusive)."),
+    box_mm: Optional[str] = typer.Option(None, help="x0,y0,z0,x1,y1,z1 in LPS mm."),
+    mode: str = typer.Option("mask", help="wpl, mask."),
+    value: int = typer.Option(1, help="Label value written."),
+    segmenter: str = typer.Option(SegmenterName.LITEMEDSAM.value, help="litemedsam or a SAM/MedSAM checkpoint path."),
+    cache: Optional[Path] = typer.Option(None, help="Embedding cache folder."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda (default: CUDA when present)."),
+) -> None:
+    """Segment one volume from a 3D box you already have."""
+    from ..embedding_cache import default_cache_dir
+    from ..io import write_mask
+    from ..pipeline import box_from_mm, parse_box
+    from ..propagate import PropagationConfig, VolumeSegmenter
+
+    if (box is None) == (box_mm is None):
+        _fail(ValueError("give exactly one of --box (voxels) or --box-mm (mm)"))
+    try:
+        vol = read_volume(image)
+        b = parse_box(box) if box else box_from_mm(box_mm, vol)
+        clipped = b.clip(vol.size)
+        if clipped != b:
+            console.print(f"[yellow]box {b.as_list()} clipped to the volume: {clipped.as_list()}[/]")
+        vs = VolumeSegmenter(vol, _segmenter(segmenter, device), cache_dir=cache or default_cache_dir())
+        with _RichProgress("segmenting") as bar:
+            mask = vs.propagate([clipped], PropagationConfig(mode=mode), bar)
+        write_mask(mask.astype(np.uint16 if value > 255 else np.uint8) * value, vol, out)
+    except (MedLSAMError, ValueError) as exc:
+        _fail(exc)
+    console.print(f"wrote {out}: {int(mask.sum())} voxels, {mask.sum() * np.prod(vol.spacing) / 1000:.1f} mL")
+
+
+@app.command()
+def evaluate(
+    pred: Path = typer.Option(..., "--pred", help="Folder of predicted label maps named <case>.nii.gz (or a file)."),
+    gt: Path = typer.Option(..., "--gt", help="Dataset folder with ground truth (or a label file)."),
+    labels: Optional[str] = typer.Option(None, help="Comma-separated label values (default: the labels the run "
+                                         "targeted, from medlsam_results.json, else every ground-truth and "
+                                         "predicted label)."),
+    nsd_mm: float = typer.Option(2.0, help="Tolerance of the normalized surface distance (mm)."),
+    resample: bool = typer.Option(False, "--resample", help="Resample a prediction that is not on its ground "
+                                  "truth's voxel grid onto it (nearest neighbour) instead of refusing it."),
+) -> None:
+    """Dice, HD95 and NSD per organ and volume, with the mean per organ."""
+    from ..atomic import compound_suffix
+    from ..datasets import find_cases
+    from ..errors import GeometryMismatchError
+    from ..metrics import label_metrics
+    from ..resample import resample_to_reference
+
+    try:
+        for path, what in ((pred, "--pred"), (gt, "--gt")):
+            if not path.exists():
+                raise ValueError(f"{path}: no such file or folder ({what})")
+        targeted, templates = _targeted_labels(pred)
+        if pred.is_file():
+            pairs = [(pred.name, pred, gt, {})]
+        else:
+            gts = {c.name: c for c in find_cases(gt, require_labels=True)}
+            pairs = []
+            for p in sorted(pred.iterdir()):
+                case = p.name[: -len(compound_suffix(p))] if compound_suffix(p) else p.name
+                if case in templates:  # its targets came from its own points or mask: a score would flatter
+                    console.print(f"{case}: a template of the run; not scored")
+                elif case in gts:
+                    pairs.append((case, p, gts[case].label, gts[case].label_names))
+            if not pairs:
+                raise ValueError(f"no prediction in {pred} is named after a case of {gt}")
+        table = Table(title="evaluation")
+        for col in ("case", "label", "name", "Dice", "HD95 (mm)", f"NSD@{nsd_mm:g}mm"):
+            table.add_column(col, justify="right")
+        per_label: dict[int, list[float]] = {}
+        for case, p, g, names in pairs:
+            ref = read_label(g, allow_empty=True)
+            try:
+                prd = read_label(p, ref, allow_empty=True)
+            except GeometryMismatchError as exc:
+                if not resample:
+                    raise GeometryMismatchError(f"{exc}; pass --resample to resample it onto the ground truth") \
+                        from exc
+                prd = resample_to_reference(read_label(p, allow_empty=True), ref, is_label=True)
+            # an organ the run missed entirely must count (Dice 0), so never only the predicted labels
+            predicted = {int(v) for v in np.unique(prd.array) if v}
+            if labels:
+                values = [int(v) for v in labels.split(",")]
+            elif case in targeted:
+                values = sorted(targeted[case] | predicted)
+            else:
+                values = sorted(predicted | {int(v) for v in np.unique(ref.array) if v})
+            for v, m in label_metrics(prd.array, ref.array, ref.spacing_zyx, values, nsd_mm).items():
+                per_label.setdefault(v, []).append(m["dice"])
+                table.add_row(case, str(v), names.get(v, ""), f"{m['dice']:.3f}", f"{m['hd95']:.1f}", f"{m['nsd']:.3f}")
+        for v, dices in sorted(per_label.items()):
+            table.add_row("[bold]mean[/]", str(v), "", f"{np.mean(dices):.3f}", "", "")
+    except (MedLSAMError, ValueError) as exc:
+        _fail(exc)
+    console.print(table)
+
+
+def _targeted_labels(pred: Path) -> tuple[dict[str, set[int]], set[str]]:
+    """Per case, the label values a MedLSAM run was asked for, and the run's template volumes (from its
+    medlsam_results.json, if it left one)."""
+    summary = (pred if pred.is_dir() else pred.parent) / "medlsam_results.json"
+    if not summary.is_file():
+        return {}, set()
+    try:
+        data = json.loads(summary.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{summary}: unreadable run summary ({exc})") from exc
+    entries = {case: entry for case, entry in data.items() if isinstance(entry, dict)}
+    return ({case: {int(t["label"]) for t in entry.get("targets", {}).values() if t.get("label")}
+             for case, entry in entries.items()}, {case for case, entry in entries.items() if entry.get("template")})
