@@ -151,6 +151,7 @@ def test_a_folder_scan_asks_gdcm_nothing_when_it_holds_no_dicom(phantom: Path) -
     assert r.returncode == 0 and "No Series" not in r.stderr and "WARNING" not in r.stderr, r.stderr
 
 
+@pytest.mark.slow
 def test_loading_litemedsam_and_scoring_raise_no_library_future_warnings(phantom: Path) -> None:
     code = ("import warnings; warnings.simplefilter('error', FutureWarning); import numpy as np\n"
             "from medlsam_training.segmenters import load_litemedsam; load_litemedsam(device='cpu')\n"

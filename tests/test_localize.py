@@ -53,6 +53,7 @@ def test_an_organ_cut_by_a_slab_is_reported_partly_outside(liver_template: Templ
     assert result.unknown_faces == ["superior"]
 
 
+@pytest.mark.slow
 def test_default_statuses_are_right_on_the_demo_and_on_a_real_slab(liver_template: Template,
                                                                     ct_dicom: Path) -> None:
     """A warning that always fires teaches users to ignore it: on the README demo's phantoms the liver lies inside

@@ -32,6 +32,7 @@ def test_sampled_views_keep_their_coordinates(volumes) -> None:
     np.testing.assert_allclose(batch.ori_mm[0, :, 32, 32, 32].numpy(), batch.centre_mm[0].numpy(), atol=1e-3)
 
 
+@pytest.mark.slow
 def test_a_few_steps_on_one_batch_decrease_both_losses(volumes) -> None:
     torch.manual_seed(0)
     net = MedLAMNet()
@@ -53,6 +54,7 @@ def test_a_few_steps_on_one_batch_decrease_both_losses(volumes) -> None:
     assert last[1] < first[1], history
 
 
+@pytest.mark.slow
 def test_training_checkpoint_resumes_and_exports_small_fp16(shared_data: Path, tmp_path: Path) -> None:
     cfg = TrainConfig(data=[str(shared_data / "ct_unlabelled")], steps=2, batch_pairs=1, save_every=1)
     ckpt = train(cfg, tmp_path / "medlam.pt")
@@ -72,6 +74,7 @@ def test_training_checkpoint_resumes_and_exports_small_fp16(shared_data: Path, t
     assert all(v.dtype == torch.float16 for v in exported.values() if v.is_floating_point())
 
 
+@pytest.mark.slow
 def test_torchrun_ddp_on_two_cpu_processes(shared_data: Path, tmp_path: Path) -> None:
     torchrun = Path(sys.executable).with_name("torchrun")
     cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "medlsam_training.cli", "train-medlam",

@@ -27,6 +27,7 @@ def phantoms(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_extreme_points_localize_segment_evaluate(phantoms: Path) -> None:
     data, tpl = phantoms / "data", phantoms / "spleen.json"
     r = runner.invoke(app, ["extreme-points", str(data / "phantom_000" / "image.nii.gz"),
@@ -74,6 +75,7 @@ def test_extreme_points_localize_segment_evaluate(phantoms: Path) -> None:
     assert "phantom_000: a template of the run; not scored" in r.output  # it would flatter the mean
 
 
+@pytest.mark.slow
 def test_segment_box_cli_with_mm_box_and_bad_box(phantoms: Path) -> None:
     image = phantoms / "data" / "phantom_001" / "image.nii.gz"
     truth = read_label(phantoms / "data" / "phantom_001" / "label.nii.gz").array == 4
@@ -91,6 +93,7 @@ def test_segment_box_cli_with_mm_box_and_bad_box(phantoms: Path) -> None:
     assert r.exit_code == 2 and "six numbers" in r.output
 
 
+@pytest.mark.slow
 def test_segment_defaults_fuse_the_templates_masks(phantoms: Path, tmp_path: Path) -> None:
     """The default pipeline (atlas localizer, 'atlas' mode): the template file names its mask, which is warped
     into each query and written as the query's mask."""

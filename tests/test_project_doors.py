@@ -23,6 +23,7 @@ from medlsam_training.project_run import build_templates
 runner = CliRunner()
 
 
+@pytest.mark.slow
 def test_cli_made_project_opens_as_the_same_project(cli_project: Path, tmp_path: Path) -> None:
     folder = shutil.copytree(cli_project, tmp_path / "p")
     assert not (folder / SESSION_FILE).exists()  # nothing but CLI outputs
@@ -53,6 +54,7 @@ def _click_template(p: Project, image, label, targets: dict[str, int]) -> None:
         p.export_template(image, "phantom_000", target)
 
 
+@pytest.mark.slow
 def test_annotator_made_project_runs_with_the_cli_and_keeps_locks(tmp_path: Path) -> None:
     folder = tmp_path / "p"
     write_phantom_dataset(folder, n=2, size=(192, 160, 20), spacing=(1.8, 1.8, 6.0))

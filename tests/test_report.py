@@ -74,6 +74,7 @@ def _every_labelled_ct(shared_data: Path):
     return cases
 
 
+@pytest.mark.slow
 def test_a_report_for_every_labelled_ct(shared_data: Path) -> None:
     cases = _every_labelled_ct(shared_data)
     assert len(cases) >= 4 + 203

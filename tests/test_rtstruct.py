@@ -75,6 +75,7 @@ def test_cli_round_trip_on_the_three_slice_series(shared_data: Path, tmp_path: P
         assert far_from_edge(truth.array == value, back.array == value) == 0, value
 
 
+@pytest.mark.slow
 def test_every_structure_of_a_real_series_round_trips(ct_dicom: Path, abdomen_series: Path, tmp_path: Path) -> None:
     """31 structures of a real abdominal CT (its label stored in RAS, the series in LPS): names kept, every voxel
     back within one voxel of its contour."""
@@ -115,6 +116,7 @@ def test_a_structure_set_without_its_series_or_of_another_series_is_one_clear_er
     assert r.exit_code == 2 and "cannot reference this series" in r.output and not (tmp_path / "x.dcm").exists()
 
 
+@pytest.mark.slow
 def test_napari_opens_a_structure_set_beside_its_series_as_labels(ct_dicom: Path, abdomen_series: Path) -> None:
     from medlsam_napari._reader import get_reader
 

@@ -28,6 +28,7 @@ def dicom_ct(ct_dicom: Path):
     return read_image_label(ct_dicom / "dicom", ct_dicom / "label.nii.gz")
 
 
+@pytest.mark.slow
 def test_litemedsam_segments_liver_from_oracle_box_and_cache_skips_encoder(lite, dicom_ct, tmp_path: Path) -> None:
     image, label = dicom_ct
     liver = label.array == 5
@@ -98,6 +99,7 @@ def test_bad_boxes_and_2d_input(lite, dicom_ct) -> None:
         Volume(np.zeros((64, 64)))
 
 
+@pytest.mark.slow
 def test_onnx_runtime_encoder_matches_pytorch(lite) -> None:
     x = torch.rand(2, 3, 256, 256)
     fast = lite.encode(x)  # ONNX Runtime on CPU (exported once into the cache)

@@ -60,6 +60,7 @@ def _losses(path: Path) -> list[float]:
     return [float(r["loss"]) for r in csv.DictReader(path.with_suffix(".losses.csv").open())]
 
 
+@pytest.mark.slow
 def test_pretrain_finetune_predict_lowers_loss_and_keeps_geometry(phantoms: Path, tmp_path: Path) -> None:
     torch.manual_seed(0)
     vf = pretrain_vf(VFConfig(**TINY, steps=12), [phantoms], tmp_path / "vf.pt")
@@ -101,6 +102,7 @@ def test_bad_inputs_name_the_problem(phantoms: Path, tmp_path: Path) -> None:
         PCTPredictor(tmp_path / "absent.pt")
 
 
+@pytest.mark.slow
 def test_a_resumed_run_equals_an_uninterrupted_one(phantoms: Path, tmp_path: Path) -> None:
     """numpy's and torch's random streams are seeded from the config and restored from the checkpoint."""
     cfg = dict(TINY, save_every=1)
