@@ -31,14 +31,15 @@ from medlsam_training.boxes import Box3D  # noqa: E402
 from medlsam_training.datasets import find_cases  # noqa: E402
 from medlsam_training.extreme_points import extreme_points_from_mask  # noqa: E402
 from medlsam_training.localize import (  # noqa: E402
-    AtlasLocalizer,
     MedLAMLocalizer,
     RefinedRegistrationLocalizer,
     RegistrationLocalizer,
     Template,
+    make_localizer,
 )
 from medlsam_training.medlam.preprocess import looks_like_ct  # noqa: E402
 from medlsam_training.metrics import box_face_distance_mm, box_iou  # noqa: E402
+from medlsam_training.options import LocalizerName  # noqa: E402
 from medlsam_training.phantom import make_phantom  # noqa: E402
 from medlsam_training.volume import Volume  # noqa: E402
 
@@ -100,10 +101,16 @@ def with_masks(template: Template, label: Volume) -> Template:
 
 
 def make_localizers(methods, device, weights=None, candidates: int = 1) -> dict:
+    """{name: localizer} for the methods (names from training/options.py); one MedLAM serves both MedLAM rows."""
     medlam = (MedLAMLocalizer(weights, device=device, candidates=candidates)
-              if any(m.startswith("medlam") for m in methods) else None)
-    return {"medlam": medlam, "registration": RegistrationLocalizer(), "atlas": AtlasLocalizer(),
-            "medlam+reg": RefinedRegistrationLocalizer(medlam, RegistrationLocalizer()) if medlam else None}
+              if any(LocalizerName(m).takes_device for m in methods) else None)
+    out = {"medlam": medlam}
+    for m in methods:
+        if m == LocalizerName.MEDLAM_REG:
+            out[m] = RefinedRegistrationLocalizer(medlam, RegistrationLocalizer())
+        elif m != LocalizerName.MEDLAM:
+            out[m] = make_localizer(m)
+    return out
 
 
 def run_queries(cases, templates, methods, device, weights=None, candidates: int = 1):
@@ -304,7 +311,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, nargs="*", default=[DEFAULT_DATA], help="labelled CT dataset folder(s)")
     ap.add_argument("--phantoms", type=int, default=6, help="number of synthetic phantoms (0: none)")
-    ap.add_argument("--methods", nargs="+", default=["medlam", "registration", "medlam+reg"])
+    ap.add_argument("--methods", nargs="+", default=["medlam", "registration", "medlam+reg"],
+                    choices=[m.value for m in LocalizerName])
     ap.add_argument("--device", default=None)
     ap.add_argument("--protocol", choices=["loo", "hn", "absent"], default="loo",
                     help="loo: leave-one-out over --data and phantoms; hn: OpenKBP templates/queries")

@@ -31,6 +31,7 @@ from medlsam_training.extreme_points import extreme_points_from_mask  # noqa: E4
 from medlsam_training.io import align_label_to_image  # noqa: E402
 from medlsam_training.localize import Template, make_localizer  # noqa: E402
 from medlsam_training.metrics import binary_metrics  # noqa: E402
+from medlsam_training.options import LocalizerName  # noqa: E402
 from medlsam_training.propagate import PropagationConfig, VolumeSegmenter, box_2d, clean_mask, for_target  # noqa: E402
 from medlsam_training.segmenters import load_segmenter  # noqa: E402
 
@@ -75,7 +76,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, nargs="*", default=[DEFAULT_DATA])
     ap.add_argument("--segmenter", default="litemedsam")
-    ap.add_argument("--localizer", default="medlam")
+    ap.add_argument("--localizer", default="medlam", choices=[m.value for m in LocalizerName])
     ap.add_argument("--device", default=None)
     ap.add_argument("--cache", type=Path, default=Path("/tmp/medlsam-bench-cache"))
     ap.add_argument("--skip-accuracy", action="store_true")
