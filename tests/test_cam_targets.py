@@ -115,17 +115,21 @@ def test_organ_seeding_from_the_localizer_mask_and_from_a_box(organ_case) -> Non
     # a localizer mask one voxel off in-plane (what registration gives) -> LiteMedSAM on every ticked slice
     warped = np.roll(truth, 1, axis=2)
     ticks = np.where(truth.any(axis=(1, 2)), PRESENT, ABSENT)
-    mask, prior, kind = seed_organ_volume(image, sam, "brainstem", warped=warped, own_ticks=ticks)
+    mask, prior, kind = seed_organ_volume(image, "brainstem", segmenter=sam, warped=warped, own_ticks=ticks)
     assert kind == Prior.WARPED and mask.shape == image.array.shape
     assert not mask[ticks != PRESENT].any() and dice_score(mask, truth) > 0.5
+    # the default seed is the prior itself on the ticked slices (LiteMedSAM measured worse at 4 mm)
+    plain, prior, _ = seed_organ_volume(image, "brainstem", warped=warped | np.roll(truth, -3, axis=0), own_ticks=ticks)
+    assert np.array_equal(plain, prior) and not plain[ticks != PRESENT].any()
+    assert dice_score(plain, truth) > dice_score(warped | np.roll(truth, -3, axis=0), truth)
     # the mandible from its true box: the bone threshold inside it, LiteMedSAM per slice
     bone = label.array == case.label_value("mandible")
-    mask, prior, kind = seed_organ_volume(image, sam, "mandible", box=Box3D.from_mask(bone))
+    mask, prior, kind = seed_organ_volume(image, "mandible", segmenter=sam, box=Box3D.from_mask(bone))
     assert kind == Prior.BONE and dice_score(prior, bone) > 0.5 and mask.any()
     with pytest.raises(MedLSAMError, match="prior mask of brainstem is empty"):
-        seed_organ_volume(image, sam, "brainstem", warped=np.zeros_like(truth))
+        seed_organ_volume(image, "brainstem", warped=np.zeros_like(truth))
     with pytest.raises(MedLSAMError, match="prior mask has shape"):
-        seed_organ_volume(image, sam, "brainstem", warped=truth[1:])
+        seed_organ_volume(image, "brainstem", warped=truth[1:])
 
 
 @pytest.mark.slow

@@ -93,7 +93,8 @@ class TargetClass(StrEnum):
 
 TARGET_CLASS_HELP = {
     TargetClass.LESION: "lesion / target volume: slice ticks -> CAM (UM-CAM + GSE), or the refinement network",
-    TargetClass.ORGAN: "organ: localizer mask or drawn box -> in-box prior -> LiteMedSAM on the ticked slices",
+    TargetClass.ORGAN: "organ: the localizer's mask (or a drawn box's in-box prior) on the ticked slices; LiteMedSAM "
+                       "optional",
 }
 
 

@@ -77,12 +77,15 @@ def seed_organ(vs: VolumeSegmenter, prior: np.ndarray, ticks: np.ndarray | None 
     return largest_component(ndimage.binary_closing(mask, np.ones((3, 1, 1), bool)) | mask)
 
 
-def seed_organ_volume(volume: Volume, segmenter, target: str, *, warped: np.ndarray | None = None,
+def seed_organ_volume(volume: Volume, target: str, *, segmenter=None, warped: np.ndarray | None = None,
                       box: Box3D | None = None, own_ticks: np.ndarray | None = None
                       ) -> tuple[np.ndarray, np.ndarray, Prior]:
     """(seeded mask, prior) on the volume's own grid, and the prior's kind: from the warped/fused template mask
     (``warped``, the volume's grid) when given, else from ``box`` (voxel indices of the volume) filled by the
-    target's in-box prior; ``own_ticks`` (slice tags in the volume's own slice indices) limit the slices."""
+    target's in-box prior; ``own_ticks`` (slice tags in the volume's own slice indices) limit the slices.
+
+    The seed is the prior on the ticked slices; with ``segmenter`` LiteMedSAM re-segments each ticked slice from the
+    prior's box there instead (on OpenKBP's 4 mm CT it measured worse: docs/benchmarks.md section 5.2)."""
     from .run import on_volume_grid, tags_to_canonical
 
     if warped is not None and warped.shape != volume.array.shape:
@@ -92,21 +95,24 @@ def seed_organ_volume(volume: Volume, segmenter, target: str, *, warped: np.ndar
     if warped is None and box is None:
         raise MedLSAMError(f"{volume.name}: give the localizer's mask or a box for {target}")
     kind = prior_kind(target, warped)
-    vs = VolumeSegmenter(volume, segmenter)
+    canonical = orient(volume, "LPS")
     on_canonical = lambda a: orient(volume.with_array(a.astype(np.uint8)), "LPS").array.astype(bool)  # noqa: E731
     if warped is not None:
         prior = on_canonical(warped)
     else:
         full = np.zeros(volume.array.shape, bool)
         full[box.slices] = True
-        prior = box_prior(vs.canonical.array, on_canonical(full), kind)
+        prior = box_prior(canonical.array, on_canonical(full), kind)
     ticks = tags_to_canonical(volume, own_ticks) if own_ticks is not None else None
     if ticks is not None and not np.any(ticks == PRESENT):
         raise MedLSAMError(f"{volume.name}/{target}: no slice ticked present")
-    mask = seed_organ(vs, prior, ticks)
+    if segmenter is not None:
+        mask = seed_organ(VolumeSegmenter(volume, segmenter), prior, ticks)
     if ticks is not None:
         prior = prior & (ticks == PRESENT)[:, None, None]
-    back = lambda a: on_volume_grid(vs.canonical, a.astype(np.uint8), volume).array.astype(bool)  # noqa: E731
+    if segmenter is None:
+        mask = prior
+    back = lambda a: on_volume_grid(canonical, a.astype(np.uint8), volume).array.astype(bool)  # noqa: E731
     return back(mask), back(prior), kind
 
 

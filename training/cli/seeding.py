@@ -180,6 +180,8 @@ def cam_organ(
                                       "ellipsoid (soft tissue) or a bone threshold (bone)."),
     tags: Optional[Path] = typer.Option(None, help="Slice ticks (JSON/CSV) limiting the slices: "
                                         "{case: {target: {present: [[z0, z1]]}}}."),
+    sam: bool = typer.Option(False, help="Re-segment each ticked slice with LiteMedSAM from the prior's box "
+                             "(measured worse than the prior itself on 4 mm head-and-neck CT)."),
 ) -> None:
     """Seed an organ from a box, not from slice tags: localizer mask or box -> in-box prior -> LiteMedSAM on every
     ticked slice (organs share their slices, so tags alone cannot place them)."""
@@ -207,7 +209,8 @@ def cam_organ(
                 raise MedLSAMError(f"{tags}: no ticks for {case}/{target}")
             ticks = tags_from_ranges(volume.array.shape[0], entry.get("present", []), entry.get("absent"),
                                      where=f"{tags}: {case}/{target}")
-        mask, _, kind = seed_organ_volume(volume, _segmenter(SegmenterName.LITEMEDSAM, None), target, warped=warped,
+        segmenter = _segmenter(SegmenterName.LITEMEDSAM, None) if sam else None
+        mask, _, kind = seed_organ_volume(volume, target, segmenter=segmenter, warped=warped,
                                           box=parse_box(box) if box else None, own_ticks=ticks)
         path = write_volume(volume.with_array(mask.astype(np.uint8)), out)
     except (MedLSAMError, ValueError) as exc:  # parse_box says what is wrong with the box as a ValueError
