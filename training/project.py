@@ -40,7 +40,7 @@ from .errors import DatasetError, MedLSAMError
 from .extreme_points import POINT_NAMES, ExtremePoints, point_conflict, template_volume_path
 from .io import probe_volume
 from .label_merge import check_policy
-from .options import LocalizerName, PropagationMode, choose
+from .options import LOCALIZER_ALIASES, LocalizerName, PropagationMode, choose
 from .pipeline import LABELS_NAME, RESULTS_NAME, target_confidence, write_label_names
 from .volume import Geometry, Volume
 
@@ -131,7 +131,8 @@ class Project:
                 setattr(self, key, data[key])
         check_policy(self.existing)
         # one line naming the session file's bad value, before any model is loaded
-        self.localizer = choose(self.localizer, LocalizerName, f"localizer in {self.session_path}").value
+        self.localizer = choose(self.localizer, LocalizerName, f"localizer in {self.session_path}",
+                                LOCALIZER_ALIASES).value
         self.mode = choose(self.mode, PropagationMode, f"propagation mode in {self.session_path}").value
         for v in self.volumes:
             if v.status not in STATUSES:
