@@ -200,6 +200,7 @@ def organs_protocol(args) -> None:
     from localization import HN_DATA, hn_templates_and_queries
 
     from medlsam_training.cam.organ import Prior, box_prior, prior_kind, seed_organ
+    from medlsam_training.cam.seeding import sam_from_mask
     from medlsam_training.localize import AtlasLocalizer
     from medlsam_training.metrics import dice_score
     from medlsam_training.propagate import VolumeSegmenter
@@ -244,8 +245,6 @@ def organs_protocol(args) -> None:
             true_prior = box_prior(image, true_box, bone)
             masks.update(true_prior=true_prior & tick, true_prior_sam=seed_organ(vs, true_prior, ticks),
                          true_box_sam=seed_organ(vs, true_box, ticks))
-            from medlsam_training.cam.seeding import sam_from_mask
-
             masks["oracle"] = sam_from_mask(vs, gt, margin=0)
             for row, _ in ORGAN_ROWS:
                 dice[row][r.target].append(float(dice_score(masks[row], gt)) if row in masks else 0.0)

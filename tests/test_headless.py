@@ -8,19 +8,23 @@ import sys
 import textwrap
 
 BLOCKED = ("napari", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "superqt", "magicgui", "vispy")
+#: the start of both child scripts: an import hook that refuses the GUI packages
+BLOCKER = textwrap.dedent(f"""
+    import sys
+
+    class Block:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in {BLOCKED!r}:
+                raise ImportError(f"{{name}} is blocked")
+            return None
+
+    sys.meta_path.insert(0, Block())
+""")
 
 
 def test_every_headless_module_imports_with_napari_and_qt_blocked() -> None:
-    script = textwrap.dedent(f"""
-        import importlib, pkgutil, sys
-
-        class Block:
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in {BLOCKED!r}:
-                    raise ImportError(f"{{name}} is blocked")
-                return None
-
-        sys.meta_path.insert(0, Block())
+    script = BLOCKER + textwrap.dedent(f"""
+        import importlib, pkgutil
         import medlsam_training
         failed = []
         for m in pkgutil.walk_packages(medlsam_training.__path__, "medlsam_training."):
@@ -44,16 +48,7 @@ def test_every_headless_module_imports_with_napari_and_qt_blocked() -> None:
 
 def test_the_blocker_would_catch_a_gui_import() -> None:
     """The check can fail: the plugin package does import Qt."""
-    script = textwrap.dedent(f"""
-        import sys
-
-        class Block:
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in {BLOCKED!r}:
-                    raise ImportError(f"{{name}} is blocked")
-                return None
-
-        sys.meta_path.insert(0, Block())
+    script = BLOCKER + textwrap.dedent("""
         try:
             import medlsam_plugins.cam_dock  # noqa: F401
         except ImportError as exc:

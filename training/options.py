@@ -69,13 +69,8 @@ POLICY_HELP = {  # short: they label a combo box in a narrow dock
 }
 
 
-class ExistingMaps(StrEnum):
-    """What a re-run does with a volume whose label map exists: leave it, or merge by a label policy."""
-
-    SKIP = "skip"
-    KEEP = "keep"
-    OVERWRITE = "overwrite"
-    EMPTY = "empty"
+#: What a re-run does with a volume whose label map exists: leave it (skip), or merge by a label policy.
+ExistingMaps = StrEnum("ExistingMaps", {"SKIP": "skip", **{p.name: p.value for p in LabelPolicy}})
 
 
 class SegmenterName(StrEnum):
