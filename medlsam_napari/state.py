@@ -153,10 +153,13 @@ class AnnotatorState:
                                    opacity=0.8)
 
     def set_mask(self, mask: np.ndarray) -> int:
-        """Put an automatic result into the open mask as one step of the layer's undo history (Ctrl+Z undoes it);
-        the layer's paint event saves it.  Returns the number of voxels changed."""
+        """Put an automatic result into the open mask as one step of the layer's undo history (Ctrl+Z undoes it)
+        and save it.  Returns the number of voxels changed."""
         layer = self.mask_layer
-        return apply_labels(layer, mask) if layer is not None else 0
+        changed = apply_labels(layer, mask) if layer is not None else 0
+        if changed:  # napari's paint event fires before data_setitem writes the data: its autosave saw the old mask
+            self.save_mask("automatic change")
+        return changed
 
     def reload_mask(self) -> int:
         """The open volume's mask file (a run just wrote it) into the open layer, as one undo step."""

@@ -1,13 +1,12 @@
-"""napari dock "Fine-tune from annotations": train PCT-Net on the reviewed masks of a project (optionally
-from a Volume Fusion checkpoint) in a worker with progress and a live loss curve, then pre-segment
-other volumes into Labels layers for review."""
+"""napari dock "Learn from reviewed volumes": the learning loop.  "Train from reviewed" fine-tunes the slice network
+(from the shipped Volume Fusion weights) on the project's reviewed volumes and locked targets in a worker with
+progress, a live loss curve and Cancel; "Pre-segment pending" writes its predictions into the volumes not reviewed,
+merged by the label-map policy, never over a locked target, the previous mask kept as a copy."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
-import numpy as np
 from qtpy.QtCore import QPointF, Qt
 from qtpy.QtGui import QPainter, QPen
 from qtpy.QtWidgets import (
@@ -27,16 +26,21 @@ from qtpy.QtWidgets import (
 
 from medlsam_napari.dock_job import DockJob
 from medlsam_napari.docking import dock_as_tab
-from medlsam_napari.layer_geometry import layer_kwargs
 from medlsam_napari.state import state_for
-from medlsam_training.atomic import keep_previous
-from medlsam_training.datasets import Case
-from medlsam_training.io import read_volume, write_mask
+from medlsam_training.checkpoint import CheckpointError, load_checkpoint
+from medlsam_training.io import read_volume
+from medlsam_training.learning.project_loop import (
+    SHIPPED_VF,
+    checkpoint_path,
+    finetune_project,
+    pending_volumes,
+    presegment_volume,
+    training_volumes,
+    write_presegmentation,
+)
+from medlsam_training.learning.train import KIND_SEG, LearnConfig, SliceNetPredictor
+from medlsam_training.options import POLICY_HELP, LabelPolicy
 from medlsam_training.project import Project
-from medlsam_training.vf.train import DEFAULT_CONFIG, PCTPredictor, VFConfig, finetune
-
-KEEP = "Keep existing masks (write only where none)"
-REPLACE = "Replace existing masks (previous copy kept)"
 
 
 class LossCurve(QWidget):
@@ -72,33 +76,38 @@ class FinetuneWidget(QWidget):
         """The running job's worker (None when idle)."""
         return self.job.worker
 
-    def __init__(self, napari_viewer, project_dir: str | Path | None = None, config: str | Path | None = None):
+    def __init__(self, napari_viewer, project_dir: str | Path | None = None):
         super().__init__()
         dock_as_tab(self)  # beside the other MedLSAM docks, never squeezing them
         self.viewer = napari_viewer
         self.state = state_for(napari_viewer)  # the project is shared with the annotator on this viewer
         self.state.on_change(lambda what: self.refresh() if what == "project" and self.project else None)
-        self.config_path = Path(config) if config else DEFAULT_CONFIG
         self.checkpoint: Path | None = None
         open_btn = QPushButton("Open project folder…")
         open_btn.clicked.connect(self._choose)
         self.train_list, self.target_list, self.predict_list = QListWidget(), QListWidget(), QListWidget()
-        self.init = QLineEdit(placeholderText="optional Volume Fusion checkpoint (.pt)")
+        self.init = QLineEdit(placeholderText="shipped Volume Fusion weights" if SHIPPED_VF.is_file()
+                              else "optional Volume Fusion checkpoint (.pt)")
         browse = QPushButton("…")
         browse.clicked.connect(self._browse)
         self.steps = QSpinBox(minimum=1, maximum=100000)
-        self.steps.setValue(VFConfig.load(self.config_path).steps)
-        self.train_btn, self.cancel_btn, self.predict_btn = (QPushButton("Fine-tune"), QPushButton("Cancel"),
-                                                             QPushButton("Pre-segment selected"))
+        self.steps.setValue(LearnConfig().steps)
+        self.train_btn, self.cancel_btn, self.predict_btn = (QPushButton("Train from reviewed"), QPushButton("Cancel"),
+                                                             QPushButton("Pre-segment pending"))
         self.train_btn.clicked.connect(self.start_training)
         self.predict_btn.clicked.connect(self.start_prediction)
-        self.existing = QComboBox()
-        self.existing.addItems([KEEP, REPLACE])  # what pre-segmentation does with masks already there
+        self.policy = QComboBox()  # how predictions enter a label map (one home: training/options.py)
+        for p in LabelPolicy:
+            self.policy.addItem(POLICY_HELP[p], p.value)
+        self.policy.setCurrentIndex(list(LabelPolicy).index(LabelPolicy.EMPTY))
+        self.policy.setToolTip("Locked (reviewed) targets are never changed; the previous mask is kept in "
+                               "masks/.previous/.")
         self.bar, self.curve, self.status = QProgressBar(), LossCurve(), QLabel()
         self.status.setWordWrap(True)
         layout = QVBoxLayout(self)
         layout.addWidget(open_btn)
-        for title, w in (("Reviewed volumes to learn from", self.train_list), ("Targets to learn", self.target_list)):
+        for title, w in (("Reviewed volumes to learn from (locked targets)", self.train_list),
+                         ("Targets to learn", self.target_list)):
             layout.addWidget(QLabel(title))
             layout.addWidget(w)
         row = QHBoxLayout()
@@ -111,10 +120,10 @@ class FinetuneWidget(QWidget):
         row.addWidget(self.train_btn)
         row.addWidget(self.cancel_btn)
         layout.addLayout(row)
-        for w in (self.bar, self.curve, QLabel("Volumes to pre-segment"), self.predict_list, self.existing,
-                  self.predict_btn, self.status):
+        for w in (self.bar, self.curve, QLabel("Volumes to pre-segment (not reviewed)"), self.predict_list,
+                  self.policy, self.predict_btn, self.status):
             layout.addWidget(w)
-        self.job = DockJob("fine-tuning", status=self.status, bar=self.bar,
+        self.job = DockJob("learning", status=self.status, bar=self.bar,
                            buttons=(self.train_btn, self.predict_btn), on_progress=self._on_progress)
         self.cancel_btn.clicked.connect(self.job.cancel)
         if project_dir is not None:
@@ -143,20 +152,21 @@ class FinetuneWidget(QWidget):
         p = self.project
         for lst in (self.train_list, self.target_list, self.predict_list):
             lst.clear()
-        for v in p.volumes:
-            has_mask = p.mask_path(v.name).is_file()
-            lst = self.train_list if v.status == "reviewed" and has_mask else self.predict_list
-            if v.status == "missing" or (lst is self.predict_list and v.status == "reviewed"):
-                continue
-            item = QListWidgetItem(f"{v.name} [{v.status}]")
-            item.setData(Qt.UserRole, v.name)
-            item.setCheckState(Qt.Checked)
-            lst.addItem(item)
+        for tv in training_volumes(p):
+            self._add(self.train_list, f"{tv.name} ({', '.join(tv.targets)})", tv.name)
+        for name in pending_volumes(p):
+            self._add(self.predict_list, f"{name} [{p.entry(name).status}]", name)
         for t in p.targets:
-            item = QListWidgetItem(f"{t.name} ({t.label})")
-            item.setData(Qt.UserRole, t.name)
-            item.setCheckState(Qt.Checked)
-            self.target_list.addItem(item)
+            self._add(self.target_list, f"{t.name} ({t.label})", t.name)
+        saved = checkpoint_path(p)  # a model trained in an earlier session pre-segments without retraining
+        self.checkpoint = saved if self.checkpoint is None and _finished(saved) else self.checkpoint
+
+    @staticmethod
+    def _add(lst: QListWidget, text: str, name: str) -> None:
+        item = QListWidgetItem(text)
+        item.setData(Qt.UserRole, name)
+        item.setCheckState(Qt.Checked)
+        lst.addItem(item)
 
     @staticmethod
     def _checked(lst: QListWidget) -> list[str]:
@@ -167,21 +177,18 @@ class FinetuneWidget(QWidget):
         p = self.project
         if p is None or self.job.busy:
             return
-        names, targets = self._checked(self.train_list), self._checked(self.target_list)
-        if not names or not targets:
-            self.status.setText("Pick at least one reviewed volume and one target.")
+        targets = self._checked(self.target_list)
+        if not self._checked(self.train_list) or not targets:
+            self.status.setText("Review some volumes first, and pick at least one target.")
             return
-        cases = [Case(n, p.volume_path(n), p.mask_path(n)) for n in names]
-        labels = [(p.target(t).label, t) for t in targets]
-        cfg = VFConfig.load(self.config_path, steps=self.steps.value())
+        cfg = LearnConfig(steps=self.steps.value())
         init = self.init.text().strip() or None
-        out = p.folder / "models" / f"pctnet-{time.strftime('%Y%m%d-%H%M%S')}.pt"
-        out.parent.mkdir(exist_ok=True)
         self.curve.values.clear()
-        progress = self.job.reporter("fine-tuning cancelled; the last checkpoint is kept and resumable")
-        self.job.start(lambda: finetune(cfg, cases, labels, out, init, progress), self._trained,
-                       message=f"fine-tuning on {len(cases)} volume(s), {len(labels)} target(s)…",
-                       on_error=lambda exc: self.status.setText(f"Fine-tuning stopped: {exc}"))
+        progress = self.job.reporter("training cancelled; the last checkpoint is kept and resumes on the next run")
+        self.job.start(lambda: finetune_project(p, targets=targets, cfg=cfg, init=init, progress=progress,
+                                                cancelled=self.job.cancelled), self._trained,
+                       message=f"training on {self.train_list.count()} reviewed volume(s), {len(targets)} target(s)…",
+                       on_error=lambda exc: self.status.setText(f"Training stopped: {exc}"))
 
     def _on_progress(self, done: int, total: int, message: str) -> None:
         self.bar.setRange(0, total)
@@ -190,40 +197,48 @@ class FinetuneWidget(QWidget):
             self.curve.add(float(message.split()[1]))
 
     def _trained(self, result) -> None:
-        path, skipped = result
-        self.checkpoint = path
-        note = f"; from {self.init.text()}: {len(skipped)} tensors not loaded" if self.init.text().strip() else ""
-        self.status.setText(f"fine-tuned: {path.name}{note}")
+        self.checkpoint = result.path
+        start = self.init.text().strip() or (SHIPPED_VF.name if SHIPPED_VF.is_file() else "scratch")
+        self.status.setText(f"trained: {result.path.name} ({result.steps} steps, {result.cpu_seconds / 60:.1f} "
+                            f"CPU-min, from {start}); pre-segment the pending volumes next")
 
     # --- pre-segmentation ---------------------------------------------------------------------
     def start_prediction(self) -> None:
         if self.checkpoint is None or self.job.busy:
-            self.status.setText("Fine-tune first (or wait for the running job).")
+            self.status.setText("Train from reviewed volumes first (or wait for the running job).")
             return
-        p, names, ckpt = self.project, self._checked(self.predict_list), self.checkpoint
-        def work():
-            predictor = PCTPredictor(ckpt)
-            for name in names:
-                volume = read_volume(p.volume_path(name))
-                yield name, volume, predictor.predict(volume)
+        p, names, ckpt, policy = self.project, self._checked(self.predict_list), self.checkpoint, \
+            self.policy.currentData()
 
-        self.job.start(work, on_yield=self._show_prediction,
+        def work():
+            predictor = SliceNetPredictor(ckpt)
+            for name in names:
+                if self.job.cancelled():
+                    return
+                volume = read_volume(p.volume_path(name))
+                yield name, volume, presegment_volume(p, name, volume, predictor, policy)
+
+        self.job.start(work, on_yield=self._write, on_done=lambda _: self.refresh(),
+                       message=f"pre-segmenting {len(names)} volume(s)…",
                        on_error=lambda exc: self.status.setText(f"Pre-segmentation failed: {exc}"))
 
-    def _show_prediction(self, item) -> None:
-        name, volume, labels = item
-        self.viewer.add_labels(labels, **layer_kwargs(volume.with_array(labels), f"{name} PCT-Net", labels=True))
+    def _write(self, item) -> None:
+        name, volume, label_map = item
         p = self.project
-        entry, target = p.entry(name), p.mask_path(name)
-        if entry.status == "reviewed":  # never overwrite reviewed work
-            note = "reviewed: its mask is kept; the prediction is only a layer"
-        elif target.is_file() and self.existing.currentText() == KEEP:
-            note = "it already has a mask (maybe painted by hand): kept; the prediction is only a layer"
-        else:
-            backup = keep_previous(target)
-            p.set_status(name, "segmented", write_mask(labels, volume, target))
-            note = f"saved{f'; the previous mask is in {backup.parent.name}/' if backup else ''}"
-            if name == self.state.volume_name:  # open in the annotator: replaced there as one undo step
-                self.state.reload_mask()
-                note += "; Ctrl+Z on its mask layer undoes the replacement"
-        self.status.setText(f"{name}: pre-segmented ({int(np.count_nonzero(labels))} voxels); {note}")
+        if label_map is None:
+            self.status.setText(f"{name}: every target is locked; nothing written")
+            return
+        backup = write_presegmentation(p, name, volume, label_map)
+        note = f"; the previous mask is in {backup.parent.name}/" if backup else ""
+        if name == self.state.volume_name:  # open in the annotator: replaced there as one undo step
+            self.state.reload_mask()
+            note += "; Ctrl+Z on its mask layer undoes it"
+        self.status.setText(f"{name}: pre-segmented by {POLICY_HELP[LabelPolicy(self.policy.currentData())]}{note}")
+
+
+def _finished(path: Path) -> bool:
+    try:
+        state = load_checkpoint(path, KIND_SEG)
+    except CheckpointError:
+        return False
+    return "optimizer" not in state or int(state.get("step", 0)) >= int(state["meta"].get("config", {}).get("steps", 0))

@@ -141,7 +141,7 @@ def main() -> None:
     from medlsam_plugins.report_dock import ReportWidget
 
     report = ReportWidget(viewer)
-    for dock, name in ((FinetuneWidget(viewer), "Fine-tune from annotations"), (CamSeedWidget(viewer), "CAM seeding"),
+    for dock, name in ((FinetuneWidget(viewer), "Learn from reviewed volumes"), (CamSeedWidget(viewer), "CAM seeding"),
                        (CoresetWidget(viewer), "Coreset suggestions"), (report, "Findings report draft")):
         viewer.window.add_dock_widget(dock, name=name, area="right")
         settle(0.3)

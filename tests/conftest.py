@@ -72,3 +72,61 @@ def cli_project(tmp_path_factory) -> Path:
                             "--cache", str(tmp_path_factory.mktemp("embeddings"))])
     assert r.exit_code == 0, r.output
     return root
+
+
+# --- a project of real head-and-neck CT for the learning loop (tests/test_learning_loop.py, the dock's test) ---
+HN_TARGETS = {"brainstem": 1, "parotid_right": 3, "parotid_left": 4, "mandible": 7}  # OpenKBP's label values
+HN_REVIEWED = ("pt_1", "pt_2")  # train-pats with all four contoured
+HN_PARTLY = "pt_4"              # its mandible reviewed (locked), the rest not
+HN_PENDING = "pt_9"
+
+
+def hn_truth(openkbp: Path, name: str, image):
+    """The patient's manual contours of HN_TARGETS on ``image``'s grid (uint8, OpenKBP's values)."""
+    import numpy as np
+
+    from medlsam_training.io import read_label
+
+    lab = read_label(openkbp / "labelsTr" / f"{name}.nii.gz", image).array
+    return np.where(np.isin(lab, list(HN_TARGETS.values())), lab, 0).astype(np.uint8)
+
+
+class HNProject:
+    """The project folder and what it holds (test modules read the names from here, not from constants)."""
+
+    targets, reviewed, partly, pending = HN_TARGETS, HN_REVIEWED, HN_PARTLY, HN_PENDING
+
+    def __init__(self, folder: Path, openkbp: Path):
+        self.folder, self.openkbp = folder, openkbp
+
+    def truth(self, name: str, image):
+        return hn_truth(self.openkbp, name, image)
+
+
+@pytest.fixture()
+def hn_project(openkbp: Path, tmp_path: Path) -> HNProject:
+    """Four OpenKBP train-pats volumes linked (not copied) into a project: two reviewed, one with its mandible
+    locked and a stroke of parotid painted by hand, one pending."""
+    import numpy as np
+
+    from medlsam_training.io import read_volume, write_mask
+    from medlsam_training.project import Project
+
+    folder = tmp_path / "project"
+    folder.mkdir()
+    for name in (*HN_REVIEWED, HN_PARTLY, HN_PENDING):
+        (folder / f"{name}.nii.gz").symlink_to(openkbp / "imagesTr" / f"{name}_0000.nii.gz")
+    project = Project.open(folder)
+    for t, v in HN_TARGETS.items():
+        project.add_target(t, v)
+    for name in HN_REVIEWED:
+        image = read_volume(project.volume_path(name))
+        mask = write_mask(hn_truth(openkbp, name, image), image, project.mask_path(name))
+        project.set_status(name, "segmented", mask)
+        project.mark_reviewed(name)
+    image = read_volume(project.volume_path(HN_PARTLY))
+    partly = np.where(hn_truth(openkbp, HN_PARTLY, image) == 7, 7, 0).astype(np.uint8)
+    partly[60:62, 60:64, 60:64] = 3
+    project.set_status(HN_PARTLY, "segmented", write_mask(partly, image, project.mask_path(HN_PARTLY)))
+    project.set_locked(HN_PARTLY, "mandible")
+    return HNProject(folder, openkbp)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from medlsam_training.checkpoint import load_checkpoint
 from medlsam_training.medlam.losses import mss_loss, rdr_loss
 from medlsam_training.medlam.network import MedLAMNet
 from medlsam_training.medlam.sampling import sample_batch
@@ -70,8 +71,9 @@ def test_training_checkpoint_resumes_and_exports_small_fp16(shared_data: Path, t
     assert all(torch.equal(ref["model"][k], state["model"][k]) for k in ref["model"]), "resumed run diverged"
     weights = export_weights(ckpt, tmp_path / "medlam_export.pt", {"data": cfg.data})
     assert weights.stat().st_size < 20e6
-    exported = torch.load(weights, weights_only=True)
+    exported = load_checkpoint(weights, "medlam")["model"]
     assert all(v.dtype == torch.float16 for v in exported.values() if v.is_floating_point())
+    assert "optimizer" not in torch.load(weights, weights_only=True)
 
 
 @pytest.mark.slow

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .atomic import atomic_path
-from .errors import MedLSAMError
+from .checkpoint import CheckpointError, load_checkpoint  # noqa: F401 - CheckpointError re-exported
 from .slice_prep import SliceFrame
 
 log = logging.getLogger(__name__)
@@ -31,10 +31,6 @@ LITEMEDSAM = "litemedsam"
 _SAM_WIDTHS = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
 _SAM_MEAN = torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1)
 _SAM_STD = torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1)
-
-
-class CheckpointError(MedLSAMError, ValueError):
-    """A model checkpoint is missing, unreadable or of an unknown architecture."""
 
 
 def default_device() -> torch.device:
@@ -54,21 +50,8 @@ def _file_digest(path: Path) -> str:
 
 
 def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """Load a checkpoint's tensors (``weights_only=True``), unwrapping 'model'/'state_dict' and 'module.'."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file not found")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a corrupt or non-tensor pickle
-        raise CheckpointError(f"{path}: not a readable tensor checkpoint ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0][:200]})") from exc
-    for key in ("model", "state_dict", "model_state_dict"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path}: holds no state dict of tensors")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
+    """A checkpoint's tensors (the one loader: ``weights_only``, any of this project's layouts)."""
+    return load_checkpoint(path, what="tensor checkpoint")["model"]
 
 
 @dataclass

@@ -1,9 +1,10 @@
-"""The 'Fine-tune from annotations' dock trains on reviewed masks and pre-segments the rest."""
+"""The 'Learn from reviewed volumes' dock on real head-and-neck CT: trains from the reviewed volumes and locked
+targets, pre-segments the pending ones by the label policy, never over a locked target, one undo step."""
 
 from __future__ import annotations
 
+import hashlib
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,68 +14,60 @@ if not os.environ.get("DISPLAY"):
                 allow_module_level=True)
 
 from medlsam_plugins.finetune_dock import FinetuneWidget  # noqa: E402
-from medlsam_training.io import read_label, read_volume, write_mask  # noqa: E402
-from medlsam_training.phantom import write_phantom_dataset  # noqa: E402
+from medlsam_training.io import read_label  # noqa: E402
+from medlsam_training.options import LabelPolicy  # noqa: E402
 from medlsam_training.project import Project  # noqa: E402
 
-TINY_TOML = """[vf]
-spacing = 6.0
-crop = [16, 32, 32]
-channels = [4, 8, 16, 32, 64]
-heads = [1, 2, 4]
-window = 2
-batch = 2
-lr = 2e-3
-steps = 20
-save_every = 10
-"""
+
+def _sha(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_dock_fine_tunes_and_presegments(make_napari_viewer, qtbot, tmp_path: Path) -> None:
-    write_phantom_dataset(tmp_path, n=3, size=(64, 56, 24), spacing=(5.4, 5.4, 9.0))
-    project = Project.open(tmp_path)
-    project.add_target("liver", 1)
-    for name in ("phantom_000", "phantom_001"):  # two annotated volumes
-        image = read_volume(project.volume_path(name))
-        truth = read_label(tmp_path / name / "label.nii.gz").array == 1
-        project.set_status(name, "reviewed", write_mask(truth.astype(np.uint8), image, project.mask_path(name)))
-    (tmp_path / "tiny.toml").write_text(TINY_TOML)
-
+def test_dock_trains_from_reviewed_and_presegments_pending(make_napari_viewer, qtbot, hn_project) -> None:
+    folder, partly, pending = hn_project.folder, hn_project.partly, hn_project.pending
     viewer = make_napari_viewer()
-    dock = FinetuneWidget(viewer, tmp_path, config=tmp_path / "tiny.toml")
-    assert dock.train_list.count() == 2 and dock.predict_list.count() == 1
+    dock = FinetuneWidget(viewer, folder)
+    assert dock.train_list.count() == 3 and dock.predict_list.count() == 2  # reviewed + a locked mandible; pending
+    assert "mandible" in dock.train_list.item(2).text()
+    dock.steps.setValue(40)
     dock.start_training()
     qtbot.waitUntil(lambda: dock.worker is None, timeout=300_000)
     assert dock.checkpoint is not None and dock.checkpoint.is_file(), dock.status.text()
-    assert len(dock.curve.values) == 20 and dock.bar.value() == 20
+    assert len(dock.curve.values) == 40 and dock.bar.value() == 40
 
-    # one project per viewer: the annotator docked beside it works on the very same object
+    # the volume with the locked mandible is open in the annotator (same project object)
     from medlsam_napari.annotator import AnnotatorWidget
 
     annotator = AnnotatorWidget(viewer)
     assert annotator.state.project is dock.project
-    assert "3 volumes" in annotator.project_label.text()  # and shows it, though another dock opened it
-
-    # phantom_002 already has a mask painted by hand (not yet marked reviewed): the default keeps it
-    image = read_volume(project.volume_path("phantom_002"))
-    painted = np.zeros(image.array.shape, np.uint8)
-    painted[5:10, 20:30, 20:30] = 1
-    painted_path = write_mask(painted, image, dock.project.mask_path("phantom_002"))
-    dock.project.set_status("phantom_002", "segmented", painted_path)
+    annotator.state.show_volume(partly)
+    layer = viewer.layers[f"{partly} mask"]
+    before = np.array(layer.data)
+    reviewed = _sha(dock.project.mask_path("pt_1"))
+    dock.policy.setCurrentIndex(list(LabelPolicy).index(LabelPolicy.KEEP))
     dock.start_prediction()
     qtbot.waitUntil(lambda: dock.worker is None, timeout=300_000)
-    layer = viewer.layers["phantom_002 PCT-Net"]
-    assert layer.data.shape == image.array.shape
-    np.testing.assert_array_equal(read_label(dock.project.mask_path("phantom_002"), allow_empty=True).array, painted)
-    assert "kept" in dock.status.text()
+    assert "undoes it" in dock.status.text() or pending in dock.status.text(), dock.status.text()
+    after = np.array(layer.data)
+    assert np.array_equal(after == 7, before == 7)  # the locked mandible: not a voxel changed
+    assert (after != before).any()  # the rest was written into the open layer ...
+    assert np.array_equal(read_label(dock.project.mask_path(partly)).array, after)  # ... and saved
+    layer.undo()  # one step back to what the annotator had, saved too
+    assert np.array_equal(layer.data, before)
+    assert np.array_equal(read_label(dock.project.mask_path(partly)).array, before)
+    assert _sha(dock.project.mask_path("pt_1")) == reviewed  # reviewed work untouched
+    assert Project.open(folder).entry(pending).status == "segmented"
+    assert dock.predict_list.count() == 2  # both still pending review (segmented, not reviewed)
 
-    # asked to replace: the new mask is written, the painted one is kept in masks/.previous/
-    from medlsam_plugins.finetune_dock import REPLACE
 
-    dock.existing.setCurrentText(REPLACE)
+def test_dock_without_reviewed_work_says_what_to_do(make_napari_viewer, hn_project) -> None:
+    project = Project.open(hn_project.folder)
+    for name in (*hn_project.reviewed, hn_project.partly):
+        for target in hn_project.targets:
+            project.set_locked(name, target, False)  # un-reviewed: nothing locked anywhere
+    dock = FinetuneWidget(make_napari_viewer(), hn_project.folder)
+    assert dock.train_list.count() == 0
+    dock.start_training()
+    assert dock.worker is None and "Review some volumes first" in dock.status.text()
     dock.start_prediction()
-    qtbot.waitUntil(lambda: dock.worker is None, timeout=300_000)
-    [previous] = (dock.project.mask_path("phantom_002").parent / ".previous").glob("phantom_002-*.nii.gz")
-    np.testing.assert_array_equal(read_label(previous, allow_empty=True).array, painted)
-    assert Project.open(tmp_path).entry("phantom_002").status == "segmented"
-    assert Project.open(tmp_path).entry("phantom_000").status == "reviewed"
+    assert "Train from reviewed volumes first" in dock.status.text()

@@ -20,7 +20,7 @@ notification_manager.install_hooks()  # as napari.run does: warnings become toas
 import napari
 from qtpy.QtWidgets import QApplication
 viewer = napari.Viewer(show=True)
-for name in ("MedLSAM annotator", "Fine-tune from annotations", "Findings report draft",
+for name in ("MedLSAM annotator", "Learn from reviewed volumes", "Findings report draft",
              "CAM seeding from slice ticks", "Coreset suggestions"):
     viewer.window.add_plugin_dock_widget("medlsam-napari", name)
 viewer.open_sample("medlsam-napari", "phantom")

@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import os
-import pickle
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..augment import random_affine
+from ..checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
+from ..engine import LoopSpec, StepContext, fit, seeded
 from ..errors import MedLSAMError
 from ..progress import ProgressFn
 from ..volume import Volume, orient
@@ -33,6 +34,7 @@ def _block(cin: int, cout: int) -> nn.Sequential:
 #: how the class map becomes one score per slice: the mean (CAM's global average pooling), or log-sum-exp, which
 #: leans towards the map's maximum (multiple-instance learning: some place of a present slice must carry evidence)
 POOLS = ("mean", "lse")
+KIND = "cam-classifier"  # the checkpoint kind
 LSE_R = 5.0
 
 
@@ -154,26 +156,22 @@ def to_slice_grid(maps: torch.Tensor | np.ndarray, shape_yx: tuple[int, int], cr
 
 def save_classifier(model: SliceClassifier, targets: list[str], modality: str, path: str | os.PathLike[str],
                     extra: dict | None = None) -> Path:
-    from ..atomic import atomic_path
-
-    state = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "targets": list(targets),
-             "modality": modality, "widths": list(WIDTHS), "size": SIZE, "pool": model.pool, **(extra or {})}
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-    return path
+    meta = {"targets": list(targets), "modality": modality, "widths": list(WIDTHS), "size": SIZE, "pool": model.pool,
+            **(extra or {})}
+    return save_checkpoint(path, model, kind=KIND, meta=meta)
 
 
 def load_classifier(path: str | os.PathLike[str], device: str | torch.device = "cpu"
                     ) -> tuple[SliceClassifier, list[str], str]:
     """(model in eval mode, target names, modality); the file is untrusted: tensors and plain values only."""
+    state = load_checkpoint(path, KIND, "CAM slice-classifier checkpoint")
+    meta = state["meta"]
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        model = SliceClassifier(len(state["targets"]), tuple(state["widths"]), pool=str(state.get("pool", "mean")))
-        model.load_state_dict(state["state_dict"])
-    except (OSError, RuntimeError, KeyError, TypeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
-        raise MedLSAMError(f"{path}: not a CAM slice-classifier checkpoint ({str(exc).splitlines()[0]})") from exc
-    return model.to(device).eval(), list(state["targets"]), str(state.get("modality", "CT"))
+        model = SliceClassifier(len(meta["targets"]), tuple(meta["widths"]), pool=str(meta.get("pool", "mean")))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a CAM slice-classifier checkpoint (no {exc} in it)") from exc
+    load_weights(model, state, path)
+    return model.to(device).eval(), list(meta["targets"]), str(meta.get("modality", "CT"))
 
 
 def train_classifier(cases: list[tuple[PreparedSlices, np.ndarray]], targets: list[str], out: str | os.PathLike[str],
@@ -185,10 +183,7 @@ def train_classifier(cases: list[tuple[PreparedSlices, np.ndarray]], targets: li
     Positive slices are oversampled to half of each epoch, since most slices show none of the targets. ``near``
     is the share of the negatives drawn from absent slices within ``near_slices`` of a present one (same patient,
     nearly the same level: what tells them apart is the target, not the level)."""
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    model = SliceClassifier(len(targets), pool=pool)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    model = seeded(lambda: SliceClassifier(len(targets), pool=pool), seed)
     index = [(c, z) for c, (prep, tags) in enumerate(cases) for z in np.nonzero(prep.body)[0]]
     if not index:
         raise MedLSAMError("no slice with scanned content to train on")
@@ -207,43 +202,22 @@ def train_classifier(cases: list[tuple[PreparedSlices, np.ndarray]], targets: li
         weights[far] = 0.5 / max(far.sum(), 1)
     weights /= weights.sum()
     steps = max(slices_per_epoch // batch, 1)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps)
-    start = time.time()
-    for epoch in range(epochs):
-        model.train()
-        total = 0.0
-        for step in range(steps):
-            pick = rng.choice(len(index), size=batch, p=weights)
-            x = torch.stack([cases[index[i][0]][0].images[index[i][1]] for i in pick]).float()
-            y = torch.from_numpy(np.stack([cases[index[i][0]][1][index[i][1]] for i in pick]).astype(np.float32))
-            x = _augment(x, rng)
-            known = (y != -1).float()
-            logits = model(x)
-            loss = (F.binary_cross_entropy_with_logits(logits, y.clamp(min=0), reduction="none") * known).sum() \
-                / known.sum().clamp(min=1)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += float(loss.detach())
-            if progress:
-                progress(epoch * steps + step + 1, epochs * steps, f"loss {total / (step + 1):.4f}")
-        save_classifier(model, targets, modality, out, {"epoch": epoch + 1, "seconds": time.time() - start})
+
+    def step_loss(net: torch.nn.Module, ctx: StepContext) -> torch.Tensor:
+        pick = ctx.rng.choice(len(index), size=batch, p=weights)
+        x = torch.stack([cases[index[i][0]][0].images[index[i][1]] for i in pick]).float()
+        y = torch.from_numpy(np.stack([cases[index[i][0]][1][index[i][1]] for i in pick]).astype(np.float32))
+        # no left-right flip: parotids have sides
+        x, _ = random_affine(x, None, ctx.rng)
+        known = (y != -1).float()
+        logits = net(x)
+        return (F.binary_cross_entropy_with_logits(logits, y.clamp(min=0), reduction="none") * known).sum() \
+            / known.sum().clamp(min=1)
+
+    spec = LoopSpec(epochs * steps, lr, 1e-4, "adamw", "one_cycle", seed)
+    result = fit(model, step_loss, spec, progress=progress)
+    save_classifier(model, targets, modality, out, {"epochs": epochs, "seconds": result.wall_seconds})
     return Path(out)
-
-
-def _augment(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-    """Small rotations, shifts and scalings, and contrast jitter; no left-right flip (parotids have sides)."""
-    n = x.shape[0]
-    angle = torch.from_numpy(rng.uniform(-0.2, 0.2, n)).float()
-    scale = torch.from_numpy(rng.uniform(0.9, 1.1, n)).float()
-    shift = torch.from_numpy(rng.uniform(-0.08, 0.08, (n, 2))).float()
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    x = F.grid_sample(x, grid, align_corners=False, padding_mode="zeros")
-    gain = torch.from_numpy(rng.uniform(0.9, 1.1, (n, 1, 1, 1))).float()
-    return (x * gain).clamp(0, 1)
 
 
 def predict_presence(model: SliceClassifier, prep: PreparedSlices, batch: int = 64) -> np.ndarray:

@@ -8,8 +8,6 @@ annotator ticked present."""
 from __future__ import annotations
 
 import os
-import pickle
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +15,11 @@ import torch
 import torch.nn.functional as F
 from monai.networks.nets import UNet
 
-from ..errors import MedLSAMError
+from ..augment import random_affine
+from ..checkpoint import load_checkpoint, load_weights, save_checkpoint
+from ..engine import LoopSpec, StepContext, fit, seeded
 from ..progress import ProgressFn
-from .classifier import SIZE, PreparedSlices, _augment, crop_to_input, to_slice_grid
+from .classifier import SIZE, PreparedSlices, crop_to_input, to_slice_grid
 from .gse import largest_component
 from .tags import ABSENT, PRESENT
 
@@ -28,6 +28,7 @@ SCALES = (0.75, 1.25)
 #: the refinement network's input: the classifier's body crop at half its size (a target volume is a large blob;
 #: a neck still gets 1.7 input pixels per CT voxel at OpenKBP's ~4 mm)
 RES = SIZE // 2
+KIND = "cam-refiner"  # the checkpoint kind
 
 
 def _inputs(prep: PreparedSlices, rows: np.ndarray) -> torch.Tensor:
@@ -66,14 +67,14 @@ def seg_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, y) + dice
 
 
-def _view(model: torch.nn.Module, x: torch.Tensor, kind: int) -> torch.Tensor:
-    """Logits of ``x`` seen in a random view, mapped back to the input's frame."""
-    if kind == 0:  # rescaled
-        s = SCALES[np.random.randint(len(SCALES))]
+def _view(model: torch.nn.Module, x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """Logits of ``x`` seen in a random view (rescaled or rotated), mapped back to the input's frame."""
+    if rng.integers(2) == 0:  # rescaled
+        s = SCALES[int(rng.integers(len(SCALES)))]
         size = int(round(RES * s / 8)) * 8  # the U-Net halves three times
         y = model(F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False))
         return F.interpolate(y, size=x.shape[2:], mode="bilinear", align_corners=False)
-    k = np.random.randint(1, 4)
+    k = int(rng.integers(1, 4))
     return torch.rot90(model(torch.rot90(x, k, (2, 3))), -k, (2, 3))
 
 
@@ -82,59 +83,38 @@ def train_rvc(images: torch.Tensor, targets: torch.Tensor, out: str | os.PathLik
               progress: ProgressFn | None = None) -> Path:
     """Train on (N, 2, RES, RES) images and (N, RES, RES) pseudo-masks; ``rvc`` False trains one plain view
     (the baseline the benchmark compares against). Saves fp16 weights only."""
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    rng = np.random.default_rng(seed)
-    model = make_net()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
-    start, total = time.time(), 0.0
-    model.train()
-    for step in range(steps):
-        pick = rng.choice(len(images), size=batch)
+    model = seeded(make_net, seed)
+
+    def step_loss(net: torch.nn.Module, ctx: StepContext) -> torch.Tensor:
+        pick = ctx.rng.choice(len(images), size=batch)
         x = images[pick].float()
         # the same random affine for image and mask: the mask rides along as a third channel
-        both = _augment(torch.cat([x, targets[pick, None].float()], 1), rng)
+        both, _ = random_affine(torch.cat([x, targets[pick, None].float()], 1), None, ctx.rng)
         x, y = both[:, :2], (both[:, 2:] > 0.5).float()
-        if rvc:
-            a, b = _view(model, x, np.random.randint(2)), _view(model, x, np.random.randint(2))
-            loss = (seg_loss(a, y) + seg_loss(b, y)) / 2
-            ramp = min(1.0, step / max(steps * 0.5, 1))
-            pa, pb = torch.sigmoid(a).clamp(1e-6, 1 - 1e-6), torch.sigmoid(b).clamp(1e-6, 1 - 1e-6)
-            kl = (pa * (pa / pb).log() + (1 - pa) * ((1 - pa) / (1 - pb)).log()).mean()
-            kl = kl + (pb * (pb / pa).log() + (1 - pb) * ((1 - pb) / (1 - pa)).log()).mean()
-            loss = loss + consistency * ramp * kl
-        else:
-            loss = seg_loss(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        total += float(loss.detach())
-        if progress and (step + 1) % 25 == 0:
-            progress(step + 1, steps, f"loss {total / (step + 1):.4f}")
-    save_net(model, out, {"steps": steps, "rvc": rvc, "seconds": time.time() - start})
+        if not rvc:
+            return seg_loss(net(x), y)
+        a, b = _view(net, x, ctx.rng), _view(net, x, ctx.rng)
+        loss = (seg_loss(a, y) + seg_loss(b, y)) / 2
+        ramp = min(1.0, ctx.step / max(steps * 0.5, 1))
+        pa, pb = torch.sigmoid(a).clamp(1e-6, 1 - 1e-6), torch.sigmoid(b).clamp(1e-6, 1 - 1e-6)
+        kl = (pa * (pa / pb).log() + (1 - pa) * ((1 - pa) / (1 - pb)).log()).mean()
+        kl = kl + (pb * (pb / pa).log() + (1 - pb) * ((1 - pb) / (1 - pa)).log()).mean()
+        return loss + consistency * ramp * kl
+
+    result = fit(model, step_loss, LoopSpec(steps, lr, 1e-4, "adamw", "one_cycle", seed), progress=progress)
+    save_net(model, out, {"steps": steps, "rvc": rvc, "seconds": result.wall_seconds})
     return Path(out)
 
 
 def save_net(model: torch.nn.Module, path: str | os.PathLike[str], extra: dict | None = None) -> Path:
-    from ..atomic import atomic_path
-
-    state = {"state_dict": {k: v.detach().cpu().half() for k, v in model.state_dict().items()},
-             "channels": list(CHANNELS), "size": RES, **(extra or {})}
-    with atomic_path(Path(path)) as tmp:
-        torch.save(state, tmp)
-    return Path(path)
+    return save_checkpoint(path, model, kind=KIND, meta={"channels": list(CHANNELS), "size": RES, **(extra or {})},
+                           half=True)
 
 
 def load_net(path: str | os.PathLike[str]) -> UNet:
     """The refinement network in eval mode; the file is untrusted: tensors and plain values only."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        model = make_net()
-        model.load_state_dict({k: v.float() for k, v in state["state_dict"].items()})
-    except (OSError, RuntimeError, KeyError, TypeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
-        raise MedLSAMError(f"{path}: not a CAM refinement-network checkpoint ({str(exc).splitlines()[0]})") from exc
+    model = make_net()
+    load_weights(model, load_checkpoint(path, KIND, "CAM refinement-network checkpoint"), path)
     return model.eval()
 
 

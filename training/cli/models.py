@@ -9,6 +9,7 @@ import typer
 
 from ..errors import MedLSAMError
 from ..io import read_volume
+from ..options import POLICY_HELP, LabelPolicy
 from ._app import _fail, _parse_device, _RichProgress, app, console
 
 
@@ -82,20 +83,39 @@ def _labels_arg(labels: str, names: dict[int, str]) -> list[tuple[int, str]]:
 
 @app.command()
 def finetune(
-    data: Path = typer.Option(..., "--data", help="Dataset folder with image/label pairs (see README)."),
-    labels: str = typer.Option(..., "--labels", help="Labels to learn, values or names: e.g. liver,spleen or 5,1."),
-    out: Path = typer.Option(..., "--out", help="Checkpoint (resumed if it exists)."),
-    init: Optional[Path] = typer.Option(None, "--init", help="Start from this (e.g. Volume Fusion) checkpoint."),
-    cases: Optional[str] = typer.Option(None, help="Comma-separated case names to train on (default: all)."),
-    config: Optional[Path] = typer.Option(None, "--config", help="TOML config (default: the CPU-sized one)."),
+    project: Optional[Path] = typer.Option(None, "--project", help="Project folder: its reviewed volumes and locked "
+                                           "targets train the learning loop's slice network, which then "
+                                           "pre-segments the volumes not reviewed."),
+    data: Optional[Path] = typer.Option(None, "--data", help="PCT-Net: dataset folder with image/label pairs."),
+    labels: Optional[str] = typer.Option(None, "--labels", help="PCT-Net: labels to learn, values or names: e.g. "
+                                         "liver,spleen or 5,1."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Checkpoint (resumed if it exists; with --project "
+                                       "default <project>/models/slicenet.pt)."),
+    init: Optional[Path] = typer.Option(None, "--init", help="Start from this (e.g. Volume Fusion) checkpoint; "
+                                        "with --project default: the shipped Volume Fusion weights."),
+    cases: Optional[str] = typer.Option(None, help="PCT-Net: comma-separated case names to train on (default: all)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="PCT-Net: TOML config (default: the CPU-sized one)."),
     steps: Optional[int] = typer.Option(None, help="Override the number of steps."),
+    targets: Optional[str] = typer.Option(None, help="--project: comma-separated targets (default: all)."),
+    presegment: bool = typer.Option(True, "--presegment/--no-presegment", help="--project: pre-segment the volumes "
+                                    "not reviewed when training ends."),
+    policy: str = typer.Option(LabelPolicy.EMPTY.value, help="--project: how predictions enter a label map: " +
+                               "; ".join(f"{p} ({POLICY_HELP[p]})" for p in LabelPolicy) +
+                               ". Locked (reviewed) targets are never changed."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda (default: CUDA when present)."),
 ) -> None:
-    """Fine-tune PCT-Net on the few volumes that have masks; matching pretrained weights are loaded."""
+    """Fine-tune on the volumes that have masks: a project's reviewed work (the learning loop), or PCT-Net on a
+    dataset folder; matching pretrained weights are loaded."""
+    if project is not None:
+        _finetune_project(project, out, init, steps, targets, presegment, policy, device)
+        return
     from ..datasets import find_cases
     from ..vf.train import DEFAULT_CONFIG, VFConfig
     from ..vf.train import finetune as run_finetune
 
     try:
+        if data is None or labels is None or out is None:
+            raise ValueError("give --project FOLDER, or --data, --labels and --out (PCT-Net)")
         found = find_cases(data, require_labels=True)
         if cases:
             wanted = {c.strip() for c in cases.split(",")}
@@ -111,6 +131,39 @@ def finetune(
     if init:
         console.print(f"initialised from {init}; not loaded ({len(skipped)}): {', '.join(skipped) or 'none'}")
     console.print(f"checkpoint {path}: {len(found)} volumes, labels {chosen}")
+
+
+def _finetune_project(folder: Path, out: Optional[Path], init: Optional[Path], steps: Optional[int],
+                      targets: Optional[str], presegment: bool, policy: str, device: Optional[str]) -> None:
+    from ..label_merge import check_policy
+    from ..learning.project_loop import finetune_project, presegment_project, training_volumes
+    from ..learning.train import LearnConfig
+    from ..project import Project
+
+    dev = _parse_device(device)
+    try:
+        check_policy(policy)  # options first: a typo must not cost a training
+        proj = Project.open(folder)
+        chosen = [t.strip() for t in targets.split(",") if t.strip()] if targets else None
+        for t in chosen or []:
+            proj.target(t)  # an unknown target is one line
+        cfg = LearnConfig() if steps is None else LearnConfig(steps=steps)
+        used = training_volumes(proj, chosen)
+        with _RichProgress("fine-tuning the slice network") as bar:
+            result = finetune_project(proj, targets=chosen, cfg=cfg, init=init, out=out, progress=bar, device=dev)
+        console.print(f"checkpoint {result.path}: {len(used)} volume(s) ({', '.join(v.name for v in used)}), "
+                      f"{result.steps} steps, {result.cpu_seconds / 60:.1f} CPU-min"
+                      + (f"; from {init}" if init else ""))
+        if not presegment:
+            return
+        with _RichProgress("pre-segmenting") as bar:
+            report = presegment_project(proj, result.path, policy=policy, progress=bar, device=dev)
+    except (MedLSAMError, ValueError, OSError) as exc:
+        _fail(exc)
+    for name in report.written:
+        console.print(f"{name}: pre-segmented ({report.seconds[name]:.1f} CPU-s) -> {proj.mask_path(name)}")
+    for name, why in report.skipped.items():
+        console.print(f"{name}: skipped ({why})")
 
 
 @app.command()

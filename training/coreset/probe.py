@@ -12,7 +12,6 @@ suspicious-label ranking and the selection rules.
 
 from __future__ import annotations
 
-import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,10 +22,11 @@ from monai.networks.nets import UNet
 from scipy import ndimage
 
 from ..datasets import Case
+from ..engine import LoopSpec, StepContext, fit
 from ..errors import DatasetError
 from ..progress import ProgressFn
-from ..resample import resample_to_spacing
-from ..volume import orient
+from ..resample import resample_to_reference, resample_to_spacing
+from ..volume import Geometry, Volume, orient
 from .valuation import data_si_values, gradnorm_values, per_sample_gradients
 
 CROP = 64                    # pixels per side of a crop
@@ -50,6 +50,17 @@ class SliceCase:
     contoured: np.ndarray       # (T,) bool: the volume has a contour of that target
     rows: np.ndarray            # slices holding a contoured target, ± CONTEXT_SLICES
     z_mm: np.ndarray            # (Z,) LPS z of each slice, to open the volume there
+    centres: np.ndarray | None = None  # (Z, 2) crop centre (row, column) on ``grid``'s slices
+    grid: Geometry | None = None       # the LPS grid at PIXEL_MM in-plane the crops were cut from
+
+
+@dataclass
+class SliceInputs:
+    """A volume's body-centred crops and where they came from (to place predictions back)."""
+
+    images: torch.Tensor        # (Z, 2, CROP, CROP) float16
+    centres: np.ndarray         # (Z, 2)
+    grid: Volume                # the LPS volume at PIXEL_MM in-plane (HU)
 
 
 def _body_centre(slice_hu: np.ndarray) -> tuple[float, float]:
@@ -63,7 +74,8 @@ def _body_centre(slice_hu: np.ndarray) -> tuple[float, float]:
     return ndimage.center_of_mass(body)
 
 
-def _crop(arr: np.ndarray, centre: tuple[float, float], fill: float) -> np.ndarray:
+def crop_at(arr: np.ndarray, centre: tuple[float, float], fill: float) -> np.ndarray:
+    """The CROP x CROP window of a slice centred on ``centre``, ``fill`` outside it."""
     cy, cx = int(round(centre[0])) - CROP // 2, int(round(centre[1])) - CROP // 2
     out = np.full((CROP, CROP), fill, arr.dtype)
     y0, x0 = max(cy, 0), max(cx, 0)
@@ -73,17 +85,39 @@ def _crop(arr: np.ndarray, centre: tuple[float, float], fill: float) -> np.ndarr
     return out
 
 
+def uncrop_to(crops: np.ndarray, centres: np.ndarray, shape_yx: tuple[int, int], fill: float) -> np.ndarray:
+    """(Z, ..., CROP, CROP) crops put back on (Z, ..., H, W) slices: the inverse of :func:`crop_at`."""
+    out = np.full(crops.shape[:-2] + tuple(shape_yx), fill, crops.dtype)
+    for z, centre in enumerate(centres):
+        cy, cx = int(round(centre[0])) - CROP // 2, int(round(centre[1])) - CROP // 2
+        y0, x0 = max(cy, 0), max(cx, 0)
+        y1, x1 = min(cy + CROP, shape_yx[0]), min(cx + CROP, shape_yx[1])
+        if y1 > y0 and x1 > x0:
+            out[z, ..., y0:y1, x0:x1] = crops[z, ..., y0 - cy:y1 - cy, x0 - cx:x1 - cx]
+    return out
+
+
+def slice_inputs(volume: Volume) -> SliceInputs:
+    """Body-centred crops of a CT volume at PIXEL_MM in-plane (its own slice spacing), windowed."""
+    image = orient(volume, "LPS")
+    image = resample_to_spacing(image.with_array(image.array.astype(np.float32)),
+                                (PIXEL_MM, PIXEL_MM, image.spacing[2]))
+    hu = image.array
+    centres = np.array([_body_centre(s) for s in hu], float).reshape(-1, 2)
+    crops = np.stack([crop_at(s, ctr, -1000.0) for s, ctr in zip(hu, centres)])
+    channels = [np.clip((crops - (level - width / 2)) / width, 0, 1) for width, level in WINDOWS]
+    return SliceInputs(torch.from_numpy(np.stack(channels, 1).astype(np.float16)), centres, image)
+
+
 def load_slice_case(case: Case, targets: list[str]) -> SliceCase:
     """Body-centred crops of an LPS-oriented case; classes 1..T are ``targets`` by name (or digit value)."""
     image, label = case.load()
-    image = orient(image, "LPS")
-    z_spacing = image.spacing[2]
-    image = resample_to_spacing(image, (PIXEL_MM, PIXEL_MM, z_spacing))
-    hu = image.array.astype(np.float32)
-    classes = np.zeros(hu.shape, np.int64)
+    inputs = slice_inputs(image)
+    grid = inputs.grid
+    classes = np.zeros(grid.array.shape, np.int64)
     contoured = np.zeros(len(targets), bool)
     if label is not None:
-        lab = resample_to_spacing(orient(label, "LPS"), (PIXEL_MM, PIXEL_MM, z_spacing), is_label=True).array
+        lab = resample_to_reference(orient(label, "LPS"), grid, is_label=True).array
         for c, name in enumerate(targets, start=1):
             try:
                 value = case.label_value(name)
@@ -92,17 +126,14 @@ def load_slice_case(case: Case, targets: list[str]) -> SliceCase:
             mask = lab == value
             contoured[c - 1] = bool(mask.any())
             classes[mask] = c
-    centres = [_body_centre(s) for s in hu]
-    crops = np.stack([_crop(s, ctr, -1000.0) for s, ctr in zip(hu, centres)])
-    labels = np.stack([_crop(s, ctr, 0) for s, ctr in zip(classes, centres)])
-    channels = [np.clip((crops - (level - width / 2)) / width, 0, 1) for width, level in WINDOWS]
-    images = torch.from_numpy(np.stack(channels, 1).astype(np.float16))
+    labels = np.stack([crop_at(s, ctr, 0) for s, ctr in zip(classes, inputs.centres)])
     present = np.flatnonzero(labels.reshape(len(labels), -1).max(1) > 0)
     rows = np.zeros(0, int)
     if len(present):
         rows = np.arange(max(present.min() - CONTEXT_SLICES, 0), min(present.max() + CONTEXT_SLICES + 1, len(labels)))
-    z_mm = np.array([image.index_to_physical([0, 0, k])[2] for k in range(len(labels))])
-    return SliceCase(case.name, images, torch.from_numpy(labels), contoured, rows, z_mm)
+    z_mm = np.array([grid.index_to_physical([0, 0, k])[2] for k in range(len(labels))])
+    return SliceCase(case.name, inputs.images, torch.from_numpy(labels), contoured, rows, z_mm, inputs.centres,
+                     grid.geometry)
 
 
 def make_probe(n_targets: int, seed: int = 0) -> UNet:
@@ -173,10 +204,6 @@ def train_probe(cases: list[SliceCase], n_targets: int, *, steps: int = 2000, ba
     (parotids) so a swapped label can be told."""
     rng = np.random.default_rng(seed)
     model = make_probe(n_targets, seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    # cosine decay to zero over the run: the last steps refine instead of jumping (validation Dice 0.70 -> 0.71 at
-    # 2000 steps, two seeds, benchmarks/coreset.py probe)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps) if cosine else None
     usable = [i for i, c in enumerate(cases) if len(c.rows) and c.contoured.any()]
     if not usable:
         raise ValueError("no volume has a contoured target slice")
@@ -184,27 +211,24 @@ def train_probe(cases: list[SliceCase], n_targets: int, *, steps: int = 2000, ba
     value_rows = [np.sort(rng.choice(c.rows, min(value_slices, len(c.rows)), replace=False)) if len(c.rows) else
                   np.zeros(0, int) for c in valued]
     run = ProbeRun(model)
-    start = time.process_time()
-    for step in range(1, steps + 1):
-        if cancelled and cancelled():
-            raise InterruptedError("cancelled")
-        model.train()
-        picks = rng.choice(usable, batch)
+
+    def step_loss(net: torch.nn.Module, ctx: StepContext) -> torch.Tensor:
+        picks = ctx.rng.choice(usable, batch)
         # a share of slices from anywhere in the volume: the probe also meets slices far from every target
-        rows = [int(rng.integers(len(cases[i].labels))) if rng.random() < anywhere else int(rng.choice(cases[i].rows))
-                for i in picks]
+        rows = [int(ctx.rng.integers(len(cases[i].labels))) if ctx.rng.random() < anywhere
+                else int(ctx.rng.choice(cases[i].rows)) for i in picks]
         x, y, m = _batch(cases, picks, rows)
-        loss = probe_loss(model(x), y, m)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if schedule is not None:
-            schedule.step()
+        return probe_loss(net(x), y, m)
+
+    def value(net: torch.nn.Module, step: int) -> None:
         if value_every and (step % value_every == 0 or step == steps):
-            run.checkpoints.append(value_cases(model, valued, value_rows, n_targets, step, lr, mirror))
-        if progress:
-            progress(step, steps, f"loss {float(loss.detach()):.3f}")
-    run.seconds, run.steps = time.process_time() - start, steps
+            run.checkpoints.append(value_cases(net, valued, value_rows, n_targets, step, lr, mirror))
+
+    # cosine decay to zero over the run: the last steps refine instead of jumping (validation Dice 0.70 -> 0.71 at
+    # 2000 steps, two seeds, benchmarks/coreset.py probe)
+    spec = LoopSpec(steps, lr, 0.0, "adam", "cosine" if cosine else "constant", seed + 1)
+    result = fit(model, step_loss, spec, progress=progress, cancelled=cancelled, on_step=value)
+    run.seconds, run.steps = result.cpu_seconds, steps
     return run
 
 

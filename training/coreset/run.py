@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_path, write_json_atomic
+from ..checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
 from ..datasets import Case, find_cases, split_members
 from ..errors import MedLSAMError
 from ..progress import ProgressFn
@@ -63,14 +64,13 @@ def labelled(data: str | os.PathLike[str], split: str | None = None) -> list[Cas
 
 def load_probe(path: str | os.PathLike[str], n_targets: int) -> torch.nn.Module:
     """A probe checkpoint from 'medlsam value'; anything else is refused with the reason."""
+    what = f"probe checkpoint of this architecture (UNet {CHANNELS}, {n_targets} targets)"
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_checkpoint(path, "coreset-probe", what)
         model = make_probe(n_targets)
-        model.load_state_dict(state["state_dict"])
-    except Exception as exc:  # noqa: BLE001 - an untrusted file can fail in any way; say which and why
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CoresetError(f"{path}: not a probe checkpoint of this architecture (UNet {CHANNELS}, "
-                           f"{n_targets} targets): {first}") from exc
+        load_weights(model, state, path)
+    except CheckpointError as exc:
+        raise CoresetError(f"{path}: not a {what}: {str(exc).removeprefix(f'{path}: ')}") from exc
     return model.eval()
 
 
@@ -232,9 +232,8 @@ def _write_valuation(v: Valuation, model, targets: list[str], out: Path) -> None
                                  "dice_dynamics": "lowest mean Dice against its own label (learned last)",
                                  "suspicious": "worst target's loss / median from step 300 on; top 10 % flagged"}},
                       out / "selection.json")
-    with atomic_path(out / "probe.pt") as tmp:
-        torch.save({"state_dict": {k: t.detach().cpu() for k, t in model.state_dict().items()},
-                    "targets": targets, "channels": list(CHANNELS)}, tmp)
+    save_checkpoint(out / "probe.pt", model, kind="coreset-probe",
+                    meta={"targets": targets, "channels": list(CHANNELS)})
     plot_values(v, out / "values.png")
 
 

@@ -7,10 +7,8 @@ its losses beside the checkpoint.
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,17 +20,15 @@ import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 from monai.losses import DiceCELoss
 
-from .. import distributed
-from ..atomic import atomic_path
+from ..checkpoint import CheckpointError, load_checkpoint, load_weights
 from ..config_file import load_config
 from ..datasets import Case
+from ..engine import LoopSpec, StepContext, fit, seeded
 from ..errors import DatasetError
 from ..io import read_image_label, read_volume
-from ..lr_schedule import polynomial, set_lr
 from ..medlam.preprocess import HU_KNOTS, UNIT_KNOTS, looks_like_ct
 from ..progress import ProgressFn
 from ..resample import resample_to_reference, resample_to_spacing
-from ..segmenters import CheckpointError
 from ..volume import Geometry, Volume, orient
 from .fusion import FusionConfig, fusion_sample
 from .pctnet import PCTNet
@@ -99,107 +95,29 @@ def _crop(array: np.ndarray, lo: np.ndarray, size: list[int]) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------------
-# checkpoints
+# training: the one loop (..engine.fit) with this model's batches and loss
 # --------------------------------------------------------------------------------------------------
-
-def save_checkpoint(path: Path, model: torch.nn.Module, optim: torch.optim.Optimizer, step: int, cfg: VFConfig,
-                    kind: str, labels: list[tuple[int, str]] | None, rng: np.random.Generator) -> None:
-    with atomic_path(path) as tmp:
-        torch.save({"model": model.state_dict(), "optimizer": optim.state_dict(),
-                    "step": step, "config": asdict(cfg), "kind": kind, "labels": labels,
-                    "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()}, tmp)
-
-
-def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__})") from exc
-    if not isinstance(state, dict) or "model" not in state or "config" not in state:
-        raise CheckpointError(f"{path}: not a medlsam PCT-Net checkpoint (no model/config)")
-    return state
-
 
 def load_matching(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
     """Load every tensor whose name and shape match; return (loaded, skipped with reasons)."""
-    own = model.state_dict()
-    loaded, skipped, update = [], [], {}
-    for name, tensor in state.items():
-        name = name.removeprefix("module.")
-        if name not in own:
-            skipped.append(f"{name} (not in this network)")
-        elif own[name].shape != tensor.shape:
-            skipped.append(f"{name} (shape {tuple(tensor.shape)} vs {tuple(own[name].shape)})")
-        else:
-            update[name] = tensor
-            loaded.append(name)
-    if not loaded:
-        raise CheckpointError("no tensor of the checkpoint matches this network: another architecture?")
-    model.load_state_dict(update, strict=False)
-    return loaded, skipped
-
-
-# --------------------------------------------------------------------------------------------------
-# training loops
-# --------------------------------------------------------------------------------------------------
-
-def _seeded_network(cfg: VFConfig, n_classes: int) -> torch.nn.Module:
-    """The network with its initial weights drawn from the config's seed, not from the caller's torch state."""
-    torch.manual_seed(cfg.seed)
-    return cfg.network(n_classes)
+    return load_weights(model, {"model": state}, strict=False)
 
 
 def _loop(model: torch.nn.Module, cfg: VFConfig, out: Path, kind: str, labels: list[tuple[int, str]] | None,
           sample: Callable[[np.random.Generator], tuple[np.ndarray, np.ndarray]], progress: ProgressFn | None,
           init: str | os.PathLike[str] | None = None) -> tuple[Path, list[str]]:
-    rank, world, device = distributed.setup()
-    model = model.to(device)
-    optim = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    rng = np.random.default_rng(cfg.seed + 1000 * rank)
-    torch.manual_seed(cfg.seed + 1000 * rank)  # dropout and any torch-side sampling
-    step, skipped = 0, []
-    if out.is_file():
-        state = load_checkpoint(out)
-        model.load_state_dict(state["model"])
-        optim.load_state_dict(state["optimizer"])
-        step, rng.bit_generator.state = int(state["step"]), state["rng"]
-        if "torch_rng" in state:
-            torch.set_rng_state(state["torch_rng"])
-        log.info("resumed %s at step %d", out, step)
-    elif init is not None:
-        _, skipped = load_matching(model, load_checkpoint(init)["model"])
-        log.info("initialised from %s; skipped %d tensors: %s", init, len(skipped), skipped)
-    net = distributed.wrap(model, world)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    log_path = out.with_suffix(".losses.csv")
-    started = time.time()
-    while step < cfg.steps:
-        net.train()
-        pairs = [sample(rng) for _ in range(cfg.batch)]
-        x = torch.from_numpy(np.stack([p[0] for p in pairs]))[:, None].to(device)
-        y = torch.from_numpy(np.stack([p[1] for p in pairs]))[:, None].to(device)
-        loss = loss_fn(net(x), y)
-        optim.zero_grad(set_to_none=True)
-        loss.backward()
-        set_lr(optim, cfg.lr * polynomial(step, cfg.steps))
-        optim.step()
-        step += 1
-        if rank == 0:
-            new = not log_path.exists()
-            with log_path.open("a", newline="") as f:
-                w = csv.writer(f)
-                if new:
-                    w.writerow(["step", "loss", "seconds"])
-                w.writerow([step, f"{loss.item():.5f}", f"{time.time() - started:.1f}"])
-            if progress:
-                progress(step, cfg.steps, f"loss {loss.item():.4f}")
-            if step % cfg.save_every == 0 or step == cfg.steps:
-                save_checkpoint(out, model, optim, step, cfg, kind, labels, rng)
-    distributed.barrier()
-    return out, skipped
+
+    def step_loss(net: torch.nn.Module, ctx: StepContext) -> torch.Tensor:
+        pairs = [sample(ctx.rng) for _ in range(cfg.batch)]
+        x = torch.from_numpy(np.stack([p[0] for p in pairs]))[:, None].to(ctx.device)
+        y = torch.from_numpy(np.stack([p[1] for p in pairs]))[:, None].to(ctx.device)
+        return loss_fn(net(x), y)
+
+    spec = LoopSpec(cfg.steps, cfg.lr, cfg.weight_decay, "adam", "poly", cfg.seed, cfg.save_every, csv_every=1)
+    result = fit(model, step_loss, spec, out, kind=kind, meta={"config": asdict(cfg), "labels": labels}, init=init,
+                 progress=progress, use_distributed=True)
+    return out, result.skipped
 
 
 def pretrain_vf(cfg: VFConfig, folders: list[str | os.PathLike[str]], out: str | os.PathLike[str],
@@ -221,7 +139,8 @@ def pretrain_vf(cfg: VFConfig, folders: list[str | os.PathLike[str]], out: str |
     def sample(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         return fusion_sample(volumes[rng.integers(len(volumes))], rng, fusion)
 
-    path, _ = _loop(_seeded_network(cfg, cfg.classes + 1), cfg, Path(out), "vf", None, sample, progress)
+    model = seeded(lambda: cfg.network(cfg.classes + 1), cfg.seed)
+    path, _ = _loop(model, cfg, Path(out), "vf", None, sample, progress)
     return path
 
 
@@ -308,7 +227,8 @@ def finetune(cfg: VFConfig, cases: list[Case], labels: list[tuple[int, str]], ou
             x, y = np.flip(x, 2), mirror[np.flip(y, 2)]
         return np.ascontiguousarray(x), np.ascontiguousarray(y)
 
-    return _loop(_seeded_network(cfg, len(labels) + 1), cfg, Path(out), "seg", list(labels), sample, progress, init)
+    model = seeded(lambda: cfg.network(len(labels) + 1), cfg.seed)
+    return _loop(model, cfg, Path(out), "seg", list(labels), sample, progress, init)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -319,18 +239,16 @@ class PCTPredictor:
     """A fine-tuned PCT-Net that writes label maps on any volume's own grid."""
 
     def __init__(self, checkpoint: str | os.PathLike[str], device: torch.device | str | None = None):
-        state = load_checkpoint(checkpoint)
-        if state.get("kind") != "seg" or not state.get("labels"):
+        state = load_checkpoint(checkpoint, "seg", "fine-tuned PCT-Net segmentation checkpoint (medlsam finetune)")
+        meta = state["meta"]
+        if state.get("kind") != "seg" or not meta.get("labels") or "config" not in meta:
             raise CheckpointError(f"{checkpoint}: a {state.get('kind')!r} checkpoint; predicting needs a fine-tuned "
                                   "segmentation checkpoint (medlsam finetune)")
-        self.cfg = VFConfig(**state["config"])
-        self.labels = [(int(v), str(n)) for v, n in state["labels"]]
+        self.cfg = VFConfig(**meta["config"])
+        self.labels = [(int(v), str(n)) for v, n in meta["labels"]]
         self.device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = self.cfg.network(len(self.labels) + 1)
-        try:
-            self.model.load_state_dict(state["model"])
-        except RuntimeError as exc:
-            raise CheckpointError(f"{checkpoint}: does not fit PCT-Net as configured ({str(exc)[:200]})") from exc
+        load_weights(self.model, state, checkpoint)
         self.model.to(self.device).eval()
 
     @torch.inference_mode()

@@ -1,0 +1,182 @@
+"""The learning loop on a project folder: reviewed work trains the slice network, which pre-segments the rest.
+
+Training set: every volume with a mask that is reviewed (all its targets locked) or has locked targets; a volume
+teaches only its locked targets that its mask holds (a target it has no voxels of is unknown, never background).
+Pre-segmentation: every volume that is not reviewed, each predicted target merged into its label map by the label
+policy (``training/label_merge.py``); locked targets are never changed, the previous mask is kept as a copy and the
+write is atomic.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..atomic import keep_previous
+from ..checkpoint import CheckpointError, load_checkpoint
+from ..coreset.probe import SliceCase, load_slice_case
+from ..datasets import Case
+from ..engine import FitResult
+from ..errors import DatasetError
+from ..io import read_label, read_volume, write_mask
+from ..label_merge import check_policy, merge_target
+from ..progress import CancelledFn, ProgressFn
+from ..project import Project
+from ..volume import Volume
+from .train import KIND_SEG, LearnConfig, SliceNetPredictor, finetune
+
+MODELS_DIR = "models"
+CHECKPOINT_NAME = "slicenet.pt"
+#: Volume Fusion weights shipped with the package (recipe beside them); used as the start when present
+SHIPPED_VF = Path(__file__).with_name("weights") / "slicenet_vf_openkbp.pt"
+
+
+@dataclass
+class TrainingVolume:
+    name: str
+    image: Path
+    mask: Path
+    targets: list[str]  # the locked targets this volume teaches
+
+
+@dataclass
+class PresegmentReport:
+    written: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # volume -> why
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def checkpoint_path(project: Project) -> Path:
+    return project.folder / MODELS_DIR / CHECKPOINT_NAME
+
+
+def training_volumes(project: Project, targets: list[str] | None = None) -> list[TrainingVolume]:
+    """Volumes whose reviewed (locked) targets teach the network, with the targets each teaches."""
+    wanted = [t.name for t in project.targets] if targets is None else list(targets)
+    out = []
+    for v in project.volumes:
+        mask = project.mask_path(v.name)
+        locked = [t for t in project.locked_targets(v.name) if t in wanted]
+        if v.status == "missing" or not locked or not mask.is_file():
+            continue
+        out.append(TrainingVolume(v.name, project.volume_path(v.name), mask, locked))
+    return out
+
+
+def _slice_case(project: Project, tv: TrainingVolume, targets: list[str]) -> SliceCase:
+    names = {project.target(t).label: t for t in tv.targets}  # only locked targets are named: the rest are unknown
+    return load_slice_case(Case(tv.name, tv.image, tv.mask, names), targets)
+
+
+def finetune_project(project: Project, *, targets: list[str] | None = None, cfg: LearnConfig | None = None,
+                     init: str | os.PathLike[str] | None = None, out: str | os.PathLike[str] | None = None,
+                     progress: ProgressFn | None = None, cancelled: CancelledFn | None = None,
+                     device: str | torch.device | None = None) -> FitResult:
+    """Train on the project's reviewed work; ``init`` defaults to the shipped Volume Fusion weights.  A run with the
+    same output resumes (a previous finished model is replaced: the caller keeps it when it must)."""
+    targets = [t.name for t in project.targets] if targets is None else list(targets)
+    if not targets:
+        raise DatasetError(f"{project.folder}: the project has no targets to learn")
+    volumes = training_volumes(project, targets)
+    if not volumes:
+        raise DatasetError(f"{project.folder}: no reviewed volume (or locked target) with a mask to learn from; "
+                           "review some volumes first")
+    cases = [_slice_case(project, tv, targets) for tv in volumes]
+    if not any(c.contoured.any() for c in cases):
+        raise DatasetError(f"{project.folder}: the reviewed masks hold none of the targets {targets}")
+    if init is None and SHIPPED_VF.is_file():
+        init = SHIPPED_VF
+    out = Path(out) if out is not None else checkpoint_path(project)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cfg = cfg or LearnConfig()
+    names = [c.name for c in cases if c.contoured.any()]
+    if out.is_file() and not _resumable(out, names, targets, cfg.steps):
+        keep_previous(out)  # a finished model, or one of other volumes: kept as a copy, a new run starts
+        out.unlink()
+    values = [project.target(t).label for t in targets]
+    return finetune(cases, targets, out, cfg, init=init, values=values, progress=progress,
+                    cancelled=cancelled, device=device)
+
+
+def _resumable(path: Path, volumes: list[str], targets: list[str], steps: int) -> bool:
+    """An unfinished run on the same volumes and targets (a cancelled training) continues; anything else not."""
+    try:
+        state = load_checkpoint(path, KIND_SEG)
+    except CheckpointError:
+        return False
+    meta = state["meta"]
+    return ("optimizer" in state and int(state.get("step", 0)) < steps and meta.get("volumes") == volumes
+            and meta.get("targets") == targets)
+
+
+def pending_volumes(project: Project) -> list[str]:
+    """Volumes a pre-segmentation may write: present on disk and not reviewed."""
+    return [v.name for v in project.volumes if v.status not in ("reviewed", "missing")]
+
+
+def presegment_project(project: Project, checkpoint: str | os.PathLike[str] | None = None, *,
+                       names: list[str] | None = None, policy: str = "empty",
+                       progress: ProgressFn | None = None, cancelled: CancelledFn | None = None,
+                       device: str | torch.device | None = None) -> PresegmentReport:
+    """Pre-segment pending volumes with the fine-tuned network, merged into each label map by ``policy``."""
+    check_policy(policy)
+    predictor = SliceNetPredictor(checkpoint or checkpoint_path(project), device)
+    names = pending_volumes(project) if names is None else names
+    report = PresegmentReport()
+    for i, name in enumerate(names):
+        if cancelled is not None and cancelled():
+            raise InterruptedError("cancelled")
+        if progress is not None:
+            progress(i, len(names), f"pre-segmenting {name}")
+        entry = project.entry(name)
+        if entry.status in ("reviewed", "missing"):
+            report.skipped[name] = f"{entry.status}: never pre-segmented"
+            continue
+        cpu = time.process_time()
+        volume = read_volume(project.volume_path(name))
+        label_map = presegment_volume(project, name, volume, predictor, policy)
+        if label_map is None:
+            report.skipped[name] = "every target it would write is locked"
+            continue
+        write_presegmentation(project, name, volume, label_map)
+        report.written.append(name)
+        report.seconds[name] = time.process_time() - cpu
+    if progress is not None:
+        progress(len(names), len(names), "pre-segmentation done")
+    return report
+
+
+def write_presegmentation(project: Project, name: str, volume: Volume, label_map: np.ndarray) -> Path | None:
+    """Write a pre-segmented label map atomically, the previous mask kept in ``.previous/``; returns that copy."""
+    target = project.mask_path(name)
+    backup = keep_previous(target)
+    project.set_status(name, "segmented", write_mask(label_map, volume, target))
+    return backup
+
+
+def presegment_volume(project: Project, name: str, volume: Volume, predictor: SliceNetPredictor,
+                      policy: str = "empty") -> np.ndarray | None:
+    """The volume's label map with the network's targets merged in by ``policy`` (None: all of them locked)."""
+    locked = set(project.locked_targets(name))
+    writable = [(t, v) for t, v in zip(predictor.targets, predictor.values) if t not in locked]
+    if not writable:
+        return None
+    mask_file = project.mask_path(name)
+    existing = read_label(mask_file).array if mask_file.is_file() else None
+    if existing is not None and existing.shape != volume.array.shape:
+        raise DatasetError(f"{mask_file}: label map of shape {existing.shape} does not match its volume "
+                           f"{volume.array.shape}")
+    pred = predictor.predict(volume)
+    top = max([v for _, v in writable] + [int(existing.max()) if existing is not None else 0])
+    label_map = np.zeros(volume.array.shape, np.uint16 if top > 255 else np.uint8) if existing is None \
+        else existing.astype(np.uint16 if top > 255 else np.uint8)
+    locked_values = [project.target(t).label for t in locked if any(t == x.name for x in project.targets)]
+    for _, value in writable:
+        label_map = merge_target(label_map, pred == value, value, policy, locked_values)
+    return label_map
+

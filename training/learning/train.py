@@ -1,0 +1,183 @@
+"""Volume Fusion pretraining and fine-tuning of the slice network, and its pre-segmentation of whole volumes.
+
+Both trainings run in :func:`..engine.fit` (seeded, resumable, progress and cancel); checkpoints are
+:mod:`..checkpoint`'s format with the network's :class:`.slicenet.NetSpec` and the targets in ``meta``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from ..augment import random_affine
+from ..checkpoint import CheckpointError, load_checkpoint, load_weights
+from ..coreset.probe import SliceCase, probe_loss, slice_inputs, uncrop_to
+from ..engine import FitResult, LoopSpec, fit, seeded
+from ..errors import DatasetError
+from ..progress import CancelledFn, ProgressFn
+from ..resample import resample_to_reference
+from ..vf.fusion import FusionConfig, fuse
+from ..vf.train import lateral_swap
+from ..volume import Volume
+from .slicenet import NetSpec, stack
+
+KIND_VF = "slicenet-vf"
+KIND_SEG = "slicenet"
+ANYWHERE = 0.25  # share of training slices drawn from anywhere (the probe's finding: no mandible in the brain)
+
+
+@dataclass
+class LearnConfig:
+    """Hyper-parameters of one training run (the benchmark's recipe is the default)."""
+
+    steps: int = 2500
+    batch: int = 16
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    anywhere: float = ANYWHERE
+    augment: bool = True
+    vf_classes: int = 4
+    net: NetSpec = field(default_factory=NetSpec)
+
+    def loop(self, save_every: int = 0) -> LoopSpec:
+        return LoopSpec(self.steps, self.lr, self.weight_decay, "adamw", "cosine", self.seed, save_every)
+
+
+def _usable(cases: list[SliceCase]) -> list[int]:
+    return [i for i, c in enumerate(cases) if len(c.rows) and c.contoured.any()]
+
+
+def finetune(cases: list[SliceCase], targets: list[str], out: str | os.PathLike[str] | None, cfg: LearnConfig,
+             *, init: str | os.PathLike[str] | None = None, values: list[int] | None = None,
+             progress: ProgressFn | None = None, cancelled: CancelledFn | None = None,
+             device: str | torch.device | None = None) -> FitResult:
+    """Train the slice network on labelled slice cases (classes 1..T = ``targets``), optionally from a Volume Fusion
+    checkpoint ``init``; ``values`` are the label-map values the predictor writes (default 1..T)."""
+    usable = _usable(cases)
+    if not usable:
+        raise DatasetError("no volume has a contoured target to fine-tune on")
+    mirror = lateral_swap(list(targets))
+    rng_rows = cfg.anywhere
+
+    def step_loss(net: torch.nn.Module, ctx: Any) -> torch.Tensor:
+        rng = ctx.rng
+        picks = rng.choice(usable, cfg.batch)
+        rows = [int(rng.integers(len(cases[i].labels))) if rng.random() < rng_rows else int(rng.choice(cases[i].rows))
+                for i in picks]
+        x = torch.cat([stack(cases[i].images, [r], cfg.net.context) for i, r in zip(picks, rows)])
+        y = torch.stack([cases[i].labels[r] for i, r in zip(picks, rows)])
+        if cfg.augment:
+            x, y = random_affine(x, y, rng, rotate=0.17, shift=0.12, bias=0.05, padding="border", mirror=mirror)
+        m = torch.from_numpy(np.stack([cases[i].contoured for i in picks]))
+        return probe_loss(net(x.to(ctx.device)), y.to(ctx.device), m.to(ctx.device))
+
+    meta = {"targets": list(targets), "values": list(values or range(1, len(targets) + 1)),
+            "net": cfg.net.to_meta(), "config": {k: v for k, v in asdict(cfg).items() if k != "net"},
+            "volumes": [cases[i].name for i in usable]}
+    model = seeded(lambda: cfg.net.build(len(targets) + 1), cfg.seed)
+    return fit(model, step_loss, cfg.loop(save_every=250), out, kind=KIND_SEG, meta=meta, init=init,
+               progress=progress, cancelled=cancelled, device=device)
+
+
+def pretrain_vf(volumes: list[torch.Tensor], out: str | os.PathLike[str] | None, cfg: LearnConfig, *,
+                progress: ProgressFn | None = None, cancelled: CancelledFn | None = None,
+                device: str | torch.device | None = None) -> FitResult:
+    """Volume Fusion on slice crops: a block of another scan's slice is blended into a slice with a coefficient in
+    {0, 1/K, ..., 1}; the network tells the coefficient of every pixel.  ``volumes`` are (Z, 2, H, W) crops
+    (:func:`..coreset.probe.slice_inputs`); labels are never read."""
+    body = [np.flatnonzero(v[:, 0].float().flatten(1).amax(1).numpy() > 0.05) for v in volumes]
+    keep = [i for i, b in enumerate(body) if len(b)]
+    if not keep:
+        raise DatasetError("no volume with scanned body for Volume Fusion pretraining")
+    size = volumes[keep[0]].shape[-1]
+    fusion = FusionConfig((1, size, size), cfg.vf_classes, (1, 8, 8), (1, 32, 32))
+    blank = np.zeros((1, size, size), np.float32)
+
+    def draw(rng: np.random.Generator) -> torch.Tensor:
+        i = keep[int(rng.integers(len(keep)))]
+        return stack(volumes[i], [int(rng.choice(body[i]))], cfg.net.context)
+
+    def step_loss(net: torch.nn.Module, ctx: Any) -> torch.Tensor:
+        rng = ctx.rng
+        bg = torch.cat([draw(rng) for _ in range(cfg.batch)])
+        fg = torch.cat([draw(rng) for _ in range(cfg.batch)])
+        if cfg.augment:
+            bg, _ = random_affine(bg, None, rng, rotate=0.17, shift=0.12, bias=0.05, padding="border")
+            fg, _ = random_affine(fg, None, rng, rotate=0.17, shift=0.12, bias=0.05, padding="border")
+        labels = torch.from_numpy(np.stack([fuse(blank, blank, rng, fusion)[1][0] for _ in range(cfg.batch)]))
+        alpha = (labels.float() / cfg.vf_classes)[:, None]
+        x = alpha * fg + (1 - alpha) * bg
+        every = torch.ones(cfg.batch, cfg.vf_classes, dtype=torch.bool)
+        return probe_loss(net(x.to(ctx.device)), labels.to(ctx.device), every.to(ctx.device))
+
+    meta = {"net": cfg.net.to_meta(), "classes": cfg.vf_classes, "volumes": len(keep),
+            "config": {k: v for k, v in asdict(cfg).items() if k != "net"}}
+    model = seeded(lambda: cfg.net.build(cfg.vf_classes + 1), cfg.seed)
+    return fit(model, step_loss, cfg.loop(save_every=250), out, kind=KIND_VF, meta=meta, progress=progress,
+               cancelled=cancelled, device=device)
+
+
+class SliceNetPredictor:
+    """A fine-tuned slice network that writes label maps on any CT volume's own grid."""
+
+    def __init__(self, checkpoint: str | os.PathLike[str] | dict[str, Any], device: str | torch.device | None = None,
+                 model: torch.nn.Module | None = None):
+        state = checkpoint if isinstance(checkpoint, dict) else \
+            load_checkpoint(checkpoint, KIND_SEG, "learning-loop segmentation checkpoint (medlsam finetune)")
+        meta = state["meta"]
+        try:
+            self.targets = [str(t) for t in meta["targets"]]
+            self.values = [int(v) for v in meta.get("values", range(1, len(self.targets) + 1))]
+            self.spec = NetSpec.from_meta(meta.get("net", {}))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{checkpoint}: no target list in the checkpoint ({exc})") from exc
+        self.device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if model is None:
+            model = self.spec.build(len(self.targets) + 1)
+            load_weights(model, state, checkpoint if not isinstance(checkpoint, dict) else "checkpoint")
+        self.model = model.to(self.device).eval()
+
+    @torch.inference_mode()
+    def probabilities(self, volume: Volume) -> tuple[np.ndarray, Volume]:
+        """(T + 1, Z, H, W) class probabilities on the 4 mm LPS grid, and that grid."""
+        inputs = slice_inputs(volume)
+        rows = np.arange(len(inputs.images))
+        chunks = []
+        for lo in range(0, len(rows), 32):
+            x = stack(inputs.images, rows[lo:lo + 32], self.spec.context).to(self.device)
+            chunks.append(torch.softmax(self.model(x).float(), 1).cpu())
+        crops = torch.cat(chunks).numpy()  # (Z, C, CROP, CROP)
+        shape_yx = inputs.grid.array.shape[1:]
+        probs = uncrop_to(crops, inputs.centres, shape_yx, 0.0)
+        probs[:, 0][probs.sum(1) == 0] = 1.0  # outside the crop: background
+        return np.moveaxis(probs, 1, 0), inputs.grid
+
+    def predict(self, volume: Volume, *, largest_component: bool = True) -> np.ndarray:
+        """Label map [z, y, x] with the checkpoint's label values, on ``volume``'s grid; each target kept to its
+        largest 3D connected piece (an organ is one piece; stray islands elsewhere are the usual error)."""
+        volume.require_finite()
+        probs, grid = self.probabilities(volume)
+        best = np.zeros(volume.array.shape, np.float32)
+        classes = np.zeros(volume.array.shape, np.int16)
+        for c in range(probs.shape[0]):
+            p = resample_to_reference(grid.with_array(probs[c].astype(np.float32)), volume,
+                                      fill_value=1.0 if c == 0 else 0.0).array
+            better = p > best
+            best[better] = p[better]
+            classes[better] = c
+        out = np.zeros(volume.array.shape, np.uint16 if max(self.values, default=0) > 255 else np.uint8)
+        for c, value in enumerate(self.values, start=1):
+            mask = classes == c
+            if largest_component and mask.any():
+                lab, n = ndimage.label(mask)
+                if n > 1:
+                    mask = lab == 1 + int(np.argmax(ndimage.sum(mask, lab, range(1, n + 1))))
+            out[mask] = value
+        return out
+
