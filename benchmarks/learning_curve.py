@@ -185,7 +185,7 @@ def cmd_table(args) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("command", choices=["pretrain", "curve", "table"])
-    ap.add_argument("--steps", type=int, default=2500)
+    ap.add_argument("--steps", type=int, default=LearnConfig().steps)
     ap.add_argument("--k", type=int, nargs="+", default=[5, 10, 20, 40])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--arms", nargs="+", default=["scratch", "vf"], choices=["scratch", "vf"])

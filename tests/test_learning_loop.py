@@ -44,6 +44,7 @@ def test_reviewed_volumes_and_locked_targets_are_the_training_set(hn_project) ->
     assert "brainstem" not in {t for tv in training_volumes(empty) for t in tv.targets}
 
 
+@pytest.mark.slow
 def test_fine_tune_and_presegment_keep_reviewed_work_and_locks(hn_project) -> None:
     project = Project.open(hn_project.folder)
     before = {n: _sha(project.mask_path(n)) for n in (*REVIEWED, PARTLY)}

@@ -35,7 +35,7 @@ ANYWHERE = 0.25  # share of training slices drawn from anywhere (the probe's fin
 class LearnConfig:
     """Hyper-parameters of one training run (the benchmark's recipe is the default)."""
 
-    steps: int = 2500
+    steps: int = 4000
     batch: int = 16
     lr: float = 2e-3
     weight_decay: float = 1e-4
@@ -127,7 +127,7 @@ class SliceNetPredictor:
     """A fine-tuned slice network that writes label maps on any CT volume's own grid."""
 
     def __init__(self, checkpoint: str | os.PathLike[str] | dict[str, Any], device: str | torch.device | None = None,
-                 model: torch.nn.Module | None = None):
+                 model: torch.nn.Module | None = None, flip: bool = True):
         state = checkpoint if isinstance(checkpoint, dict) else \
             load_checkpoint(checkpoint, KIND_SEG, "learning-loop segmentation checkpoint (medlsam finetune)")
         meta = state["meta"]
@@ -142,6 +142,9 @@ class SliceNetPredictor:
             model = self.spec.build(len(self.targets) + 1)
             load_weights(model, state, checkpoint if not isinstance(checkpoint, dict) else "checkpoint")
         self.model = model.to(self.device).eval()
+        # test-time left-right flip, paired targets swapped (the training's augmentation): None when a sided target
+        # has no twin, or asked off
+        self.mirror = lateral_swap(self.targets) if flip else None
 
     @torch.inference_mode()
     def probabilities(self, volume: Volume) -> tuple[np.ndarray, Volume]:
@@ -151,7 +154,11 @@ class SliceNetPredictor:
         chunks = []
         for lo in range(0, len(rows), 32):
             x = stack(inputs.images, rows[lo:lo + 32], self.spec.context).to(self.device)
-            chunks.append(torch.softmax(self.model(x).float(), 1).cpu())
+            p = torch.softmax(self.model(x).float(), 1)
+            if self.mirror is not None:
+                q = torch.softmax(self.model(torch.flip(x, (3,))).float(), 1)
+                p = (p + torch.flip(q, (3,))[:, torch.from_numpy(np.asarray(self.mirror))]) / 2
+            chunks.append(p.cpu())
         crops = torch.cat(chunks).numpy()  # (Z, C, CROP, CROP)
         shape_yx = inputs.grid.array.shape[1:]
         probs = uncrop_to(crops, inputs.centres, shape_yx, 0.0)
