@@ -180,6 +180,24 @@ def cmd_table(args) -> None:
                   f"{np.mean([r['predict_cpu_s_per_volume'] for r in sel]):.1f} |")
     few = " | ".join(f"{FEW_SHOT[t]:.3f}" for t in TARGETS)
     print(f"| - | few-shot (atlas, 5 templates) | - | {few} | {np.mean([FEW_SHOT[t] for t in MEAN_OF]):.3f} | - | - |")
+    print()
+    for arm in ("scratch", "vf"):  # the first k at which the learned model is ahead of the templates, per organ
+        firsts = []
+        for t in [*TARGETS, "mean4"]:
+            ks = sorted({r["k"] for r in curve if r["arm"] == arm})
+            mean = {k: np.mean([r["mean4"] if t == "mean4" else r["dice"][t] for r in curve
+                                if r["k"] == k and r["arm"] == arm]) for k in ks}
+            bar = np.mean([FEW_SHOT[m] for m in MEAN_OF]) if t == "mean4" else FEW_SHOT[t]
+            ahead = [k for k in ks if mean[k] > bar]
+            firsts.append(f"{t}: k = {ahead[0]}" if ahead else f"{t}: not by k = {max(ks, default=0)}")
+        print(f"{arm} ahead of the templates from " + "; ".join(firsts))
+    for k in sorted({r["k"] for r in curve}):  # VF - scratch, paired by seed (same training volumes)
+        pairs = [(a["mean4"], b["mean4"]) for a in curve for b in curve if a["k"] == b["k"] == k
+                 and a["seed"] == b["seed"] and a["arm"] == "vf" and b["arm"] == "scratch"]
+        if pairs:
+            d = [a - b for a, b in pairs]
+            each = ", ".join(f"{x:+.3f}" for x in d)
+            print(f"k = {k}: VF - scratch = {np.mean(d):+.3f} mean over {len(d)} seed(s) ({each})")
 
 
 def main() -> None:

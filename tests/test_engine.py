@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from medlsam_training.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
+from medlsam_training.checkpoint import CheckpointError, export_weights, load_checkpoint, load_weights, save_checkpoint
 from medlsam_training.engine import LoopSpec, StepContext, fit, seeded
 
 
@@ -42,6 +43,11 @@ def test_a_cancelled_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
         assert torch.equal(v, resumed.model.state_dict()[k]), k  # numpy's and torch's streams restored (dropout)
     rows = (tmp_path / "run.losses.csv").read_text().splitlines()
     assert [int(r.split(",")[0]) for r in rows[1:]] == [1, 2, 3, 4, 5, 6]
+    shipped = export_weights(tmp_path / "run.pt", tmp_path / "ship.pt", {"data": "toy"}, "toy")
+    state = torch.load(shipped, weights_only=True)
+    assert "optimizer" not in state and state["meta"]["steps"] == 6
+    assert all(v.dtype == torch.float16 for v in state["model"].values())
+    assert json.loads(shipped.with_suffix(".json").read_text())["data"] == "toy"
 
 
 def test_the_loss_goes_down_and_a_seed_repeats(tmp_path: Path) -> None:

@@ -51,6 +51,20 @@ def save_checkpoint(path: str | os.PathLike[str], model: torch.nn.Module | dict[
     return path
 
 
+def export_weights(checkpoint: str | os.PathLike[str], dst: str | os.PathLike[str], info: dict[str, Any],
+                   kind: str | None = None) -> Path:
+    """Weights to ship: fp16 tensors and the checkpoint's meta, no optimizer state, and a JSON sidecar with the
+    recipe (``info``, the steps trained, the config)."""
+    from .atomic import write_json_atomic
+
+    state = load_checkpoint(checkpoint, kind)
+    meta = {**state["meta"], **info, "steps": state.get("step")}
+    dst = save_checkpoint(dst, state["model"], kind=state["kind"] or kind or "model", meta=meta, half=True)
+    recipe = {**info, "steps": state.get("step"), "kind": state["kind"], "config": state["meta"].get("config")}
+    write_json_atomic(recipe, dst.with_suffix(".json"))
+    return dst
+
+
 def load_checkpoint(path: str | os.PathLike[str], kind: str | tuple[str, ...] | None = None,
                     what: str = "checkpoint") -> dict[str, Any]:
     """``{"kind", "model", "meta", ...}`` from ``path``; ``kind`` names the kinds the caller accepts.

@@ -15,8 +15,7 @@ from typing import Any
 import torch
 
 from .. import distributed
-from ..atomic import write_json_atomic
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint import export_weights as checkpoint_export
 from ..config_file import load_config
 from ..datasets import find_cases, split_members
 from ..engine import LoopSpec, StepContext, fit, seeded
@@ -104,8 +103,4 @@ def train(config: TrainConfig, out: str | os.PathLike[str], progress: Any = None
 
 def export_weights(checkpoint: str | os.PathLike[str], dst: str | os.PathLike[str], info: dict[str, Any]) -> Path:
     """Write the inference weights (fp16, no optimizer state) and a JSON sidecar describing the training."""
-    state = load_checkpoint(checkpoint, "medlam", "MedLAM training checkpoint")
-    dst = save_checkpoint(dst, state["model"], kind="medlam", meta={**info, "steps": state.get("step")}, half=True)
-    write_json_atomic({**info, "steps": state.get("step"), "config": state["meta"].get("config")},
-                      Path(dst).with_suffix(".json"))
-    return dst
+    return checkpoint_export(checkpoint, dst, info, "medlam")
