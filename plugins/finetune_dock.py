@@ -38,7 +38,7 @@ from medlsam_training.learning.project_loop import (
     training_volumes,
     write_presegmentation,
 )
-from medlsam_training.learning.train import KIND_SEG, LearnConfig, SliceNetPredictor
+from medlsam_training.learning.train import KIND_SEG, LearnConfig, SliceNetPredictor, fit_summary
 from medlsam_training.options import POLICY_HELP, LabelPolicy
 from medlsam_training.project import Project
 
@@ -200,7 +200,8 @@ class FinetuneWidget(QWidget):
         self.checkpoint = result.path
         start = self.init.text().strip() or (SHIPPED_VF.name if SHIPPED_VF.is_file() else "scratch")
         self.status.setText(f"trained: {result.path.name} ({result.steps} steps, {result.cpu_seconds / 60:.1f} "
-                            f"CPU-min, from {start}); pre-segment the pending volumes next")
+                            f"CPU-min, from {start}). {fit_summary(result.scores)}. Pre-segment the pending "
+                            "volumes next")
 
     # --- pre-segmentation ---------------------------------------------------------------------
     def start_prediction(self) -> None:

@@ -20,7 +20,7 @@ from medlsam_training.learning.project_loop import (
     presegment_project,
     training_volumes,
 )
-from medlsam_training.learning.train import KIND_SEG, LearnConfig
+from medlsam_training.learning.train import KIND_SEG, LearnConfig, fit_summary
 from medlsam_training.project import Project
 
 TARGETS = {"brainstem": 1, "parotid_right": 3, "parotid_left": 4, "mandible": 7}  # the hn_project fixture's
@@ -50,6 +50,7 @@ def test_fine_tune_and_presegment_keep_reviewed_work_and_locks(hn_project) -> No
     before = {n: _sha(project.mask_path(n)) for n in (*REVIEWED, PARTLY)}
     partly_before = read_label(project.mask_path(PARTLY)).array
     result = finetune_project(project, cfg=LearnConfig(steps=300), init=None)
+    assert result.scores["mandible"] > 0.5 and set(result.scores) == set(TARGETS)  # the fit is measured
     state = load_checkpoint(result.path, KIND_SEG)
     assert state["meta"]["targets"] == list(TARGETS) and state["meta"]["values"] == list(TARGETS.values())
     assert state["meta"]["volumes"] == [*REVIEWED, PARTLY]
@@ -77,6 +78,12 @@ def test_fine_tune_and_presegment_keep_reviewed_work_and_locks(hn_project) -> No
     assert reopened.entry(PENDING).status == "segmented" and reopened.entry("pt_1").status == "reviewed"
 
 
+def test_a_target_the_network_lost_is_said_not_hidden() -> None:
+    line = fit_summary({"brainstem": 0.0, "mandible": 0.84})
+    assert "brainstem 0.00" in line and "NOT LEARNED: brainstem (" in line and "mandible" not in line.split("NOT")[1]
+    assert "NOT LEARNED" not in fit_summary({"brainstem": 0.7})
+
+
 def test_nothing_to_learn_from_is_one_clear_error(tmp_path: Path, openkbp: Path) -> None:
     folder = tmp_path / "p"
     folder.mkdir()
@@ -98,6 +105,7 @@ def test_cli_trains_from_reviewed_and_presegments_pending(hn_project) -> None:
     result = runner.invoke(app, ["finetune", "--project", str(hn_project.folder), "--steps", "20", "--policy", "keep"])
     assert result.exit_code == 0, result.output
     assert "3 volume(s)" in result.output and f"{PENDING}: pre-segmented" in result.output
+    assert "Dice on its training volumes: brainstem" in result.output
     project = Project.open(hn_project.folder)
     assert project.entry(PENDING).status == "segmented" and project.mask_path(PENDING).is_file()
     assert load_checkpoint(hn_project.folder / "models" / "slicenet.pt", KIND_SEG)["step"] == 20

@@ -82,6 +82,7 @@ class FitResult:
     path: Path | None = None
     skipped: list[str] = field(default_factory=list)
     last_loss: float = float("nan")
+    scores: dict[str, float] = field(default_factory=dict)  # what the model's own code measured after training
 
 
 StepLoss = Callable[[torch.nn.Module, StepContext], torch.Tensor]

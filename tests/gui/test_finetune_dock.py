@@ -34,6 +34,7 @@ def test_dock_trains_from_reviewed_and_presegments_pending(make_napari_viewer, q
     qtbot.waitUntil(lambda: dock.worker is None, timeout=300_000)
     assert dock.checkpoint is not None and dock.checkpoint.is_file(), dock.status.text()
     assert len(dock.curve.values) == 40 and dock.bar.value() == 40
+    assert "Dice on its training volumes: brainstem" in dock.status.text()
 
     # the volume with the locked mandible is open in the annotator (same project object)
     from medlsam_napari.annotator import AnnotatorWidget

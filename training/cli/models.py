@@ -137,7 +137,7 @@ def _finetune_project(folder: Path, out: Optional[Path], init: Optional[Path], s
                       targets: Optional[str], presegment: bool, policy: str, device: Optional[str]) -> None:
     from ..label_merge import check_policy
     from ..learning.project_loop import finetune_project, presegment_project, training_volumes
-    from ..learning.train import LearnConfig
+    from ..learning.train import LearnConfig, fit_summary
     from ..project import Project
 
     dev = _parse_device(device)
@@ -154,6 +154,7 @@ def _finetune_project(folder: Path, out: Optional[Path], init: Optional[Path], s
         console.print(f"checkpoint {result.path}: {len(used)} volume(s) ({', '.join(v.name for v in used)}), "
                       f"{result.steps} steps, {result.cpu_seconds / 60:.1f} CPU-min"
                       + (f"; from {init}" if init else ""))
+        console.print(fit_summary(result.scores))
         if not presegment:
             return
         with _RichProgress("pre-segmenting") as bar:
