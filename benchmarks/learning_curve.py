@@ -104,12 +104,12 @@ def done_runs(results: Path) -> set[tuple]:
     if not results.is_file():
         return set()
     rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
-    return {(r["arm"], r["k"], r["seed"], r["steps"]) for r in rows if r.get("kind") == "curve"}
+    return {(r["arm"], r["k"], r["seed"], r["steps"], r.get("head", 0)) for r in rows if r.get("kind") == "curve"}
 
 
 def cmd_pretrain(args) -> None:
     volumes = vf_volumes(args.cache)
-    cfg = LearnConfig(steps=args.steps, seed=0, net=NetSpec(args.channels))
+    cfg = LearnConfig(steps=args.steps, seed=0, net=NetSpec(args.channels, head=args.head))
     res = pretrain_vf(volumes, args.out_dir / "vf.pt", cfg, progress=_printer("vf"))
     row = {"kind": "pretrain", "volumes": len(volumes), "steps": res.steps, "cpu_s": res.cpu_seconds,
            "wall_s": res.wall_seconds, "loss": res.last_loss, **machine()}
@@ -137,17 +137,17 @@ def cmd_curve(args) -> None:
     for k in args.k:
         for seed in (args.seeds if k <= 10 else args.seeds[:1]):
             for arm in args.arms:
-                key = (arm, k, seed, args.steps)
+                key = (arm, k, seed, args.steps, args.head)
                 if key in done:
                     continue
                 init = args.out_dir / "vf.pt" if arm == "vf" else None
-                cfg = LearnConfig(steps=args.steps, seed=seed, net=NetSpec(args.channels))
+                cfg = LearnConfig(steps=args.steps, seed=seed, net=NetSpec(args.channels, head=args.head))
                 res = finetune(training_set(pool, k, seed), TARGETS, None, cfg, init=init,
                                progress=_printer(f"{arm} k={k} seed={seed}"))
                 predictor = SliceNetPredictor({"meta": {"targets": TARGETS, "net": cfg.net.to_meta()}},
                                               device="cpu", model=res.model)
                 per, seconds = evaluate(predictor, val_cases, volumes)
-                row = {"kind": "curve", "arm": arm, "k": k, "seed": seed, "steps": args.steps,
+                row = {"kind": "curve", "arm": arm, "k": k, "seed": seed, "steps": args.steps, "head": args.head,
                        "params": n_parameters(res.model), "cpu_s": res.cpu_seconds, "wall_s": res.wall_seconds,
                        "predict_cpu_s_per_volume": seconds,
                        "dice": {t: float(np.mean(v)) if v else None for t, v in per.items()},
@@ -160,7 +160,8 @@ def cmd_curve(args) -> None:
 
 def cmd_table(args) -> None:
     rows = [json.loads(line) for line in args.results.read_text().splitlines() if line.strip()]
-    curve = [r for r in rows if r.get("kind") == "curve" and r["steps"] == args.steps]
+    curve = [r for r in rows if r.get("kind") == "curve" and r["steps"] == args.steps
+             and r.get("head", 0) == args.head]
     print("| k | arm | seeds | " + " | ".join(TARGETS) + " | mean (brainstem, parotids, mandible) "
           "| CPU min / fine-tune | CPU s / volume |")
     print("|---" * (len(TARGETS) + 6) + "|")
@@ -208,6 +209,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--arms", nargs="+", default=["scratch", "vf"], choices=["scratch", "vf"])
     ap.add_argument("--channels", type=int, nargs="+", default=NetSpec().channels)
+    ap.add_argument("--head", type=int, default=0, help="feature maps before a 1x1 class head (0: MONAI's own)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--val-limit", type=int, default=0, help="score only the first N validation patients (trials)")
     ap.add_argument("--cache", type=Path, default=ROOT / "results" / "learning" / "cache")

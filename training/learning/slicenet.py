@@ -28,15 +28,19 @@ class NetSpec:
     channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
     res_units: int = 2
     context: int = CONTEXT
+    #: 0: MONAI's U-Net ends in a layer as wide as its classes; N: it ends in N feature maps and a 1x1 convolution
+    #: gives the classes (a wider last layer; tried against a target lost in long runs, docs/benchmarks.md 7)
+    head: int = 0
 
     @property
     def in_channels(self) -> int:
         return len(WINDOWS) * (2 * self.context + 1)
 
-    def build(self, out_channels: int) -> UNet:
-        return UNet(spatial_dims=2, in_channels=self.in_channels, out_channels=out_channels,
+    def build(self, out_channels: int) -> torch.nn.Module:
+        unet = UNet(spatial_dims=2, in_channels=self.in_channels, out_channels=self.head or out_channels,
                     channels=tuple(self.channels), strides=(2,) * (len(self.channels) - 1),
                     num_res_units=self.res_units, norm="batch")
+        return torch.nn.Sequential(unet, torch.nn.Conv2d(self.head, out_channels, 1)) if self.head else unet
 
     def to_meta(self) -> dict[str, Any]:
         return asdict(self)
@@ -44,7 +48,7 @@ class NetSpec:
     @classmethod
     def from_meta(cls, meta: dict[str, Any]) -> "NetSpec":
         return cls(list(meta.get("channels", [16, 32, 64, 128])), int(meta.get("res_units", 2)),
-                   int(meta.get("context", CONTEXT)))
+                   int(meta.get("context", CONTEXT)), int(meta.get("head", 0)))
 
 
 def stack(images: torch.Tensor, rows: np.ndarray | list[int], context: int = CONTEXT) -> torch.Tensor:
