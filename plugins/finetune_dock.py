@@ -1,5 +1,5 @@
 """napari dock "Learn from reviewed volumes": the learning loop.  "Train from reviewed" fine-tunes the slice network
-(from the shipped Volume Fusion weights) on the project's reviewed volumes and locked targets in a worker with
+(from scratch, or from a Volume Fusion checkpoint) on the project's reviewed volumes and locked targets in a worker with
 progress, a live loss curve and Cancel; "Pre-segment pending" writes its predictions into the volumes not reviewed,
 merged by the label-map policy, never over a locked target, the previous mask kept as a copy."""
 
@@ -30,7 +30,6 @@ from medlsam_napari.state import state_for
 from medlsam_training.checkpoint import CheckpointError, load_checkpoint
 from medlsam_training.io import read_volume
 from medlsam_training.learning.project_loop import (
-    SHIPPED_VF,
     checkpoint_path,
     finetune_project,
     pending_volumes,
@@ -86,8 +85,7 @@ class FinetuneWidget(QWidget):
         open_btn = QPushButton("Open project folder…")
         open_btn.clicked.connect(self._choose)
         self.train_list, self.target_list, self.predict_list = QListWidget(), QListWidget(), QListWidget()
-        self.init = QLineEdit(placeholderText="shipped Volume Fusion weights" if SHIPPED_VF.is_file()
-                              else "optional Volume Fusion checkpoint (.pt)")
+        self.init = QLineEdit(placeholderText="optional: start from a Volume Fusion checkpoint (.pt)")
         browse = QPushButton("…")
         browse.clicked.connect(self._browse)
         self.steps = QSpinBox(minimum=1, maximum=100000)
@@ -198,7 +196,7 @@ class FinetuneWidget(QWidget):
 
     def _trained(self, result) -> None:
         self.checkpoint = result.path
-        start = self.init.text().strip() or (SHIPPED_VF.name if SHIPPED_VF.is_file() else "scratch")
+        start = self.init.text().strip() or "scratch"
         self.status.setText(f"trained: {result.path.name} ({result.steps} steps, {result.cpu_seconds / 60:.1f} "
                             f"CPU-min, from {start}). {fit_summary(result.scores)}. Pre-segment the pending "
                             "volumes next")

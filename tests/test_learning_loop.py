@@ -109,8 +109,19 @@ def test_cli_trains_from_reviewed_and_presegments_pending(hn_project) -> None:
     project = Project.open(hn_project.folder)
     assert project.entry(PENDING).status == "segmented" and project.mask_path(PENDING).is_file()
     assert load_checkpoint(hn_project.folder / "models" / "slicenet.pt", KIND_SEG)["step"] == 20
-    # a second run is a new model: the finished one is kept as a copy, not resumed
-    result = runner.invoke(app, ["finetune", "--project", str(hn_project.folder), "--steps", "10", "--no-presegment"])
+    # Volume Fusion on slices of unlabelled CT, then a second run from it: a new model, the finished one kept as a
+    # copy (not resumed), the pretrained body loaded under the new head
+    unlabelled = hn_project.folder.parent / "unlabelled"
+    unlabelled.mkdir()
+    (unlabelled / "pt_12.nii.gz").symlink_to(hn_project.openkbp / "imagesTr" / "pt_12_0000.nii.gz")
+    vf = hn_project.folder.parent / "vf.pt"
+    result = runner.invoke(app, ["pretrain-vf", "--network", "slicenet", "--data", str(unlabelled), "--out", str(vf),
+                                 "--steps", "3"])
     assert result.exit_code == 0, result.output
+    assert load_checkpoint(vf, "slicenet-vf")["step"] == 3
+    result = runner.invoke(app, ["finetune", "--project", str(hn_project.folder), "--steps", "10", "--no-presegment",
+                                 "--init", str(vf)])
+    assert result.exit_code == 0, result.output
+    assert f"from {vf}" in result.output.replace("\n", "")
     assert load_checkpoint(hn_project.folder / "models" / "slicenet.pt", KIND_SEG)["step"] == 10
     assert len(list((hn_project.folder / "models" / ".previous").glob("slicenet-*.pt"))) == 1

@@ -52,19 +52,48 @@ def train_medlam(
 def pretrain_vf_cmd(
     data: list[Path] = typer.Option(..., "--data", help="Folder(s) of CT volumes; labels are never read."),
     out: Path = typer.Option(..., "--out", help="Checkpoint (resumed if it exists)."),
-    config: Optional[Path] = typer.Option(None, "--config", help="TOML config (default: the CPU-sized one)."),
+    network: str = typer.Option("pctnet", help="pctnet (3D, for finetune --data) or slicenet (the learning "
+                                "loop's network, for finetune --project --init)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="PCT-Net: TOML config (default: the CPU-sized one)."),
     steps: Optional[int] = typer.Option(None, help="Override the number of steps."),
+    split: Optional[str] = typer.Option(None, help="Only cases of this split where a folder's manifest.json lists "
+                                        "splits (e.g. train-pats)."),
 ) -> None:
-    """Volume Fusion self-supervised pretraining of PCT-Net. Multi-GPU/multi-node: launch with torchrun."""
-    from ..vf.train import DEFAULT_CONFIG, VFConfig, pretrain_vf
-
+    """Volume Fusion self-supervised pretraining (resumable). PCT-Net: multi-GPU/multi-node with torchrun."""
     try:
+        if network == "slicenet":
+            result = _pretrain_slicenet(data, out, steps, split)
+            console.print(f"checkpoint {out}: {result.steps} steps, {result.cpu_seconds / 60:.1f} CPU-min")
+            return
+        if network != "pctnet":
+            raise ValueError(f"--network {network!r}: pctnet or slicenet")
+        from ..vf.train import DEFAULT_CONFIG, VFConfig, pretrain_vf
+
         cfg = VFConfig.load(config or DEFAULT_CONFIG, steps=steps)
         with _RichProgress("Volume Fusion pretraining") as bar:
             pretrain_vf(cfg, data, out, bar)
     except (MedLSAMError, ValueError) as exc:
         _fail(exc)
     console.print(f"checkpoint {out}")
+
+
+def _pretrain_slicenet(data: list[Path], out: Path, steps: Optional[int], split: Optional[str]):
+    from ..coreset.probe import slice_inputs
+    from ..datasets import find_cases, split_members
+    from ..learning.train import LearnConfig, pretrain_vf
+    from ..medlam.preprocess import looks_like_ct
+
+    volumes = []
+    for folder in data:
+        members = split_members(folder, split) if split else None
+        for case in find_cases(folder):
+            if members is None or case.name in members:
+                volume = read_volume(case.image)
+                if looks_like_ct(volume):
+                    volumes.append(slice_inputs(volume).images)
+    cfg = LearnConfig() if steps is None else LearnConfig(steps=steps)
+    with _RichProgress("Volume Fusion pretraining (slice network)") as bar:
+        return pretrain_vf(volumes, out, cfg, progress=bar)
 
 
 def _labels_arg(labels: str, names: dict[int, str]) -> list[tuple[int, str]]:
@@ -91,8 +120,8 @@ def finetune(
                                          "liver,spleen or 5,1."),
     out: Optional[Path] = typer.Option(None, "--out", help="Checkpoint (resumed if it exists; with --project "
                                        "default <project>/models/slicenet.pt)."),
-    init: Optional[Path] = typer.Option(None, "--init", help="Start from this (e.g. Volume Fusion) checkpoint; "
-                                        "with --project default: the shipped Volume Fusion weights."),
+    init: Optional[Path] = typer.Option(None, "--init", help="Start from this (e.g. Volume Fusion) checkpoint "
+                                        "(with --project: pretrain-vf --network slicenet)."),
     cases: Optional[str] = typer.Option(None, help="PCT-Net: comma-separated case names to train on (default: all)."),
     config: Optional[Path] = typer.Option(None, "--config", help="PCT-Net: TOML config (default: the CPU-sized one)."),
     steps: Optional[int] = typer.Option(None, help="Override the number of steps."),

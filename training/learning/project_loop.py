@@ -32,8 +32,6 @@ from .train import KIND_SEG, LearnConfig, SliceNetPredictor, finetune
 
 MODELS_DIR = "models"
 CHECKPOINT_NAME = "slicenet.pt"
-#: Volume Fusion weights shipped with the package (recipe beside them); used as the start when present
-SHIPPED_VF = Path(__file__).with_name("weights") / "slicenet_vf_openkbp.pt"
 
 
 @dataclass
@@ -77,8 +75,9 @@ def finetune_project(project: Project, *, targets: list[str] | None = None, cfg:
                      init: str | os.PathLike[str] | None = None, out: str | os.PathLike[str] | None = None,
                      progress: ProgressFn | None = None, cancelled: CancelledFn | None = None,
                      device: str | torch.device | None = None) -> FitResult:
-    """Train on the project's reviewed work; ``init`` defaults to the shipped Volume Fusion weights.  A run with the
-    same output resumes (a previous finished model is replaced: the caller keeps it when it must)."""
+    """Train on the project's reviewed work, from scratch or from ``init`` (a Volume Fusion checkpoint: no weights
+    ship, since pretraining was not ahead of scratch by the issue's margin, docs/benchmarks.md 7).  An unfinished run
+    on the same volumes and targets resumes; a finished model is kept in ``models/.previous/`` and a new run starts."""
     targets = [t.name for t in project.targets] if targets is None else list(targets)
     if not targets:
         raise DatasetError(f"{project.folder}: the project has no targets to learn")
@@ -89,8 +88,6 @@ def finetune_project(project: Project, *, targets: list[str] | None = None, cfg:
     cases = [_slice_case(project, tv, targets) for tv in volumes]
     if not any(c.contoured.any() for c in cases):
         raise DatasetError(f"{project.folder}: the reviewed masks hold none of the targets {targets}")
-    if init is None and SHIPPED_VF.is_file():
-        init = SHIPPED_VF
     out = Path(out) if out is not None else checkpoint_path(project)
     out.parent.mkdir(parents=True, exist_ok=True)
     cfg = cfg or LearnConfig()
