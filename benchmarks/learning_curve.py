@@ -104,7 +104,8 @@ def done_runs(results: Path) -> set[tuple]:
     if not results.is_file():
         return set()
     rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
-    return {(r["arm"], r["k"], r["seed"], r["steps"], r.get("head", 0)) for r in rows if r.get("kind") == "curve"}
+    return {(r["arm"], r["k"], r["seed"], r["steps"], r.get("head", 0), r.get("dice_on_absent", True))
+            for r in rows if r.get("kind") == "curve"}
 
 
 def cmd_pretrain(args) -> None:
@@ -137,17 +138,19 @@ def cmd_curve(args) -> None:
     for k in args.k:
         for seed in (args.seeds if k <= 10 else args.seeds[:1]):
             for arm in args.arms:
-                key = (arm, k, seed, args.steps, args.head)
+                key = (arm, k, seed, args.steps, args.head, args.dice_on_absent)
                 if key in done:
                     continue
                 init = args.out_dir / "vf.pt" if arm == "vf" else None
-                cfg = LearnConfig(steps=args.steps, seed=seed, net=NetSpec(args.channels, head=args.head))
+                cfg = LearnConfig(steps=args.steps, seed=seed, net=NetSpec(args.channels, head=args.head),
+                                  dice_on_absent=args.dice_on_absent)
                 res = finetune(training_set(pool, k, seed), TARGETS, None, cfg, init=init,
                                progress=_printer(f"{arm} k={k} seed={seed}"))
                 predictor = SliceNetPredictor({"meta": {"targets": TARGETS, "net": cfg.net.to_meta()}},
                                               device="cpu", model=res.model)
                 per, seconds = evaluate(predictor, val_cases, volumes)
                 row = {"kind": "curve", "arm": arm, "k": k, "seed": seed, "steps": args.steps, "head": args.head,
+                       "dice_on_absent": args.dice_on_absent,
                        "params": n_parameters(res.model), "cpu_s": res.cpu_seconds, "wall_s": res.wall_seconds,
                        "predict_cpu_s_per_volume": seconds,
                        "dice": {t: float(np.mean(v)) if v else None for t, v in per.items()},
@@ -161,7 +164,7 @@ def cmd_curve(args) -> None:
 def cmd_table(args) -> None:
     rows = [json.loads(line) for line in args.results.read_text().splitlines() if line.strip()]
     curve = [r for r in rows if r.get("kind") == "curve" and r["steps"] == args.steps
-             and r.get("head", 0) == args.head]
+             and r.get("head", 0) == args.head and r.get("dice_on_absent", True) == args.dice_on_absent]
     print("| k | arm | seeds | " + " | ".join(TARGETS) + " | mean (brainstem, parotids, mandible) "
           "| CPU min / fine-tune | CPU s / volume |")
     print("|---" * (len(TARGETS) + 6) + "|")
@@ -209,6 +212,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--arms", nargs="+", default=["scratch", "vf"], choices=["scratch", "vf"])
     ap.add_argument("--channels", type=int, nargs="+", default=NetSpec().channels)
+    ap.add_argument("--dice-on-absent", action="store_true", help="the coreset probe's loss (soft Dice also on "
+                    "slices without the target), as the first curve runs")
     ap.add_argument("--head", type=int, default=0, help="feature maps before a 1x1 class head (0: MONAI's own)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--val-limit", type=int, default=0, help="score only the first N validation patients (trials)")

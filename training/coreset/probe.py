@@ -143,9 +143,14 @@ def make_probe(n_targets: int, seed: int = 0) -> UNet:
 
 
 def probe_loss(logits: torch.Tensor, labels: torch.Tensor, contoured: torch.Tensor,
-               reduction: str = "mean") -> torch.Tensor:
+               reduction: str = "mean", dice_on_absent: bool = True) -> torch.Tensor:
     """Cross-entropy + soft Dice, with each sample's uncontoured targets merged into the background (marginal
-    loss: 'no contour' is not 'no organ').  ``contoured`` is (B, T) bool; per-sample (B,) with reduction 'none'."""
+    loss: 'no contour' is not 'no organ').  ``contoured`` is (B, T) bool; per-sample (B,) with reduction 'none'.
+
+    ``dice_on_absent`` False: a target's soft Dice counts only on slices that show it (cross-entropy alone teaches
+    its absence).  On a slice without it the per-slice Dice is 1 unless its probability is ~0 everywhere, so long
+    runs learn to never predict a small organ that most slices lack (brainstem and parotids lost after 8000 steps on
+    40 volumes, docs/benchmarks.md 7); the probe's short runs keep the original form (True)."""
     probs = torch.softmax(logits.float(), 1)
     fg = probs[:, 1:] * contoured[:, :, None, None]
     background = probs[:, :1] + (probs[:, 1:] * ~contoured[:, :, None, None]).sum(1, keepdim=True)
@@ -157,7 +162,7 @@ def probe_loss(logits: torch.Tensor, labels: torch.Tensor, contoured: torch.Tens
     inter = (fg * onehot).sum((2, 3))
     denom = fg.sum((2, 3)) + onehot.sum((2, 3))
     dice = 1 - (2 * inter + 1e-5) / (denom + 1e-5)
-    weight = contoured.float()
+    weight = contoured.float() if dice_on_absent else (contoured & (onehot.sum((2, 3)) > 0)).float()
     soft_dice = (dice * weight).sum(1) / weight.sum(1).clamp(min=1)
     per_sample = ce + soft_dice
     return per_sample if reduction == "none" else per_sample.mean()

@@ -42,6 +42,8 @@ class LearnConfig:
     seed: int = 0
     anywhere: float = ANYWHERE
     augment: bool = True
+    #: soft Dice also on slices without the target: the coreset probe's form, which loses small organs in long runs
+    dice_on_absent: bool = False
     vf_classes: int = 4
     net: NetSpec = field(default_factory=NetSpec)
 
@@ -75,7 +77,8 @@ def finetune(cases: list[SliceCase], targets: list[str], out: str | os.PathLike[
         if cfg.augment:
             x, y = random_affine(x, y, rng, rotate=0.17, shift=0.12, bias=0.05, padding="border", mirror=mirror)
         m = torch.from_numpy(np.stack([cases[i].contoured for i in picks]))
-        return probe_loss(net(x.to(ctx.device)), y.to(ctx.device), m.to(ctx.device))
+        return probe_loss(net(x.to(ctx.device)), y.to(ctx.device), m.to(ctx.device),
+                          dice_on_absent=cfg.dice_on_absent)
 
     meta = {"targets": list(targets), "values": list(values or range(1, len(targets) + 1)),
             "net": cfg.net.to_meta(), "config": {k: v for k, v in asdict(cfg).items() if k != "net"},
