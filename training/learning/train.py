@@ -17,7 +17,7 @@ from scipy import ndimage
 from ..augment import random_affine
 from ..checkpoint import CheckpointError, load_checkpoint, load_weights
 from ..coreset.probe import SliceCase, probe_loss, slice_inputs, uncrop_to
-from ..engine import FitResult, LoopSpec, fit, seeded
+from ..engine import FitResult, LoopSpec, StepContext, fit, seeded
 from ..errors import DatasetError
 from ..progress import CancelledFn, ProgressFn
 from ..resample import resample_to_reference
@@ -28,6 +28,8 @@ from .slicenet import NetSpec, stack
 
 KIND_VF = "slicenet-vf"
 KIND_SEG = "slicenet"
+#: rotation ±10°, shift ±6 % of the crop, contrast; border padding keeps the body's edge at the crop's edge
+AUGMENT = {"rotate": 0.17, "shift": 0.12, "bias": 0.05, "padding": "border"}
 ANYWHERE = 0.25  # share of training slices drawn from anywhere (the probe's finding: no mandible in the brain)
 
 
@@ -65,17 +67,16 @@ def finetune(cases: list[SliceCase], targets: list[str], out: str | os.PathLike[
     if not usable:
         raise DatasetError("no volume has a contoured target to fine-tune on")
     mirror = lateral_swap(list(targets))
-    rng_rows = cfg.anywhere
 
-    def step_loss(net: torch.nn.Module, ctx: Any) -> torch.Tensor:
+    def step_loss(net: torch.nn.Module, ctx: StepContext) -> torch.Tensor:
         rng = ctx.rng
         picks = rng.choice(usable, cfg.batch)
-        rows = [int(rng.integers(len(cases[i].labels))) if rng.random() < rng_rows else int(rng.choice(cases[i].rows))
-                for i in picks]
+        rows = [int(rng.integers(len(cases[i].labels))) if rng.random() < cfg.anywhere
+                else int(rng.choice(cases[i].rows)) for i in picks]
         x = torch.cat([stack(cases[i].images, [r], cfg.net.context) for i, r in zip(picks, rows)])
         y = torch.stack([cases[i].labels[r] for i, r in zip(picks, rows)])
         if cfg.augment:
-            x, y = random_affine(x, y, rng, rotate=0.17, shift=0.12, bias=0.05, padding="border", mirror=mirror)
+            x, y = random_affine(x, y, rng, mirror=mirror, **AUGMENT)
         m = torch.from_numpy(np.stack([cases[i].contoured for i in picks]))
         return probe_loss(net(x.to(ctx.device)), y.to(ctx.device), m.to(ctx.device),
                           dice_on_absent=cfg.dice_on_absent)
@@ -139,13 +140,13 @@ def pretrain_vf(volumes: list[torch.Tensor], out: str | os.PathLike[str] | None,
         i = keep[int(rng.integers(len(keep)))]
         return stack(volumes[i], [int(rng.choice(body[i]))], cfg.net.context)
 
-    def step_loss(net: torch.nn.Module, ctx: Any) -> torch.Tensor:
+    def step_loss(net: torch.nn.Module, ctx: StepContext) -> torch.Tensor:
         rng = ctx.rng
         bg = torch.cat([draw(rng) for _ in range(cfg.batch)])
         fg = torch.cat([draw(rng) for _ in range(cfg.batch)])
         if cfg.augment:
-            bg, _ = random_affine(bg, None, rng, rotate=0.17, shift=0.12, bias=0.05, padding="border")
-            fg, _ = random_affine(fg, None, rng, rotate=0.17, shift=0.12, bias=0.05, padding="border")
+            bg, _ = random_affine(bg, None, rng, **AUGMENT)
+            fg, _ = random_affine(fg, None, rng, **AUGMENT)
         labels = torch.from_numpy(np.stack([fuse(blank, blank, rng, fusion)[1][0] for _ in range(cfg.batch)]))
         alpha = (labels.float() / cfg.vf_classes)[:, None]
         x = alpha * fg + (1 - alpha) * bg
