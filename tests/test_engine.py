@@ -39,6 +39,16 @@ def test_a_cancelled_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
     assert load_checkpoint(tmp_path / "run.pt", "toy")["step"] == 3  # the step it stopped at is kept
     resumed = fit(seeded(_net, 3), _loss, SPEC, tmp_path / "run.pt", kind="toy")
     assert resumed.steps == 6
+
+    def stop_at_4(done: int, total: int, message: str) -> None:  # as a dock's Cancel: raised from progress
+        if done == 4:
+            raise InterruptedError("cancelled")
+
+    with pytest.raises(InterruptedError):
+        fit(seeded(_net, 3), _loss, SPEC, tmp_path / "bar.pt", kind="toy", progress=stop_at_4)
+    assert load_checkpoint(tmp_path / "bar.pt", "toy")["step"] == 4
+    again = fit(seeded(_net, 3), _loss, SPEC, tmp_path / "bar.pt", kind="toy")
+    assert all(torch.equal(v, again.model.state_dict()[k]) for k, v in straight.model.state_dict().items())
     for k, v in straight.model.state_dict().items():
         assert torch.equal(v, resumed.model.state_dict()[k]), k  # numpy's and torch's streams restored (dropout)
     rows = (tmp_path / "run.losses.csv").read_text().splitlines()

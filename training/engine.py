@@ -102,8 +102,9 @@ def fit(model: torch.nn.Module, step_loss: StepLoss, spec: LoopSpec, out: str | 
     """Train ``model`` for ``spec.steps`` (resuming from ``out`` when it holds a checkpoint of this run).
 
     ``init``: weights to start from when not resuming (name- and shape-matched: a pretrained body under a new head).
-    ``on_step(model, step)`` runs after each step (1-based), e.g. to value a pool. Cancelling raises
-    ``InterruptedError`` after saving the last completed step when ``out`` is set, so the run resumes there."""
+    ``on_step(model, step)`` runs after each step (1-based), e.g. to value a pool. Cancelling (``cancelled``, or
+    ``progress`` raising ``InterruptedError``) saves the last completed step when ``out`` is set, so the run resumes
+    there, and raises ``InterruptedError``."""
     rank, world = 0, 1
     if use_distributed:
         rank, world, dev = distributed.setup()
@@ -161,7 +162,11 @@ def fit(model: torch.nn.Module, step_loss: StepLoss, spec: LoopSpec, out: str | 
             if csv_path is not None and (step % spec.csv_every == 0 or step == spec.steps):
                 _log_row(csv_path, step, loss_value, ctx.extra, time.time() - wall0)
             if progress is not None:
-                progress(step, spec.steps, f"loss {loss_value:.4f}")
+                try:
+                    progress(step, spec.steps, f"loss {loss_value:.4f}")
+                except InterruptedError:  # a dock's progress bridge raises this on Cancel: keep this step
+                    save()
+                    raise
             if spec.save_every and step % spec.save_every == 0 and step < spec.steps:
                 save()
     save()
