@@ -31,6 +31,7 @@ from medlsam_training.datasets import find_cases
 from medlsam_training.io import read_volume
 from medlsam_training.learning.slicenet import NetSpec, n_parameters
 from medlsam_training.learning.train import LearnConfig, SliceNetPredictor, finetune, pretrain_vf
+from medlsam_training.metrics import dice_score
 
 TARGETS = ["brainstem", "spinal_cord", "parotid_right", "parotid_left", "mandible"]
 REQUIRED = ["brainstem", "parotid_right", "parotid_left", "mandible"]  # contoured in every training volume
@@ -90,8 +91,7 @@ def evaluate(predictor: SliceNetPredictor, cases, volumes) -> tuple[dict[str, li
             g = label.array == value
             if not g.any():
                 continue
-            p = pred == predictor.values[predictor.targets.index(t)]
-            per[t].append(2 * float((p & g).sum()) / float(p.sum() + g.sum()))
+            per[t].append(dice_score(pred == predictor.values[predictor.targets.index(t)], g))
     return per, (time.process_time() - cpu) / max(len(cases), 1)
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .atomic import atomic_path
+from .atomic import atomic_path, write_json_atomic
 from .errors import MedLSAMError
 
 FORMAT = 1
@@ -55,8 +55,6 @@ def export_weights(checkpoint: str | os.PathLike[str], dst: str | os.PathLike[st
                    kind: str | None = None) -> Path:
     """Weights to ship: fp16 tensors and the checkpoint's meta, no optimizer state, and a JSON sidecar with the
     recipe (``info``, the steps trained, the config)."""
-    from .atomic import write_json_atomic
-
     state = load_checkpoint(checkpoint, kind)
     meta = {**state["meta"], **info, "steps": state.get("step")}
     dst = save_checkpoint(dst, state["model"], kind=state["kind"] or kind or "model", meta=meta, half=True)

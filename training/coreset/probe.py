@@ -74,14 +74,19 @@ def _body_centre(slice_hu: np.ndarray) -> tuple[float, float]:
     return ndimage.center_of_mass(body)
 
 
+def _window(centre: tuple[float, float], shape_yx: tuple[int, ...]) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
+    """(slice region, crop region) of the CROP x CROP window centred on ``centre`` that lies inside the slice."""
+    cy, cx = int(round(centre[0])) - CROP // 2, int(round(centre[1])) - CROP // 2
+    y0, x0 = max(cy, 0), max(cx, 0)
+    y1, x1 = max(min(cy + CROP, shape_yx[0]), y0), max(min(cx + CROP, shape_yx[1]), x0)
+    return (slice(y0, y1), slice(x0, x1)), (slice(y0 - cy, y1 - cy), slice(x0 - cx, x1 - cx))
+
+
 def crop_at(arr: np.ndarray, centre: tuple[float, float], fill: float) -> np.ndarray:
     """The CROP x CROP window of a slice centred on ``centre``, ``fill`` outside it."""
-    cy, cx = int(round(centre[0])) - CROP // 2, int(round(centre[1])) - CROP // 2
     out = np.full((CROP, CROP), fill, arr.dtype)
-    y0, x0 = max(cy, 0), max(cx, 0)
-    y1, x1 = min(cy + CROP, arr.shape[0]), min(cx + CROP, arr.shape[1])
-    if y1 > y0 and x1 > x0:
-        out[y0 - cy:y1 - cy, x0 - cx:x1 - cx] = arr[y0:y1, x0:x1]
+    inside, part = _window(centre, arr.shape)
+    out[part] = arr[inside]
     return out
 
 
@@ -89,11 +94,8 @@ def uncrop_to(crops: np.ndarray, centres: np.ndarray, shape_yx: tuple[int, int],
     """(Z, ..., CROP, CROP) crops put back on (Z, ..., H, W) slices: the inverse of :func:`crop_at`."""
     out = np.full(crops.shape[:-2] + tuple(shape_yx), fill, crops.dtype)
     for z, centre in enumerate(centres):
-        cy, cx = int(round(centre[0])) - CROP // 2, int(round(centre[1])) - CROP // 2
-        y0, x0 = max(cy, 0), max(cx, 0)
-        y1, x1 = min(cy + CROP, shape_yx[0]), min(cx + CROP, shape_yx[1])
-        if y1 > y0 and x1 > x0:
-            out[z, ..., y0:y1, x0:x1] = crops[z, ..., y0 - cy:y1 - cy, x0 - cx:x1 - cx]
+        inside, part = _window(centre, shape_yx)
+        out[(z, Ellipsis, *inside)] = crops[(z, Ellipsis, *part)]
     return out
 
 
