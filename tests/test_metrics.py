@@ -9,7 +9,7 @@ import pytest
 
 from medlsam_training.boxes import Box3D
 from medlsam_training.errors import EmptyLabelError
-from medlsam_training.metrics import binary_metrics, box_face_distance_mm, box_iou, label_metrics
+from medlsam_training.metrics import added_path_length, binary_metrics, box_face_distance_mm, box_iou, label_metrics
 
 
 def _cube(shape, lo, hi) -> np.ndarray:
@@ -76,3 +76,32 @@ def test_box_from_mask_and_bad_boxes() -> None:
         Box3D((5, 0, 0), (4, 1, 1))
     with pytest.raises(ValueError, match="outside"):
         Box3D((20, 20, 20), (30, 30, 30)).clip((10, 10, 10))
+
+
+def test_added_path_length_on_shapes_with_known_answers() -> None:
+    """A 20-pixel square on 4 slices, 2 mm pixels: its contour is about 4 x 40 mm a slice."""
+    gt = np.zeros((4, 40, 40), bool)
+    gt[:, 10:30, 10:30] = True
+    spacing = (3.0, 2.0, 2.0)
+    same = added_path_length(gt, gt, spacing, tolerance_mm=4.0)
+    assert same["apl_mm"] == 0.0 and same["apl_share"] == 0.0
+    assert abs(same["contour_mm"] - 4 * 4 * 40) < 4 * 8  # the 0.5 level cuts each corner a little
+    nothing = added_path_length(np.zeros_like(gt), gt, spacing, 4.0)
+    assert nothing["apl_mm"] == same["contour_mm"] and nothing["apl_share"] == 1.0
+    # predicted on two of the four slices: half of the contour is left to draw
+    half = gt.copy()
+    half[2:] = False
+    assert added_path_length(half, gt, spacing, 4.0)["apl_share"] == 0.5
+    # inset by 3 pixels (6 mm) all round: every point of the true contour is 6 mm (corners 8.5 mm) from it
+    inset = np.zeros_like(gt)
+    inset[:, 13:27, 13:27] = True
+    assert added_path_length(inset, gt, spacing, 4.0)["apl_share"] == 1.0  # beyond a 4 mm tolerance
+    assert added_path_length(inset, gt, spacing, 9.0)["apl_share"] == 0.0  # within 9 mm
+    # inset on the left side only: the left edge (a quarter of the contour) is redrawn
+    left = gt.copy()
+    left[:, :, 10:13] = False
+    share = added_path_length(left, gt, spacing, 4.0)["apl_share"]
+    assert 0.2 < share < 0.3, share
+    # the pixel size counts: at 1 mm pixels the same 3-pixel inset is 3 mm (corners 4.2 mm), within 4.5 mm
+    assert added_path_length(inset, gt, (3.0, 1.0, 1.0), 4.5)["apl_share"] == 0.0
+    assert np.isnan(added_path_length(gt, np.zeros_like(gt), spacing, 4.0)["apl_share"])  # nothing true to draw

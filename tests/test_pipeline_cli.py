@@ -109,6 +109,9 @@ def test_segment_defaults_fuse_the_templates_masks(phantoms: Path, tmp_path: Pat
     liver = summary["image"]["targets"]["liver"]  # a query given as a file is named after it
     # this 20-slice phantom's liver runs into its last slice: the status says so
     assert liver["method"] == "atlas" and liver["status"] == "partly outside the scan", liver
+    # the path taken, not only a quality floor that SAM from the box also clears: the fused template mask
+    assert liver["source"] == "fused template masks" and liver["fallback"] is None, liver
+    assert liver["agreement"] is not None, liver
     image = read_volume(query)
     mask = read_label(tmp_path / "masks" / "image.nii.gz")
     assert mask.geometry.is_close(image.geometry, tol=1e-6)

@@ -40,6 +40,8 @@ def test_evaluate_counts_an_organ_the_prediction_missed(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     rows = {line.split("│")[2].strip(): line for line in r.output.splitlines() if line.count("│") > 4}
     assert "1.000" in rows["1"] and "0.000" in rows["2"], r.output  # label 2 missed entirely: Dice 0
+    # the added path length: none of label 1's contour to redraw, all of label 2's
+    assert rows["1"].split("│")[-2].strip() == "0.00" and rows["2"].split("│")[-2].strip() == "1.00", r.output
 
 
 def test_evaluate_with_a_missing_folder_says_so_in_one_line(tmp_path: Path) -> None:

@@ -94,6 +94,8 @@ class LocalizedTarget:
     #: the templates' masks warped into the query and fused (atlas localizer, templates with masks), query grid
     mask: np.ndarray | None = field(default=None, repr=False)
     agreement: float | None = None  # mean Dice of each template's warped mask with the fused one
+    source: str = ""  # what made the written mask (pipeline.SOURCE_*), set by the pipeline
+    fallback: str | None = None  # why the asked-for mode was not the one that made it, when it was not
 
 
 def box_from_points(points_mm: np.ndarray, query: Volume) -> Box3D:

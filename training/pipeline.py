@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from .extreme_points import POINT_NAMES, ExtremePoints
 from .io import is_volume_path, read_label, read_volume, write_mask
 from .label_merge import check_policy, merge_target
 from .localize import LocalizedTarget, Localizer, Template, sub_boxes_in_view
+from .options import PropagationMode
 from .progress import ProgressFn
 from .propagate import PropagationConfig, VolumeSegmenter, clean_mask, for_target
 from .segmenters import Segmenter
@@ -35,6 +36,10 @@ from .volume import Volume
 log = logging.getLogger(__name__)
 #: the method of a template volume's own targets (``LocalizedTarget.method``): no localization was needed
 OWN_POINTS, OWN_MASK = "template: its own points", "template: its own mask"
+#: what made a target's written mask (``LocalizedTarget.source``, the run summary's "source")
+SOURCE_FUSED = "fused template masks"  # the atlas: every template's mask warped into the query, voted
+SOURCE_OWN_MASK = "own mask"  # a template volume's own (reviewed) mask, written as it is
+SOURCE_SAM = "SAM from the box"  # the segmenter prompted slice by slice from the localized box (or z-slabs)
 RESULTS_NAME = "medlsam_results.json"  # the run summary written beside a run's masks
 LABELS_NAME = "labels.json"  # label value -> target name, beside the masks (read by Slicer export, report, evaluate)
 
@@ -65,7 +70,7 @@ def localized_json(t: LocalizedTarget) -> dict[str, Any]:
             "spread_mm": round(t.spread_mm, 2),
             "similarity": None if t.similarity is None or not np.isfinite(t.similarity) else round(t.similarity, 3),
             "agreement": None if t.agreement is None else round(t.agreement, 3),
-            "unknown_faces": t.unknown_faces}
+            "unknown_faces": t.unknown_faces, "source": t.source or None, "fallback": t.fallback}
 
 
 def target_confidence(info: Mapping[str, Any]) -> float | None:
@@ -112,8 +117,10 @@ def query_cases(sources: list[str | os.PathLike[str]], exclude: set[Path] = froz
 
 
 def without_targets(templates: list[Template], targets: Collection[str]) -> list[Template]:
-    """The templates less the named targets (locked ones); templates left with no target are dropped."""
-    kept = [Template(t.volume, [ep for ep in t.targets if ep.target not in targets]) for t in templates]
+    """The templates less the named targets (locked ones), each with the masks of the targets it keeps (label
+    fusion warps them); templates left with no target are dropped."""
+    kept = [replace(t, targets=[ep for ep in t.targets if ep.target not in targets],
+                    masks={name: m for name, m in t.masks.items() if name not in targets}) for t in templates]
     return [t for t in kept if t.targets]
 
 
@@ -135,7 +142,7 @@ def segment_query(
     With ``existing`` (the volume's label map so far) each target is merged into it under ``policy``
     (``training/label_merge.py``); ``locked`` targets are neither localized nor changed.
     """
-    config = config or PropagationConfig()
+    config = config or PropagationConfig(mode=PropagationMode.ATLAS)  # the product's default, as the CLI's
     labels = target_labels(templates)
     dtype = np.uint16 if max(labels.values()) > 255 or (existing is not None and existing.max() > 255) else np.uint8
     label_map = np.zeros(query.array.shape, dtype) if existing is None else existing.astype(dtype)
@@ -157,19 +164,31 @@ def segment_query(
             continue
         if config.mode == "atlas" and t.mask is not None:  # the templates' masks, warped and fused
             cfg = for_target(config, t.target)
+            t.source = SOURCE_OWN_MASK if t.method == OWN_MASK else SOURCE_FUSED
             mask = clean_mask(t.mask, cfg.largest_component, fill_holes=False)
             label_map = merge_target(label_map, mask, labels[t.target], policy, locked_values)
             continue
         if t.method == OWN_MASK:
             t.method = OWN_POINTS  # this mode segments the template from its box, not from its mask
-        if config.mode == "atlas":
-            log.info("%s: %s: no template masks to fuse; SAM segments it from its box", query.name, t.target)
+        t.source = SOURCE_SAM
+        if config.mode == "atlas":  # a fallback: recorded per target, said once per run (run_queries)
+            t.fallback = atlas_fallback_reason(t, active)
         boxes = t.sub_boxes if config.mode == "spl" and t.sub_boxes else [t.box]
         if config.mode == "spl" and not t.sub_boxes:
             log.warning("%s: no z-slabs on the templates of %s; using one box (wpl)", query.name, t.target)
         mask = vs.propagate(boxes, for_target(config, t.target), progress, cancelled)
         label_map = merge_target(label_map, mask, labels[t.target], policy, locked_values)
     return label_map, located
+
+
+def atlas_fallback_reason(t: LocalizedTarget, templates: list[Template]) -> str:
+    """Why the atlas mode could not fuse masks for ``t`` (so SAM segmented it from its box)."""
+    holders = [tpl for tpl in templates if any(ep.target == t.target for ep in tpl.targets)]
+    missing = [tpl.volume.name for tpl in holders if t.target not in tpl.masks]
+    if missing:
+        return (f"{len(missing)} of {len(holders)} template(s) have no mask of {t.target} "
+                f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): SAM from the box")
+    return "the templates' warped masks did not overlap: SAM from the box"
 
 
 def is_template_of(template: Template, volume: Volume) -> bool:
@@ -232,6 +251,7 @@ def run_queries(
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     labels = target_labels(templates)
     write_label_names(out_dir, labels)
+    said: set[str] = set()  # targets whose fallback this run has announced (once per run, recorded per volume)
     for i, case in enumerate(cases):
         if cancelled and cancelled():
             return
@@ -261,6 +281,11 @@ def run_queries(
             log.error("%s: %s", case.image, exc)
             result.status, result.error, result.output = "failed", f"{type(exc).__name__}: {exc}", None
         result.seconds = time.perf_counter() - t0
+        for t in result.targets:
+            if t.fallback and t.target not in said:
+                said.add(t.target)
+                log.warning("%s: %s (said once per run; each volume's record in %s has it)", t.target,
+                            t.fallback, RESULTS_NAME)
         entry = result.to_json()
         if result.status == "done" and before is not None:  # targets not re-run keep their record
             entry["targets"] = {**summary.get(case.name, {}).get("targets", {}), **entry["targets"]}

@@ -202,10 +202,13 @@ def evaluate(
                                          "targeted, from medlsam_results.json, else every ground-truth and "
                                          "predicted label)."),
     nsd_mm: float = typer.Option(2.0, help="Tolerance of the normalized surface distance (mm)."),
+    apl_mm: float = typer.Option(4.0, help="Tolerance of the added path length (mm): true contour farther than "
+                                 "this from the predicted one, slice by slice, is contour to redraw."),
     resample: bool = typer.Option(False, "--resample", help="Resample a prediction that is not on its ground "
                                   "truth's voxel grid onto it (nearest neighbour) instead of refusing it."),
 ) -> None:
-    """Dice, HD95 and NSD per organ and volume, with the mean per organ."""
+    """Dice, HD95, NSD and the added path length (APL: mm of true contour to redraw, and its share of the whole
+    true contour) per organ and volume, with the mean per organ."""
     from ..atomic import compound_suffix
     from ..datasets import find_cases
     from ..errors import GeometryMismatchError
@@ -231,9 +234,10 @@ def evaluate(
             if not pairs:
                 raise ValueError(f"no prediction in {pred} is named after a case of {gt}")
         table = Table(title="evaluation")
-        for col in ("case", "label", "name", "Dice", "HD95 (mm)", f"NSD@{nsd_mm:g}mm"):
+        for col in ("case", "label", "name", "Dice", "HD95 (mm)", f"NSD@{nsd_mm:g}mm", f"APL@{apl_mm:g}mm (mm)",
+                    "APL share"):
             table.add_column(col, justify="right")
-        per_label: dict[int, list[float]] = {}
+        per_label: dict[int, list[dict[str, float]]] = {}
         for case, p, g, names in pairs:
             ref = read_label(g, allow_empty=True)
             try:
@@ -251,14 +255,23 @@ def evaluate(
                 values = sorted(targeted[case] | predicted)
             else:
                 values = sorted(predicted | {int(v) for v in np.unique(ref.array) if v})
-            for v, m in label_metrics(prd.array, ref.array, ref.spacing_zyx, values, nsd_mm).items():
-                per_label.setdefault(v, []).append(m["dice"])
-                table.add_row(case, str(v), names.get(v, ""), f"{m['dice']:.3f}", f"{m['hd95']:.1f}", f"{m['nsd']:.3f}")
-        for v, dices in sorted(per_label.items()):
-            table.add_row("[bold]mean[/]", str(v), "", f"{np.mean(dices):.3f}", "", "")
+            for v, m in label_metrics(prd.array, ref.array, ref.spacing_zyx, values, nsd_mm, apl_mm).items():
+                per_label.setdefault(v, []).append(m)
+                table.add_row(case, str(v), names.get(v, ""), f"{m['dice']:.3f}", f"{m['hd95']:.1f}", f"{m['nsd']:.3f}",
+                              f"{m['apl_mm']:.0f}", _share(m["apl_share"]))
+        for v, ms in sorted(per_label.items()):
+            # the share over the organ's whole true contour (a volume without it adds nothing to either sum)
+            share = sum(m["apl_mm"] for m in ms) / max(sum(m["contour_mm"] for m in ms), 1e-9)
+            table.add_row("[bold]mean[/]", str(v), "", f"{np.mean([m['dice'] for m in ms]):.3f}", "",
+                          f"{np.mean([m['nsd'] for m in ms]):.3f}", f"{np.mean([m['apl_mm'] for m in ms]):.0f}",
+                          _share(share) if any(m["contour_mm"] for m in ms) else "-")
     except (MedLSAMError, ValueError) as exc:
         _fail(exc)
     console.print(table)
+
+
+def _share(value: float) -> str:
+    return "-" if not np.isfinite(value) else f"{value:.2f}"
 
 
 def _targeted_labels(pred: Path) -> tuple[dict[str, set[int]], set[str]]:
