@@ -195,3 +195,70 @@ def test_a_fallback_is_recorded_per_target_and_said_once(openkbp: Path, tmp_path
             assert f"no mask of {name}" in info["fallback"], info
     for name in TARGETS:
         assert len([m for m in caplog.messages if f"no mask of {name}" in m]) == 1, caplog.messages
+
+
+def test_project_pool_and_network_make_the_pending_masks(openkbp: Path, tmp_path: Path, monkeypatch) -> None:
+    """A small real project, 3 reviewed and 2 pending: the reviewed volumes join the clicked template as templates
+    (points from their masks, no clicks), the atlas registers the best-matching of the pool, and once the project
+    has a fine-tuned network the pending masks are the combination of the atlas vote and the network, voxel for
+    voxel, the run summary saying so."""
+    from medlsam_training.extreme_points import extreme_points_from_mask
+    from medlsam_training.learning.project_loop import finetune_project
+    from medlsam_training.learning.train import LearnConfig, SliceNetPredictor
+    from medlsam_training.pipeline import SOURCE_COMBINED, combine
+    from medlsam_training.project import Project
+
+    folder = tmp_path / "project"
+    folder.mkdir()
+    reviewed, pending = ("pt_1", "pt_2", "pt_4"), ("pt_202", "pt_209")
+    for pt in (*reviewed, *pending):
+        (folder / f"{pt}.nii.gz").symlink_to(openkbp / "imagesTr" / f"{pt}_0000.nii.gz")
+    project = Project.open(folder)
+    for name, value in TARGETS.items():
+        project.add_target(name, value)
+    for pt in reviewed:
+        image = read_volume(project.volume_path(pt))
+        label = read_label(openkbp / "labelsTr" / f"{pt}.nii.gz", image)
+        truth = np.where(np.isin(label.array, list(TARGETS.values())), label.array, 0).astype(np.uint8)
+        project.set_status(pt, "segmented", write_mask(truth, image, project.mask_path(pt)))
+        project.mark_reviewed(pt)
+    project.set_template("pt_1")  # the one clicked template; pt_2 and pt_4 are only reviewed
+    image = read_volume(project.volume_path("pt_1"))
+    label = read_label(openkbp / "labelsTr" / "pt_1.nii.gz", image)
+    for name, value in TARGETS.items():
+        project.points.setdefault("pt_1", {})[name] = [
+            [float(v) for v in i] for i in extreme_points_from_mask(name, value, image, label).indices()]
+    project.save()
+
+    spy = SpyLocalizer(max_templates=2)  # a pool of 3 per target: the choice is exercised
+    monkeypatch.setattr("medlsam_training.localize.make_localizer", lambda *a, **k: spy)
+    args = ["segment", "--project", str(folder), "--device", "cpu", "--cache", str(tmp_path / "cache")]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    summary = json.loads((folder / "masks" / RESULTS_NAME).read_text())
+    assert set(summary) == set(pending)  # reviewed volumes are never re-segmented
+    for pt in pending:
+        image = read_volume(folder / f"{pt}.nii.gz")
+        written = read_label(folder / "masks" / f"{pt}.nii.gz", image).array
+        assert_fused_written(spy, folder / f"{pt}.nii.gz", written, summary[pt])
+        for name in TARGETS:
+            assert summary[pt]["targets"][name]["pool"] == 3 and summary[pt]["targets"][name]["templates"] == 2
+
+    project = Project.open(folder)
+    finetune_project(project, cfg=LearnConfig(steps=40), device="cpu")
+    r = runner.invoke(app, [*args, "--existing", "overwrite"])
+    assert r.exit_code == 0, r.output
+    assert "network" in r.output  # the run says which sources it uses
+    summary = json.loads((folder / "masks" / RESULTS_NAME).read_text())
+    net = SliceNetPredictor(folder / "models" / "slicenet.pt", "cpu")
+    for pt in pending:
+        path = folder / f"{pt}.nii.gz"
+        image = read_volume(path)
+        written = read_label(folder / "masks" / f"{pt}.nii.gz", image).array
+        probs = net.target_probabilities(image)
+        located = {t.target: t for t in spy.seen[str(path.resolve())]}
+        for name, value in TARGETS.items():
+            assert summary[pt]["targets"][name]["source"] == SOURCE_COMBINED, summary[pt]["targets"][name]
+            expected = clean_mask(combine(located[name], probs[name]),
+                                  for_target(PropagationConfig(), name).largest_component, fill_holes=False)
+            assert np.array_equal(written == value, expected), f"{pt}: {name} is not the combination"

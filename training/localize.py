@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Protocol
@@ -26,6 +26,7 @@ import SimpleITK as sitk
 import torch
 
 from .atlas import (
+    REGION_MARGIN_MM,
     AtlasImage,
     QuerySpectrum,
     TemplateRegistration,
@@ -33,7 +34,9 @@ from .atlas import (
     invert_points,
     one_itk_thread,
     refine_target,
+    region_index_box,
     register_template,
+    translation_search,
     warp_mask,
 )
 from .boxes import Box3D, box_from_physical
@@ -95,6 +98,11 @@ class LocalizedTarget:
     mask: np.ndarray | None = field(default=None, repr=False)
     agreement: float | None = None  # mean Dice of each template's warped mask with the fused one
     source: str = ""  # what made the written mask (pipeline.SOURCE_*), set by the pipeline
+    #: the templates' weighted vote in [0, 1] inside ``vote_box`` (query voxels): what a combination with another
+    #: source's probabilities starts from (kept on the box, not the whole grid: a fine CT is large)
+    vote: np.ndarray | None = field(default=None, repr=False)
+    vote_box: Box3D | None = None
+    pool: int = 0  # templates of this target before the per-query choice of the best-matching ones
     fallback: str | None = None  # why the asked-for mode was not the one that made it, when it was not
 
 
@@ -400,6 +408,10 @@ MIN_MATCH_ONE_TEMPLATE = 0.6
 #: power 6 against plain majority vote (0.5, power 0): Dice 0.671 vs 0.646, box IoU 57.4 vs 51.6 %.
 VOTE = 0.4
 FIT_POWER = 6
+#: per query and target, the templates registered in full: the best-matching of a larger pool (a project's
+#: reviewed volumes join its clicked templates), ranked by their region's correlation at the best translation, the
+#: first and cheapest stage of the registration.  A query's time grows with the templates it registers, not the pool.
+MAX_TEMPLATES = 7
 
 
 class AtlasLocalizer:
@@ -416,7 +428,9 @@ class AtlasLocalizer:
     name = "atlas"
 
     def __init__(self, deformable: bool = True, min_match: float = MIN_MATCH, workers: int | None = None,
-                 seed: int = 0, cache_volumes: int = 32, per_target: bool = True):
+                 seed: int = 0, cache_volumes: int = 32, per_target: bool = True,
+                 max_templates: int | None = MAX_TEMPLATES):
+        self.max_templates = max_templates
         self.deformable = deformable
         self.per_target = per_target
         self.min_match = min_match
@@ -449,13 +463,35 @@ class AtlasLocalizer:
             log.warning("%s: %s: per-target registration failed (%s)", tpl.volume.name, ep.target, str(exc)[:160])
             return reg
 
+    def _choose(self, spectrum: QuerySpectrum, templates: list[Template], pool) -> list[Template]:
+        """The best-matching ``max_templates`` templates of each target (by the translation search's correlation
+        of their region with the query); each chosen template keeps only the targets it was chosen for."""
+        def search(tpl: Template) -> float:
+            pts = np.concatenate([ep.points_mm for ep in tpl.targets])
+            try:
+                lo, hi = region_index_box(self._image(tpl.volume), pts.min(0), pts.max(0), REGION_MARGIN_MM)
+                return translation_search(spectrum, self._image(tpl.volume), lo, hi)[1]
+            except (RuntimeError, ValueError):
+                return -1.0
+        score = dict(zip(map(id, templates), pool.map(search, templates)))
+        chosen: set[tuple[int, str]] = set()
+        for name, pairs in _targets_by_name(templates).items():
+            best = sorted(pairs, key=lambda p: -score[id(p[0])])[: self.max_templates]
+            chosen |= {(id(t), name) for t, _ in best}
+        kept = [replace(t, targets=[ep for ep in t.targets if (id(t), ep.target) in chosen]) for t in templates]
+        return [t for t in kept if t.targets]
+
     def localize(self, query: Volume, templates: list[Template]) -> list[LocalizedTarget]:
         from concurrent.futures import ThreadPoolExecutor
 
         t0 = time.perf_counter()
         groups = _targets_by_name(templates)
+        pool_size = {name: len(pairs) for name, pairs in groups.items()}
         spectrum = QuerySpectrum(self._image(query), (64, 64, 64))
         with one_itk_thread(), ThreadPoolExecutor(self.workers) as pool:
+            if self.max_templates and max(pool_size.values()) > self.max_templates:
+                templates = self._choose(spectrum, templates, pool)
+                groups = _targets_by_name(templates)
             regs = dict(zip(map(id, templates), pool.map(lambda t: self._register(spectrum, t), templates)))
             refined = {}
             if self.per_target:
@@ -498,7 +534,7 @@ class AtlasLocalizer:
             out.append(result)
         seconds = (time.perf_counter() - t0) / max(1, len(out))
         for r in out:
-            r.seconds = seconds
+            r.seconds, r.pool = seconds, pool_size[r.target]
         return out
 
 
@@ -542,6 +578,7 @@ def _fuse_masks(result: LocalizedTarget, masks: list[tuple[sitk.Image, TemplateR
     full = np.zeros(query.array.shape, bool)
     full[box.slices] = fused
     result.mask = full
+    result.vote, result.vote_box = fused_prob, box
     result.agreement = float(np.mean([2 * (w & fused).sum() / max(1, w.sum() + fused.sum()) for w in warped]))
     result.box = Box3D.from_mask(full)
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -25,7 +25,7 @@ from .errors import MedLSAMError
 from .extreme_points import POINT_NAMES, ExtremePoints
 from .io import is_volume_path, read_label, read_volume, write_mask
 from .label_merge import check_policy, merge_target
-from .localize import LocalizedTarget, Localizer, Template, sub_boxes_in_view
+from .localize import VOTE, LocalizedTarget, Localizer, Template, sub_boxes_in_view
 from .options import PropagationMode
 from .progress import ProgressFn
 from .propagate import PropagationConfig, VolumeSegmenter, clean_mask, for_target
@@ -40,6 +40,20 @@ OWN_POINTS, OWN_MASK = "template: its own points", "template: its own mask"
 SOURCE_FUSED = "fused template masks"  # the atlas: every template's mask warped into the query, voted
 SOURCE_OWN_MASK = "own mask"  # a template volume's own (reviewed) mask, written as it is
 SOURCE_SAM = "SAM from the box"  # the segmenter prompted slice by slice from the localized box (or z-slabs)
+SOURCE_COMBINED = "fused template masks + network"  # the atlas vote and the learned network's probability, averaged
+SOURCE_NETWORK = "network"  # the learned network alone (the target's templates have no masks to fuse)
+#: the network's share of a combination; the threshold is the same mix of each source's own (atlas VOTE, argmax
+#: ~0.5): measured against either alone in benchmarks/session.py (docs/benchmarks.md)
+NETWORK_WEIGHT = 0.5
+
+
+class ProbabilitySource(Protocol):
+    """A second source of masks (the learning loop's network): per target, a probability on the query's grid."""
+
+    name: str
+    targets: list[str]
+
+    def target_probabilities(self, volume: Volume) -> dict[str, np.ndarray]: ...
 RESULTS_NAME = "medlsam_results.json"  # the run summary written beside a run's masks
 LABELS_NAME = "labels.json"  # label value -> target name, beside the masks (read by Slicer export, report, evaluate)
 
@@ -70,7 +84,8 @@ def localized_json(t: LocalizedTarget) -> dict[str, Any]:
             "spread_mm": round(t.spread_mm, 2),
             "similarity": None if t.similarity is None or not np.isfinite(t.similarity) else round(t.similarity, 3),
             "agreement": None if t.agreement is None else round(t.agreement, 3),
-            "unknown_faces": t.unknown_faces, "source": t.source or None, "fallback": t.fallback}
+            "unknown_faces": t.unknown_faces, "source": t.source or None, "fallback": t.fallback,
+            "pool": t.pool or t.templates}
 
 
 def target_confidence(info: Mapping[str, Any]) -> float | None:
@@ -136,11 +151,14 @@ def segment_query(
     existing: np.ndarray | None = None,
     policy: str = "keep",
     locked: Collection[str] = (),
+    network: ProbabilitySource | None = None,
 ) -> tuple[np.ndarray, list[LocalizedTarget]]:
     """Localize every template target in ``query`` and segment it -> (label map [z, y, x], targets).
 
     With ``existing`` (the volume's label map so far) each target is merged into it under ``policy``
-    (``training/label_merge.py``); ``locked`` targets are neither localized nor changed.
+    (``training/label_merge.py``); ``locked`` targets are neither localized nor changed.  With a ``network`` (the
+    learning loop's, mode ``atlas``), a found target it knows is the average of the atlas vote and its probability
+    (:func:`combine`), or its probability alone where the templates have no masks.
     """
     config = config or PropagationConfig(mode=PropagationMode.ATLAS)  # the product's default, as the CLI's
     labels = target_labels(templates)
@@ -158,10 +176,21 @@ def segment_query(
     others = without_targets([t for t in active if not any(t is o for o in own)], known)
     located += localizer.localize(query, others) if others else []
     vs = VolumeSegmenter(query, segmenter, cache_dir=cache_dir)
+    wanted = {t.target for t in located if t.box is not None and t.method not in (OWN_MASK, OWN_POINTS)}
+    learned = network.target_probabilities(query) \
+        if network is not None and config.mode == "atlas" and wanted & set(network.targets) else {}
     for t in located:
         if t.box is None:
             log.warning("%s: %s not found in this scan; nothing segmented for it", query.name, t.target)
             continue
+        if t.target in learned and t.method not in (OWN_MASK, OWN_POINTS):
+            t.source = SOURCE_COMBINED if t.vote is not None else SOURCE_NETWORK
+            mask = clean_mask(combine(t, learned[t.target]), for_target(config, t.target).largest_component,
+                              fill_holes=False)
+            if mask.any():
+                label_map = merge_target(label_map, mask, labels[t.target], policy, locked_values)
+                continue
+            t.source = ""  # nothing above the threshold: the atlas alone decides below
         if config.mode == "atlas" and t.mask is not None:  # the templates' masks, warped and fused
             cfg = for_target(config, t.target)
             t.source = SOURCE_OWN_MASK if t.method == OWN_MASK else SOURCE_FUSED
@@ -179,6 +208,16 @@ def segment_query(
         mask = vs.propagate(boxes, for_target(config, t.target), progress, cancelled)
         label_map = merge_target(label_map, mask, labels[t.target], policy, locked_values)
     return label_map, located
+
+
+def combine(t: LocalizedTarget, probability: np.ndarray, weight: float = NETWORK_WEIGHT) -> np.ndarray:
+    """The target's mask from the atlas vote (inside its box; 0 elsewhere) and another source's probability:
+    their weighted mean above the same mix of each one's own threshold; the probability alone without a vote."""
+    if t.vote is None or t.vote_box is None:
+        return probability >= 0.5
+    p = weight * probability
+    p[t.vote_box.slices] += (1 - weight) * t.vote
+    return p >= weight * 0.5 + (1 - weight) * VOTE
 
 
 def atlas_fallback_reason(t: LocalizedTarget, templates: list[Template]) -> str:
@@ -237,6 +276,7 @@ def run_queries(
     progress: ProgressFn | None = None,
     cancelled: Callable[[], bool] | None = None,
     locked: Mapping[str, Collection[str]] | None = None,
+    network: ProbabilitySource | None = None,
 ) -> Iterator[QueryResult]:
     """Segment every case into ``out_dir/<case>.nii.gz``; yields one result per case as it finishes.
 
@@ -272,7 +312,8 @@ def run_queries(
                 if progress else None
             label_map, result.targets = segment_query(
                 query, templates, localizer, segmenter, config, cache_dir, slice_progress, cancelled,
-                existing=before, policy="keep" if existing == "skip" else existing, locked=case_locked)
+                existing=before, policy="keep" if existing == "skip" else existing, locked=case_locked,
+                network=network)
             keep_previous(output)  # a mask that is replaced (hand corrections, perhaps) keeps a copy
             write_mask(label_map, query, output)
         except InterruptedError:

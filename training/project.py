@@ -358,6 +358,16 @@ class Project:
             notes.insert(0, f"least sure: {worst[1]} {worst[0]:.2f}")
         return (worst[0] if worst else None), "; ".join(notes)
 
+    def review_order(self, hints: dict[str, tuple[float | None, str]] | None = None) -> list[VolumeEntry]:
+        """Volumes in the order to look at them: segmented ones to review, least confident first (the last
+        run's templates agreed least there), then the rest as the project lists them."""
+        if hints is None:
+            summary = self.run_summary()
+            hints = {v.name: self.review_hint(v.name, summary) for v in self.volumes}
+        to_review = [v for v in self.volumes if v.status == "segmented" and not v.template]
+        to_review.sort(key=lambda v: (hints[v.name][0] is None, hints[v.name][0] or 0.0))
+        return to_review + [v for v in self.volumes if v not in to_review]
+
     def mask_path(self, name: str) -> Path:
         return self.folder / self.output_dir / f"{name}.nii.gz"
 

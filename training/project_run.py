@@ -10,27 +10,26 @@ import numpy as np
 from .datasets import Case
 from .embedding_cache import default_cache_dir
 from .errors import MedLSAMError
+from .extreme_points import extreme_points_from_mask
 from .io import read_label, read_volume
 from .localize import Template
-from .pipeline import QueryResult, run_queries
+from .pipeline import ProbabilitySource, QueryResult, run_queries
 from .progress import ProgressFn
 from .project import Project, ProjectError
 from .propagate import PropagationConfig
 from .volume import Volume
 
 
-def build_templates(project: Project) -> list[Template]:
-    """Every template volume with its complete, validated targets; explains what is missing.
+def build_templates(project: Project, pool: bool = True) -> list[Template]:
+    """Every template volume with its complete, validated targets; explains what is missing.  With ``pool``, every
+    other reviewed volume (or locked target) joins as a template with its mask, its extreme points taken from the
+    mask (no clicks): the atlas picks the best-matching of them per query (``AtlasLocalizer.max_templates``).
 
     Each template's points are also (re)exported to ``templates/`` so that the plain CLI runs the same.
     """
     if not project.targets:
         raise ProjectError("no target: add one (name and label value) first")
-    if not project.templates:
-        raise ProjectError("no template: mark a volume as template and click six points on it")
     ready = project.ready_templates()
-    if not ready:
-        raise ProjectError("no template has all six points of a target yet")
     templates = []
     for name, targets in ready.items():
         volume = read_volume(project.volume_path(name))
@@ -38,7 +37,54 @@ def build_templates(project: Project) -> list[Template]:
             project.export_template(volume, name, t)
         templates.append(Template(volume, [project.extreme_points(volume, name, t) for t in targets],
                                   reviewed_masks(project, name, volume, targets)))
+    if pool:
+        templates += reviewed_templates(project, exclude=set(ready))
+    if not templates:
+        raise ProjectError("no template: mark a volume as template and click six points on it, or review a volume"
+                           if not project.templates else "no template has all six points of a target yet")
     return templates
+
+
+def reviewed_templates(project: Project, exclude: set[str] = frozenset()) -> list[Template]:
+    """Reviewed volumes (and volumes with locked targets) as templates: each confirmed target with its mask and
+    the extreme points of that mask.  A mask that cannot be read is passed over (it never stops a run)."""
+    out = []
+    for v in project.volumes:
+        locked = project.locked_targets(v.name)
+        if v.name in exclude or v.status == "missing" or not locked or not project.mask_path(v.name).is_file():
+            continue
+        try:
+            volume = read_volume(project.volume_path(v.name))
+            label = read_label(project.mask_path(v.name), volume, allow_empty=True)
+        except (MedLSAMError, ValueError, OSError):
+            continue
+        eps, masks = [], {}
+        for t in locked:
+            value = project.target(t).label
+            if (label.array == value).sum() < MIN_TEMPLATE_VOXELS:
+                continue  # not drawn on this volume (or a fragment): nothing to carry over
+            eps.append(extreme_points_from_mask(t, value, volume, label))
+            masks[t] = label.array == value
+        if eps:
+            out.append(Template(volume, eps, masks))
+    return out
+
+
+#: a reviewed target with fewer voxels is not used as a template (a stray stroke is not an organ)
+MIN_TEMPLATE_VOXELS = 20
+
+
+def project_network(project: Project) -> ProbabilitySource | None:
+    """The project's fine-tuned network (``medlsam finetune --project``, the Learn dock) once its training finished;
+    the pipeline combines it with the atlas vote.  None without one."""
+    from .learning.project_loop import trained_model
+    from .learning.train import SliceNetPredictor
+
+    path = trained_model(project)
+    if path is None:
+        return None
+    device = None if project.device == "auto" else project.device
+    return SliceNetPredictor(path, device)
 
 
 def reviewed_masks(project: Project, name: str, volume: Volume, targets: list[str]) -> dict[str, np.ndarray]:
@@ -60,13 +106,17 @@ def reviewed_masks(project: Project, name: str, volume: Volume, targets: list[st
 def run_project(project: Project, templates: list[Template], queries: list[str], localizer, segmenter,
                 progress: ProgressFn | None = None, on_result: Callable[[QueryResult], None] | None = None,
                 cancelled: Callable[[], bool] | None = None, existing: str | None = None,
-                config: PropagationConfig | None = None, cache_dir: Path | None = None) -> list[QueryResult]:
+                config: PropagationConfig | None = None, cache_dir: Path | None = None,
+                network: ProbabilitySource | None | str = "project") -> list[QueryResult]:
     """Segment every query into the project's mask folder; statuses are saved as each volume finishes.
 
     ``existing`` (default: the project's policy) says what happens to a volume's label map when it exists:
     ``skip`` it, or merge the run's targets into it (``keep``, ``overwrite``, ``empty``).  Reviewed volumes
     and locked targets are never re-segmented, and any mask replaced is first copied to ``<masks>/.previous/``.
+    ``network``: the project's fine-tuned network when it has one (``"project"``), another source, or None.
     """
+    if network == "project":
+        network = project_network(project)
     queries = [q for q in queries if project.entry(q).status != "reviewed"]
     cases = [Case(name, project.volume_path(name)) for name in queries]
     locked = {name: project.locked_targets(name) for name in queries}
@@ -76,7 +126,7 @@ def run_project(project: Project, templates: list[Template], queries: list[str],
         for r in run_queries(cases, templates, localizer, segmenter, project.folder / project.output_dir,
                              config or PropagationConfig(mode=project.mode), cache_dir or default_cache_dir(),
                              existing=existing or project.existing, progress=progress, cancelled=cancelled,
-                             locked=locked):
+                             locked=locked, network=network):
             if r.status == "done":
                 project.set_status(r.name, "segmented", r.output)
             elif r.status == "failed":

@@ -56,10 +56,11 @@ class RunPanel(QWidget):
         p = self.state.project
         if p is None:
             return show_error(self, "No project", "open a project folder first")
-        try:
-            templates = build_templates(p)  # validates: templates exist, six points each
-        except Exception as exc:
-            return show_error(self, "Cannot run", exc)
+        if not p.targets or not (p.ready_templates() or any(p.locked_targets(v.name) for v in p.volumes)):
+            try:  # says what is missing, before any work
+                build_templates(p, pool=False)
+            except Exception as exc:
+                return show_error(self, "Cannot run", exc)
         queries = p.to_segment  # the templates too: their own targets from their clicked points
         if not p.queries:
             return show_error(self, "Cannot run", "no query volume: every volume is a template or missing")
@@ -70,6 +71,8 @@ class RunPanel(QWidget):
         bridge, cancelled = self.bridge, self.job.cancelled
 
         def work():
+            # the clicked templates and every reviewed volume (the pool): read off the GUI thread
+            templates = build_templates(p)
             localizer, segmenter = load_models(p, self.state.segmenter_cache)
             # progress does not raise on cancel: run_project stops after the current slice and sums up
             return run_project(p, templates, queries, localizer, segmenter,
@@ -94,6 +97,7 @@ class RunPanel(QWidget):
         self.results.append(result)
         self.volumes_bar.setValue(len(self.results))
         doubtful = [f"{t.target} {t.status}" for t in result.targets if t.status != "found"]
+        doubtful += [f"{t.target}: {t.fallback}" for t in result.targets if t.fallback]
         self.status.setText(wrappable(f"{result.name}{' (template)' if result.template else ''}: {result.status}"
                                       + (f" ({result.error})" if result.error else "")
                                       + (f"; {', '.join(doubtful)}" if doubtful else "")))

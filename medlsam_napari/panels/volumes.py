@@ -63,12 +63,8 @@ class VolumesPanel(QWidget):
         self.status.setText(wrappable("\n".join(lines)))
 
     def review_order(self, hints: dict[str, tuple[float | None, str]]) -> list:
-        """Volumes in the order to look at them: segmented ones to review, least confident first (the last
-        run's templates agreed least there), then the rest as the project lists them."""
-        volumes = list(self.state.project.volumes) if self.state.project else []
-        to_review = [v for v in volumes if v.status == "segmented" and not v.template]
-        to_review.sort(key=lambda v: (hints[v.name][0] is None, hints[v.name][0] or 0.0))
-        return to_review + [v for v in volumes if v not in to_review]
+        """The project's review order (``Project.review_order``): least confident segmented volumes first."""
+        return self.state.project.review_order(hints) if self.state.project else []
 
     def _selected(self) -> str | None:
         item = self.list.currentItem()

@@ -114,8 +114,17 @@ def segment(
         mode, segmenter = mode or PropagationMode.ATLAS, segmenter or SegmenterName.LITEMEDSAM
         config = PropagationConfig(mode=mode)
         loc = make_localizer(localizer, device=_parse_device(device))
+        network = None
         if project is not None:
-            tpls = build_templates(proj)
+            from ..project_run import project_network
+
+            tpls = build_templates(proj)  # the clicked templates and the reviewed volumes (the pool)
+            network = project_network(proj) if mode == PropagationMode.ATLAS else None
+            clicked = len(proj.ready_templates())
+            console.print(f"templates: {clicked} clicked, {len(tpls) - clicked} reviewed volume(s) in the pool; "
+                          + (f"the project's network ({', '.join(network.targets)}) is combined with the atlas vote"
+                             if network is not None else "no fine-tuned network (medlsam finetune --project)"),
+                          soft_wrap=True, highlight=False)
             cases, out = proj.to_segment, proj.folder / proj.output_dir
             reviewed = [q for q in cases if proj.entry(q).status == "reviewed"]
             if reviewed:
@@ -147,7 +156,7 @@ def segment(
     with _RichProgress("segmenting") as bar:
         if project is not None:  # reviewed volumes and locked targets are left alone, statuses saved
             run_project(proj, tpls, cases, loc, seg, bar, add_row, existing=existing, config=config,
-                        cache_dir=cache)
+                        cache_dir=cache, network=network)
         else:
             for r in run_queries(cases, tpls, loc, seg, out, config, cache or default_cache_dir(), existing, bar):
                 add_row(r)

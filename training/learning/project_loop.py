@@ -111,6 +111,19 @@ def _resumable(path: Path, volumes: list[str], targets: list[str], steps: int) -
             and meta.get("targets") == targets)
 
 
+def trained_model(project: Project) -> Path | None:
+    """The project's fine-tuned network when its training finished (a cancelled run is not used to segment)."""
+    path = checkpoint_path(project)
+    if not path.is_file():
+        return None
+    try:
+        state = load_checkpoint(path, KIND_SEG)
+    except CheckpointError:
+        return None
+    steps = (state["meta"].get("config") or {}).get("steps")
+    return path if "step" not in state or steps is None or int(state["step"]) >= int(steps) else None
+
+
 def pending_volumes(project: Project) -> list[str]:
     """Volumes a pre-segmentation may write: present on disk and not reviewed."""
     return [v.name for v in project.volumes if v.status not in ("reviewed", "missing")]

@@ -202,6 +202,16 @@ class SliceNetPredictor:
         probs[:, 0][probs.sum(1) == 0] = 1.0  # outside the crop: background
         return np.moveaxis(probs, 1, 0), inputs.grid
 
+    name = "network"
+
+    def target_probabilities(self, volume: Volume) -> dict[str, np.ndarray]:
+        """Each target's probability [z, y, x] (float32) on ``volume``'s own grid: what the pipeline combines with
+        the atlas vote (``pipeline.segment_query``)."""
+        volume.require_finite()
+        probs, grid = self.probabilities(volume)
+        return {t: resample_to_reference(grid.with_array(probs[c].astype(np.float32)), volume, fill_value=0.0).array
+                for c, t in enumerate(self.targets, start=1)}
+
     def predict(self, volume: Volume, *, largest_component: bool = True) -> np.ndarray:
         """Label map [z, y, x] with the checkpoint's label values, on ``volume``'s grid; each target kept to its
         largest 3D connected piece (an organ is one piece; stray islands elsewhere are the usual error)."""
