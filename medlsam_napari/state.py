@@ -63,6 +63,8 @@ class AnnotatorState:
         self.volume_segmenters: OrderedDict[str, object] = OrderedDict()
         self._saved_mask: np.ndarray | None = None  # the mask as last written: locked labels are restored from it
         self._listeners: list[Callable[[str], None]] = []
+        # the brush paints the active target's label, and picking a label in the layer's controls picks its target
+        self.on_change(lambda what: self.sync_brush() if what in ("active_target", "targets", "project") else None)
 
     # --- listeners ------------------------------------------------------------------------
     def on_change(self, callback: Callable[[str], None]) -> None:
@@ -121,7 +123,9 @@ class AnnotatorState:
         labels = self.viewer.add_labels(mask, **layer_kwargs(volume.with_array(mask), f"{name} mask", labels=True))
         self._name_labels(labels)
         labels.events.paint.connect(lambda event: self.save_mask("painted"))
+        labels.events.selected_label.connect(lambda event: self._target_from_brush())
         _save_after_undo(labels, self)
+        self.sync_brush(labels)
         self._show_boxes(name, volume)
         points = self.viewer.add_points(np.empty((0, 3)), name=POINTS_LAYER, ndim=3, size=4, face_color="yellow",
                                         affine=volume.geometry.affine_zyx())
@@ -130,6 +134,27 @@ class AnnotatorState:
         if points.editable:  # a template is opened to click on: ready to click, not to pan (key 2 not needed)
             points.mode = "add"
         self.changed("volume")
+
+    def sync_brush(self, layer=None) -> None:
+        """The mask layer's brush label is the active target's label value (a stroke never paints another organ)."""
+        layer = layer if layer is not None else self.mask_layer
+        p = self.project
+        if layer is None or p is None or not p.active_target or not any(t.name == p.active_target for t in p.targets):
+            return
+        value = p.target(p.active_target).label
+        if layer.selected_label != value:
+            layer.selected_label = value
+
+    def _target_from_brush(self) -> None:
+        """A label picked in the layer's own controls makes its target the active one (the targets list follows)."""
+        layer, p = self.mask_layer, self.project
+        if layer is None or p is None:
+            return
+        owner = next((t.name for t in p.targets if t.label == layer.selected_label), None)
+        if owner is not None and owner != p.active_target:
+            p.active_target = owner
+            p.save()
+            self.changed("active_target")
 
     def _show_boxes(self, name: str, volume: Volume) -> None:
         """The localized 3D boxes of the last run, one rectangle per slice, in each target's colour."""

@@ -261,3 +261,27 @@ def test_installed_import_names_cannot_collide(tmp_path: Path) -> None:
             "print(u.find_spec('training') is None, u.find_spec('plugins') is None)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True)
     assert out.stdout.split() == ["True", "True"], out.stderr
+
+
+def test_queries_with_one_file_name_are_named_after_their_folders_or_refused(tmp_path: Path) -> None:
+    """Two 'image.nii.gz' from two case folders are two queries (the second was silently skipped as 'nothing to
+    do'); names that still collide are one line before any work."""
+    blob = np.zeros((4, 8, 8))
+    blob[1:3, 2:6, 2:6] = 1
+    for case in ("phantom_001", "phantom_002"):
+        (tmp_path / case).mkdir()
+        _label_file(tmp_path / case / "image.nii.gz", blob)
+    a, b = tmp_path / "phantom_001" / "image.nii.gz", tmp_path / "phantom_002" / "image.nii.gz"
+    cases = query_cases([a, b])
+    assert [(c.name, c.image) for c in cases] == [("phantom_001", a), ("phantom_002", b)]
+    assert [c.name for c in query_cases([a, a])] == ["image"]  # one file given twice is one query
+    for d in ("x/case", "y/case"):
+        (tmp_path / d).mkdir(parents=True)
+        _label_file(tmp_path / d / "image.nii.gz", np.zeros((4, 8, 8)))
+    tpl = tmp_path / "t.json"
+    r = runner.invoke(app, ["extreme-points", str(a), str(a), "--target", "t", "--value", "1", "--out", str(tpl)])
+    assert r.exit_code == 0, r.output
+    clash = ["-q", str(tmp_path / "x/case/image.nii.gz"), "-q", str(tmp_path / "y/case/image.nii.gz")]
+    r = runner.invoke(app, ["segment", "-t", str(tpl), *clash, "--out", str(tmp_path / "out")])
+    assert r.exit_code == 2, r.output
+    assert "both be written as case.nii.gz" in r.output and len(r.output.strip().splitlines()) == 1, r.output

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -128,7 +129,22 @@ def query_cases(sources: list[str | os.PathLike[str]], exclude: set[Path] = froz
         # predictions from an earlier run (it holds a run summary): never a query
         return (image in excluded or any(e in image.parents for e in excluded)
                 or any((d / RESULTS_NAME).is_file() for d in image.parents))
-    return [c for c in cases if not skip(c.image)]
+    return unique_names([c for c in cases if not skip(c.image)])
+
+
+def unique_names(cases: list[Case]) -> list[Case]:
+    """Each case's output is ``<name>.nii.gz``: two files of one name (``image.nii.gz`` in two case folders) are
+    named after their folders; names that still collide are an error before any work, never a silent skip."""
+    same = Counter(name for name, _ in {(c.name, c.image.resolve()) for c in cases})
+    renamed = [replace(c, name=c.image.parent.name) if same[c.name] > 1 and c.image.is_file() else c for c in cases]
+    seen: dict[str, Path] = {}
+    for c in renamed:
+        if c.name in seen and seen[c.name].resolve() != c.image.resolve():
+            raise ValueError(f"two queries would both be written as {c.name}.nii.gz: {seen[c.name]} and {c.image}; "
+                             "rename one, or give them in folders of different names")
+        seen[c.name] = c.image
+    # the same file given twice is one query
+    return [c for i, c in enumerate(renamed) if all(d.name != c.name for d in renamed[:i])]
 
 
 def without_targets(templates: list[Template], targets: Collection[str]) -> list[Template]:

@@ -55,7 +55,7 @@ class TargetsPanel(QWidget):
         layout.addLayout(row)
         layout.addWidget(self.add_offered)
         layout.addLayout(row2)
-        state.on_change(lambda what: self.refresh() if what in ("project", "targets") else None)
+        state.on_change(lambda what: self.refresh() if what in ("project", "targets", "active_target") else None)
 
     def refresh(self) -> None:
         p = self.state.project

@@ -191,3 +191,32 @@ def test_ct_window_presets_set_the_open_volume(make_napari_viewer, folder: Path)
         widget.windows.buttons[name].click()
         assert tuple(widget.state.image_layer.contrast_limits) == pytest.approx(window_limits(name))
     assert window_limits("lung") == (-1350.0, 150.0)
+
+
+def test_the_brush_paints_the_active_target_and_the_list_follows_the_brush(make_napari_viewer, folder: Path) -> None:
+    """Selecting a target sets the mask layer's label; a stroke saves that target's value, never another organ's;
+    picking a label in the layer's controls selects its target in the list."""
+    widget = AnnotatorWidget(make_napari_viewer(), folder)
+    state, panel = widget.state, widget.targets
+    state.project.add_target("brainstem", 1)
+    state.project.add_target("mandible", 7)
+    state.changed("targets")
+    widget.volumes.open("phantom_001")
+    layer = state.mask_layer
+    item = next(panel.list.item(i) for i in range(panel.list.count()) if panel.list.item(i).data(256) == "mandible")
+    panel.list.setCurrentItem(item)  # the annotator clicks 'mandible (7)' in the targets list
+    assert state.project.active_target == "mandible" and layer.selected_label == 7
+    before = np.asarray(layer.data).copy()
+    layer.brush_size = 3
+    layer.mode = "paint"
+    # a brush stroke as napari's mouse binding makes one (labels/_labels_mouse_bindings.py: draw): a stroke begun,
+    # painted with the layer's selected label, committed on release (the paint event that autosaves)
+    layer._begin_stroke()
+    layer.paint((8, 30, 30), layer.selected_label)
+    layer._commit_stroke()
+    saved = read_label(state.project.mask_path("phantom_001"), allow_empty=True).array
+    changed = saved[saved != before.astype(saved.dtype)]
+    assert changed.size > 0 and set(np.unique(changed)) == {7}, np.unique(changed)
+    layer.selected_label = 1  # picked in the layer's controls
+    assert state.project.active_target == "brainstem"
+    assert panel.list.currentItem().data(256) == "brainstem"
