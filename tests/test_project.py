@@ -106,3 +106,31 @@ def test_review_hint_names_the_least_confident_target(folder: Path) -> None:
     assert p.review_hint("phantom_000") == (None, "") and p.review_hint("absent") == (None, "")
     (folder / "masks" / "medlsam_results.json").write_text("{broken")
     assert p.review_hint("phantom_001") == (None, "")
+
+
+def test_a_project_of_symlinked_volumes_offers_names_stores_links_and_moves(openkbp: Path, tmp_path: Path) -> None:
+    """Volumes linked into the folder (not copied): the folder's dataset.json names are offered, paths are kept
+    relative to the folder as the user sees it (never the links' targets), and the folder can move."""
+    from medlsam_training.extreme_points import extreme_points_from_mask
+    from medlsam_training.io import read_label, read_volume
+
+    folder = tmp_path / "project"
+    folder.mkdir()
+    for pt in ("pt_1", "pt_2"):
+        (folder / f"{pt}.nii.gz").symlink_to(openkbp / "imagesTr" / f"{pt}_0000.nii.gz")
+    (folder / "dataset.json").symlink_to(openkbp / "dataset.json")
+    p = Project.open(folder)
+    offered = p.offered_targets()
+    assert offered.get("brainstem") == 1 and offered.get("mandible") == 7, offered
+    assert sorted(v.path for v in p.volumes) == ["pt_1.nii.gz", "pt_2.nii.gz"]
+    p.add_target("mandible", 7)
+    p.set_template("pt_1")
+    image = read_volume(p.volume_path("pt_1"))
+    ep = extreme_points_from_mask("mandible", 7, image, read_label(openkbp / "labelsTr" / "pt_1.nii.gz", image))
+    p.points.setdefault("pt_1", {})["mandible"] = [[float(v) for v in i] for i in ep.indices()]
+    exported = p.export_template(image, "pt_1", "mandible")
+    assert json.loads(exported.read_text())["template"]["path"] == "../pt_1.nii.gz"
+    moved = folder.rename(tmp_path / "moved")
+    again = Project.open(moved)
+    assert not again.messages and all(v.status != "missing" for v in again.volumes), again.messages
+    assert again.ready_templates() == {"pt_1": ["mandible"]}

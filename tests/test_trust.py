@@ -285,3 +285,53 @@ def test_queries_with_one_file_name_are_named_after_their_folders_or_refused(tmp
     r = runner.invoke(app, ["segment", "-t", str(tpl), *clash, "--out", str(tmp_path / "out")])
     assert r.exit_code == 2, r.output
     assert "both be written as case.nii.gz" in r.output and len(r.output.strip().splitlines()) == 1, r.output
+
+
+def test_evaluate_pairs_nnunet_channel_names_and_a_labels_folder(tmp_path: Path) -> None:
+    """'segment -q imagesTr/pt_9_0000.nii.gz' writes pt_9_0000.nii.gz: evaluate pairs it with case pt_9, from the
+    dataset folder or its labelsTr/ alone, names the targets from the run's labels.json, scores only the run's."""
+    gt = np.zeros((8, 20, 20), np.uint8)
+    gt[2:6, 2:8, 2:8] = 1
+    gt[2:6, 12:18, 12:18] = 7
+    root = tmp_path / "data"
+    for d in ("imagesTr", "labelsTr"):
+        (root / d).mkdir(parents=True)
+    _label_file(root / "imagesTr" / "pt_9_0000.nii.gz", gt)
+    _label_file(root / "labelsTr" / "pt_9.nii.gz", gt)
+    pred = tmp_path / "masks"
+    pred.mkdir()
+    _label_file(pred / "pt_9_0000.nii.gz", np.where(gt == 7, 7, 0))
+    write_json_atomic({"7": "mandible"}, pred / "labels.json")
+    write_json_atomic({"pt_9_0000": {"status": "done", "targets": {"mandible": {"label": 7}}}},
+                      pred / "medlsam_results.json")
+    for where in (root, root / "labelsTr"):
+        r = runner.invoke(app, ["evaluate", "--pred", str(pred), "--gt", str(where)])
+        assert r.exit_code == 0, r.output
+        rows = [line for line in r.output.splitlines() if line.count("│") > 4 and "pt_9" in line]
+        assert len(rows) == 1 and "mandible" in rows[0] and "1.000" in rows[0], r.output  # label 1 not targeted
+
+
+def test_template_files_work_from_any_folder_and_errors_name_them(tmp_path: Path, monkeypatch) -> None:
+    """extreme-points given a relative path stores it absolute; a template volume that is gone is an error naming
+    the template file."""
+    blob = np.zeros((4, 8, 8))
+    blob[1:3, 2:6, 2:6] = 1
+    (tmp_path / "data").mkdir()
+    _label_file(tmp_path / "data" / "image.nii.gz", blob)
+    monkeypatch.chdir(tmp_path)
+    r = runner.invoke(app, ["extreme-points", "data/image.nii.gz", "data/image.nii.gz", "--target", "t",
+                            "--value", "1", "--out", "t.json"])
+    assert r.exit_code == 0, r.output
+    stored = json.loads((tmp_path / "t.json").read_text())
+    assert stored["template"]["path"] == str(tmp_path / "data" / "image.nii.gz")
+    assert stored["mask"]["path"] == str(tmp_path / "data" / "image.nii.gz")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    r = runner.invoke(app, ["localize", "-t", str(tmp_path / "t.json"), "-q", str(tmp_path / "data"),
+                            "--out", "boxes.json", "--localizer", "registration"])
+    assert "cannot be read" not in r.output, r.output  # found from another working folder
+    (tmp_path / "data" / "image.nii.gz").rename(tmp_path / "data" / "moved.nii.gz")
+    r = runner.invoke(app, ["localize", "-t", str(tmp_path / "t.json"), "-q", str(tmp_path / "data"),
+                            "--out", "boxes.json"])
+    assert r.exit_code == 2 and str(tmp_path / "t.json") in r.output and "template volume" in r.output, r.output

@@ -250,5 +250,6 @@ def extreme_points_from_mask(target: str, label: int, image: Volume, label_map: 
                     slabs.append(validate_points(lps.index_to_physical(_mask_extremes_lps(slab))))
                 except ExtremePointsError:
                     continue  # a one-slice-thin slab has no extent along z
-    return ExtremePoints(target, label, points, str(image.path) if image.path else None, image.geometry, slabs,
-                         str(label_map.path) if label_map.path else None, int(label))
+    # absolute (not resolved: a symlink stays as the user made it), so the file works from any working folder
+    return ExtremePoints(target, label, points, os.path.abspath(image.path) if image.path else None, image.geometry,
+                         slabs, os.path.abspath(label_map.path) if label_map.path else None, int(label))

@@ -611,7 +611,10 @@ def load_templates(paths: list[str | os.PathLike[str]]) -> list[Template]:
             raise ValueError(f"{p}: names no template volume")
         vpath = str(template_volume_path(p, ep.template_path))
         if vpath not in by_volume:
-            by_volume[vpath] = Template(read_volume(vpath), [])
+            try:
+                by_volume[vpath] = Template(read_volume(vpath), [])
+            except (MedLSAMError, OSError) as exc:  # the template file is what the user gave: name it
+                raise LocalizationError(f"{p}: its template volume cannot be read ({exc})") from exc
         tpl = by_volume[vpath]
         if not tpl.volume.geometry.is_close(ep.template_geometry, tol=1e-3):
             raise ValueError(f"{p}: its template geometry does not match {vpath} "
@@ -620,7 +623,10 @@ def load_templates(paths: list[str | os.PathLike[str]]) -> list[Template]:
         tpl.targets.append(ep)
         if ep.mask_path:
             mpath = template_volume_path(p, ep.mask_path)
-            mask = read_label(mpath, tpl.volume).array == ep.mask_label
+            try:
+                mask = read_label(mpath, tpl.volume).array == ep.mask_label
+            except (MedLSAMError, OSError) as exc:
+                raise LocalizationError(f"{p}: its mask cannot be read ({exc})") from exc
             if not mask.any():
                 raise LocalizationError(f"{mpath}: holds no voxel of label {ep.mask_label} ({ep.target}), "
                                         f"which {p} names as its mask")

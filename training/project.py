@@ -286,7 +286,7 @@ class Project:
                 pass  # unreadable: rewritten below
         data = ep.to_json()
         # relative to the file, so that the project folder can move (load_templates resolves it so)
-        data["template"]["path"] = os.path.relpath(self.volume_path(name).resolve(), path.parent.resolve())
+        data["template"]["path"] = os.path.relpath(self.volume_path(name), path.parent)
         write_json_atomic(data, path)
         self.point_files.setdefault(name, {})[target] = self._relative(path)
         self.save()
@@ -306,10 +306,14 @@ class Project:
             write_label_names(out, {t.name: t.label for t in self.targets}, replace=True)
 
     def _relative(self, path: Path) -> str:
-        try:
-            return str(Path(path).resolve().relative_to(self.folder))
-        except ValueError:
-            return str(Path(path).resolve())
+        """A path inside the project as the user sees it (a symlinked volume stays the link, not its target), so
+        the folder can move; a path outside it stays absolute."""
+        for candidate in (Path(os.path.abspath(path)), Path(path).resolve()):
+            try:
+                return str(candidate.relative_to(self.folder))
+            except ValueError:
+                continue
+        return os.path.abspath(path)
 
     def to_json(self) -> dict[str, Any]:
         return {"schema": SCHEMA, "version": VERSION, "volumes": [asdict(v) for v in self.volumes],

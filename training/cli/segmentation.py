@@ -219,7 +219,6 @@ def evaluate(
     """Dice, HD95, NSD and the added path length (APL: mm of true contour to redraw, and its share of the whole
     true contour) per organ and volume, with the mean per organ."""
     from ..atomic import compound_suffix
-    from ..datasets import find_cases
     from ..errors import GeometryMismatchError
     from ..metrics import label_metrics
     from ..resample import resample_to_reference
@@ -229,17 +228,20 @@ def evaluate(
             if not path.exists():
                 raise ValueError(f"{path}: no such file or folder ({what})")
         targeted, templates = _targeted_labels(pred)
+        run_names = _run_label_names(pred)
         if pred.is_file():
-            pairs = [(pred.name, pred, gt, {})]
+            pairs = [(pred.name, pred, gt, run_names)]
         else:
-            gts = {c.name: c for c in find_cases(gt, require_labels=True)}
+            gts = _ground_truth(gt)
             pairs = []
             for p in sorted(pred.iterdir()):
                 case = p.name[: -len(compound_suffix(p))] if compound_suffix(p) else p.name
+                # nnU-Net's channel suffix: a run on imagesTr/pt_9_0000.nii.gz wrote pt_9_0000.nii.gz for case pt_9
+                key = case if case in gts else case[:-5] if case.endswith("_0000") and case[:-5] in gts else None
                 if case in templates:  # its targets came from its own points or mask: a score would flatter
                     console.print(f"{case}: a template of the run; not scored")
-                elif case in gts:
-                    pairs.append((case, p, gts[case].label, gts[case].label_names))
+                elif key is not None:
+                    pairs.append((case, p, gts[key].label, gts[key].label_names or run_names))
             if not pairs:
                 raise ValueError(f"no prediction in {pred} is named after a case of {gt}")
         table = Table(title="evaluation")
@@ -277,6 +279,34 @@ def evaluate(
     except (MedLSAMError, ValueError) as exc:
         _fail(exc)
     console.print(table)
+
+
+def _ground_truth(gt: Path) -> dict:
+    """Case name -> labelled case: a dataset folder, or a folder of label maps alone (nnU-Net's labelsTr/)."""
+    from ..datasets import Case, find_cases, label_names_near
+    from ..errors import DatasetError
+    from ..io import is_volume_path
+
+    try:
+        return {c.name: c for c in find_cases(gt, require_labels=True)}
+    except DatasetError:
+        files = [p for p in sorted(gt.iterdir()) if p.is_file() and is_volume_path(p)] if gt.is_dir() else []
+        if not files:
+            raise
+        names = label_names_near(files[0])
+        return {p.name.split(".")[0]: Case(p.name.split(".")[0], p, p, names) for p in files}
+
+
+def _run_label_names(pred: Path) -> dict[int, str]:
+    """The target names the run wrote beside its masks (labels.json), when the ground truth names none."""
+    from ..datasets import read_label_names
+    from ..pipeline import LABELS_NAME
+
+    path = (pred if pred.is_dir() else pred.parent) / LABELS_NAME
+    try:
+        return read_label_names(path) if path.is_file() else {}
+    except MedLSAMError:
+        return {}
 
 
 def _share(value: float) -> str:
