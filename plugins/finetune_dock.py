@@ -27,17 +27,16 @@ from qtpy.QtWidgets import (
 from medlsam_napari.dock_job import DockJob
 from medlsam_napari.docking import dock_as_tab
 from medlsam_napari.state import state_for
-from medlsam_training.checkpoint import CheckpointError, load_checkpoint
 from medlsam_training.io import read_volume
 from medlsam_training.learning.project_loop import (
-    checkpoint_path,
     finetune_project,
     pending_volumes,
     presegment_volume,
+    trained_model,
     training_volumes,
     write_presegmentation,
 )
-from medlsam_training.learning.train import KIND_SEG, LearnConfig, SliceNetPredictor, fit_summary
+from medlsam_training.learning.train import LearnConfig, SliceNetPredictor, fit_summary
 from medlsam_training.options import POLICY_HELP, LabelPolicy
 from medlsam_training.project import Project
 
@@ -80,7 +79,9 @@ class FinetuneWidget(QWidget):
         dock_as_tab(self)  # beside the other MedLSAM docks, never squeezing them
         self.viewer = napari_viewer
         self.state = state_for(napari_viewer)  # the project is shared with the annotator on this viewer
-        self.state.on_change(lambda what: self.refresh() if what == "project" and self.project else None)
+        # the one project state: read whenever the dock opens, followed as volumes are reviewed or targets change
+        self.state.on_change(lambda what: self.refresh()
+                             if what in ("project", "status", "targets") and self.project else None)
         self.checkpoint: Path | None = None
         open_btn = QPushButton("Open project folder…")
         open_btn.clicked.connect(self._choose)
@@ -126,6 +127,8 @@ class FinetuneWidget(QWidget):
         self.cancel_btn.clicked.connect(self.job.cancel)
         if project_dir is not None:
             self.open_project(project_dir)
+        elif self.project is not None:  # opened from Plugins after the annotator opened a project
+            self.refresh()
 
     # --- project ---------------------------------------------------------------------------
     def _choose(self) -> None:
@@ -156,8 +159,8 @@ class FinetuneWidget(QWidget):
             self._add(self.predict_list, f"{name} [{p.entry(name).status}]", name)
         for t in p.targets:
             self._add(self.target_list, f"{t.name} ({t.label})", t.name)
-        saved = checkpoint_path(p)  # a model trained in an earlier session pre-segments without retraining
-        self.checkpoint = saved if self.checkpoint is None and _finished(saved) else self.checkpoint
+        # a model trained in an earlier session pre-segments without retraining
+        self.checkpoint = self.checkpoint or trained_model(p)
 
     @staticmethod
     def _add(lst: QListWidget, text: str, name: str) -> None:
@@ -234,10 +237,3 @@ class FinetuneWidget(QWidget):
             note += "; Ctrl+Z on its mask layer undoes it"
         self.status.setText(f"{name}: pre-segmented by {POLICY_HELP[LabelPolicy(self.policy.currentData())]}{note}")
 
-
-def _finished(path: Path) -> bool:
-    try:
-        state = load_checkpoint(path, KIND_SEG)
-    except CheckpointError:
-        return False
-    return "optimizer" not in state or int(state.get("step", 0)) >= int(state["meta"].get("config", {}).get("steps", 0))

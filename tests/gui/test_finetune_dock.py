@@ -72,3 +72,20 @@ def test_dock_without_reviewed_work_says_what_to_do(make_napari_viewer, hn_proje
     assert dock.worker is None and "Review some volumes first" in dock.status.text()
     dock.start_prediction()
     assert "Train from reviewed volumes first" in dock.status.text()
+
+
+def test_dock_opened_after_the_project_sees_it_and_follows_reviews(make_napari_viewer, hn_project) -> None:
+    """Opened from Plugins once the annotator has the project open: its lists are filled at once, and marking a
+    volume reviewed in the annotator adds it to what the dock learns from."""
+    from medlsam_napari.annotator import AnnotatorWidget
+
+    viewer = make_napari_viewer()
+    annotator = AnnotatorWidget(viewer, hn_project.folder)
+    dock = FinetuneWidget(viewer)  # no folder: the viewer's project
+    assert dock.train_list.count() == 3 and dock.predict_list.count() == 2
+    partly = hn_project.partly  # its mandible locked so far; now the whole volume is reviewed
+    annotator.state.project.mark_reviewed(partly)
+    annotator.state.changed("status")  # what 'Mark reviewed' says to every dock
+    row = next(dock.train_list.item(i).text() for i in range(3) if dock.train_list.item(i).text().startswith(partly))
+    assert all(t in row for t in hn_project.targets), row
+    assert dock.predict_list.count() == 1

@@ -121,7 +121,8 @@ def trained_model(project: Project) -> Path | None:
     except CheckpointError:
         return None
     steps = (state["meta"].get("config") or {}).get("steps")
-    return path if "step" not in state or steps is None or int(state["step"]) >= int(steps) else None
+    finished = "optimizer" not in state or steps is None or int(state.get("step", 0)) >= int(steps)
+    return path if finished else None
 
 
 def pending_volumes(project: Project) -> list[str]:
