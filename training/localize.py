@@ -45,7 +45,7 @@ from .extreme_points import POINT_NAMES, ExtremePoints, template_volume_path, va
 from .identity_cache import IdentityCache
 from .medlam.matching import COARSE_RADIUS, PointKernel, VolumeFeatures, match_point, point_kernel, volume_features
 from .medlam.network import MedLAMNet
-from .medlam.preprocess import PreparedCT, crop, prepare_ct
+from .medlam.preprocess import PreparedCT, crop, looks_like_ct, prepare_ct
 from .options import LOCALIZER_ALIASES, LocalizerName, choose
 from .propagate import clean_mask, single_part_target
 from .registration import RegistrationImage, register, registration_image
@@ -412,6 +412,12 @@ FIT_POWER = 6
 #: reviewed volumes join its clicked templates), ranked by their region's correlation at the best translation, the
 #: first and cheapest stage of the registration.  A query's time grows with the templates it registers, not the pool.
 MAX_TEMPLATES = 7
+#: a target found only at the scan's edge is "not found" when the CT inside its fused mask does not look like the
+#: target: its median HU more than this outside the range of the templates' own medians inside their masks (set a
+#: priori, well beyond soft tissue's spread between patients and far below bone against fat; docs/benchmarks.md 1:
+#: it turns a "mandible" placed in abdominal fat (-101 HU against 441-843) to "not found" and no contoured organ of
+#: the validation patients)
+CONTENT_MARGIN_HU = 150.0
 
 
 class AtlasLocalizer:
@@ -531,11 +537,36 @@ class AtlasLocalizer:
             if result.box is not None and all(name in t.masks for t, *_ in voters):
                 _fuse_masks(result, [(t.volume.with_array(t.masks[name].astype(np.uint8)).to_sitk(), r)
                                      for t, _, r, _ in voters], query, reference)
+                if result.status == PARTLY_OUTSIDE and result.mask is not None and \
+                        not _content_matches(query, result.mask, [t for t, *_ in voters], name):
+                    log.warning("%s: %s not found (only at the scan's edge, and what is there does not look like "
+                                "it: median %.0f HU against the templates' %s)", query.name, name,
+                                float(np.median(query.array[result.mask])),
+                                "-".join(f"{v:.0f}" for v in _template_medians([t for t, *_ in voters], name)))
+                    result = LocalizedTarget(name, result.label, result.points_mm, None, method=self.name,
+                                             status=NOT_FOUND, spread_mm=spread, similarity=similarity,
+                                             templates=len(pairs))
             out.append(result)
         seconds = (time.perf_counter() - t0) / max(1, len(out))
         for r in out:
             r.seconds, r.pool = seconds, pool_size[r.target]
         return out
+
+
+def _template_medians(templates: list[Template], name: str) -> tuple[float, float]:
+    """The lowest and highest median intensity of the templates inside their own masks of ``name``."""
+    values = [float(np.median(t.volume.array[t.masks[name]])) for t in templates if t.masks[name].any()]
+    return min(values), max(values)
+
+
+def _content_matches(query: Volume, mask: np.ndarray, templates: list[Template], name: str) -> bool:
+    """On CT: the query's median HU inside the fused mask lies within CONTENT_MARGIN_HU of the templates' range of
+    medians inside theirs (MR intensities have no fixed scale: always True there)."""
+    if not mask.any() or not looks_like_ct(query) or not all(looks_like_ct(t.volume) for t in templates):
+        return True
+    lo, hi = _template_medians(templates, name)
+    value = float(np.median(query.array[mask]))
+    return lo - CONTENT_MARGIN_HU <= value <= hi + CONTENT_MARGIN_HU
 
 
 def _in_scan(points_mm: np.ndarray, scan: tuple[np.ndarray, np.ndarray]) -> float:
