@@ -101,9 +101,15 @@ def test_review_hint_names_the_least_confident_target(folder: Path) -> None:
         "phantom_000": "not a record"}))
     p = Project.open(folder)
     confidence, note = p.review_hint("phantom_001")
-    assert confidence == 0.0 and note.startswith("least sure: kidney_left 0.00")
+    assert confidence == 0.0 and note.startswith("least sure: kidney_left 0.00 (not found; not a Dice to the truth)")
     assert "spleen partly outside the scan" in note and "liver" not in note
     assert p.review_hint("phantom_000") == (None, "") and p.review_hint("absent") == (None, "")
+    record = json.loads((folder / "masks" / "medlsam_results.json").read_text())
+    del record["phantom_001"]["targets"]["kidney_left"]
+    (folder / "masks" / "medlsam_results.json").write_text(json.dumps(record))
+    # the number is what it is: how well the templates match (or agree), never a Dice to the truth
+    assert p.review_hint("phantom_001")[1].startswith(
+        "least sure: spleen 0.64 (its templates match the scan; not a Dice to the truth)")
     (folder / "masks" / "medlsam_results.json").write_text("{broken")
     assert p.review_hint("phantom_001") == (None, "")
 

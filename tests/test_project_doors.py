@@ -212,3 +212,20 @@ def test_names_beside_the_masks_never_rename_the_projects_targets(small_project:
     assert [(t.name, t.label) for t in again.targets] == [("hepar", 1), ("spleen", 2)]
     assert any("label 1 is named liver there and hepar in this project" in m for m in again.messages)
     assert any("not a run summary" in m for m in again.messages)
+
+
+def test_segment_project_says_which_targets_have_no_template(cli_project: Path, tmp_path: Path) -> None:
+    """A target that no template holds is said, not skipped without a word ('done: 4 segmented')."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from medlsam_training.cli import app
+    from medlsam_training.project import Project
+
+    folder = tmp_path / "project"
+    shutil.copytree(cli_project, folder)
+    Project.open(folder).add_target("spleen", 2)
+    r = CliRunner().invoke(app, ["segment", "--project", str(folder), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert "no template for spleen: not segmented" in r.output, r.output

@@ -359,7 +359,11 @@ class Project:
         worst = min(known) if known else None
         notes = [f"{t} {st}" for _, t, st in scored if st and st != "found"]
         if worst is not None:
-            notes.insert(0, f"least sure: {worst[1]} {worst[0]:.2f}")
+            info = targets[worst[1]]
+            what = ("not found" if info.get("status") == "not found" else "its templates' masks agree"
+                    if isinstance(info.get("agreement"), (int, float)) else "its templates match the scan")
+            # what the number is: agreement between templates, never a score against the truth
+            notes.insert(0, f"least sure: {worst[1]} {worst[0]:.2f} ({what}; not a Dice to the truth)")
         return (worst[0] if worst else None), "; ".join(notes)
 
     def review_order(self, hints: dict[str, tuple[float | None, str]] | None = None) -> list[VolumeEntry]:

@@ -45,6 +45,12 @@ def build_templates(project: Project, pool: bool = True) -> list[Template]:
     return templates
 
 
+def untemplated_targets(project: Project, templates: list[Template]) -> list[str]:
+    """The project's targets that no template holds: a run cannot segment them (said, never skipped silently)."""
+    held = {ep.target for t in templates for ep in t.targets}
+    return [t.name for t in project.targets if t.name not in held]
+
+
 def reviewed_templates(project: Project, exclude: set[str] = frozenset()) -> list[Template]:
     """Reviewed volumes (and volumes with locked targets) as templates: each confirmed target with its mask and
     the extreme points of that mask.  A mask that cannot be read is passed over (it never stops a run)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
-from medlsam_training.project_run import build_templates, run_project
+from medlsam_training.project_run import build_templates, run_project, untemplated_targets
 
 from ..dock_job import DockJob
 from ..jobs import load_models
@@ -51,6 +51,7 @@ class RunPanel(QWidget):
         self.job = DockJob("MedLSAM", bridge=self.bridge, status=self.status, buttons=(self.run_btn,),
                            on_progress=self._on_slices)
         self.results: list = []
+        self.untemplated: list[str] = []  # the project's targets no template holds (the last run's)
 
     def start(self) -> None:
         p = self.state.project
@@ -73,6 +74,7 @@ class RunPanel(QWidget):
         def work():
             # the clicked templates and every reviewed volume (the pool): read off the GUI thread
             templates = build_templates(p)
+            self.untemplated = untemplated_targets(p, templates)
             localizer, segmenter = load_models(p, self.state.segmenter_cache)
             # progress does not raise on cancel: run_project stops after the current slice and sums up
             return run_project(p, templates, queries, localizer, segmenter,
@@ -114,7 +116,8 @@ class RunPanel(QWidget):
         else:
             failed = [r.name for r in self.results if r.status == "failed"]
             text = f"done: {len(self.results) - len(failed)} segmented" + (
-                f", failed: {', '.join(failed)}" if failed else "")
+                f", failed: {', '.join(failed)}" if failed else "") + (
+                f"; no template for {', '.join(self.untemplated)}: not segmented" if self.untemplated else "")
             self.status.setText(text)
             show_info(text)
         self.state.changed("status")

@@ -45,7 +45,8 @@ class VolumesPanel(QWidget):
         for v in self.review_order(hints):
             locked = f"; locked: {', '.join(v.locked)}" if v.locked and v.status != "reviewed" else ""
             confidence, note = hints[v.name] if v.status == "segmented" else (None, "")
-            shown = f" · {confidence:.2f}" if confidence is not None else ""
+            # the templates' agreement (tooltip says so), not quality; a template's own targets have none to show
+            shown = f" · agree {confidence:.2f}" if confidence is not None and not v.template else ""
             warn = " ⚠" if any(s in note for s in ("partly outside", "not found")) else ""
             kind = f"template, {v.status}" if v.template else v.status
             label = f"{_ICONS.get(v.status, '')} {v.name}  [{kind}{shown}{locked}]{warn}"

@@ -120,6 +120,12 @@ def segment(
 
             tpls = build_templates(proj)  # the clicked templates and the reviewed volumes (the pool)
             network = project_network(proj) if mode == PropagationMode.ATLAS else None
+            from ..project_run import untemplated_targets
+
+            missing = untemplated_targets(proj, tpls)
+            if missing:
+                console.print(f"[yellow]no template for {', '.join(missing)}: not segmented (click its six points on "
+                              "a template volume, or review a volume that has it)[/]", soft_wrap=True, highlight=False)
             clicked = len(proj.ready_templates())
             console.print(f"templates: {clicked} clicked, {len(tpls) - clicked} reviewed volume(s) in the pool; "
                           + (f"the project's network ({', '.join(network.targets)}) is combined with the atlas vote"
