@@ -18,6 +18,7 @@ PY=${PYTHON:-python3}
 # torch first, pinned, so that nothing else can pull another (multi-GB) build.
 .venv/bin/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
 # the Qt binding: PyQt6 by default (QT_BINDING=pyqt5 for the design's PyQt5)
-.venv/bin/python -m pip install --quiet -e ".[test,${QT_BINDING:-pyqt6}]"
+# setuptools' "Editable installation" notice (about import shadowing, which the package names already avoid) is noise
+PYTHONWARNINGS=ignore::UserWarning .venv/bin/python -m pip install --quiet -e ".[test,${QT_BINDING:-pyqt6}]"
 .venv/bin/medlsam --help >/dev/null
 echo "set-up done: activate with 'source .venv/bin/activate'"

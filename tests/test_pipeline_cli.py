@@ -47,7 +47,7 @@ def test_extreme_points_localize_segment_evaluate(phantoms: Path) -> None:
     args = ["segment", "-t", str(tpl), "-q", str(data), "--out", str(out), "--localizer", "registration",
             "--mode", "mask", "--cache", str(phantoms / "cache"), "--device", "cpu"]
     r = runner.invoke(app, args)
-    assert r.exit_code == 1 and "1 of 3 volumes failed" in r.output, r.output  # the others were still done
+    assert r.exit_code == 1 and "1 of 3 queries failed" in r.output, r.output  # the others were still done
     image = read_volume(data / "phantom_001" / "image.nii.gz")
     mask = read_label(out / "phantom_001.nii.gz", allow_empty=True)
     assert mask.geometry.is_close(image.geometry, tol=1e-6)  # overlays its image exactly

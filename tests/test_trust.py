@@ -322,6 +322,9 @@ def test_template_files_work_from_any_folder_and_errors_name_them(tmp_path: Path
     r = runner.invoke(app, ["extreme-points", "data/image.nii.gz", "data/image.nii.gz", "--target", "t",
                             "--value", "1", "--out", "t.json"])
     assert r.exit_code == 0, r.output
+    # one unwrapped line that says what was written, no '0 slabs'
+    assert len(r.output.strip().splitlines()) == 1 and "slabs" not in r.output, r.output
+    assert "the six extreme points of t (label 1)" in r.output, r.output
     stored = json.loads((tmp_path / "t.json").read_text())
     assert stored["template"]["path"] == str(tmp_path / "data" / "image.nii.gz")
     assert stored["mask"]["path"] == str(tmp_path / "data" / "image.nii.gz")
@@ -335,3 +338,35 @@ def test_template_files_work_from_any_folder_and_errors_name_them(tmp_path: Path
     r = runner.invoke(app, ["localize", "-t", str(tmp_path / "t.json"), "-q", str(tmp_path / "data"),
                             "--out", "boxes.json"])
     assert r.exit_code == 2 and str(tmp_path / "t.json") in r.output and "template volume" in r.output, r.output
+
+
+def test_ctrl_c_on_segment_says_how_far_it_got_and_how_to_resume(tmp_path: Path, monkeypatch) -> None:
+    """Ctrl-C during the second volume: exit 130, the first mask kept, one line saying what to do."""
+    import medlsam_training.localize as localize
+
+    blob = np.zeros((4, 8, 8))
+    blob[1:3, 2:6, 2:6] = 1
+    for case in ("a", "b", "template"):
+        (tmp_path / "data" / case).mkdir(parents=True)
+        _label_file(tmp_path / "data" / case / "image.nii.gz", blob)
+    t = tmp_path / "data" / "template" / "image.nii.gz"
+    r = runner.invoke(app, ["extreme-points", str(t), str(t), "--target", "t", "--value", "1",
+                            "--out", str(tmp_path / "t.json")])
+    assert r.exit_code == 0, r.output
+
+    class Interrupted:  # the localizer of a run the user stops with Ctrl-C during its second volume
+        calls = 0
+
+        def localize(self, query, templates):
+            Interrupted.calls += 1
+            if Interrupted.calls == 2:
+                raise KeyboardInterrupt
+            return []
+
+    monkeypatch.setattr(localize, "make_localizer", lambda *a, **k: Interrupted())
+    out = tmp_path / "out"
+    r = runner.invoke(app, ["segment", "-t", str(tmp_path / "t.json"), "-q", str(tmp_path / "data" / "a"),
+                            "-q", str(tmp_path / "data" / "b"), "--out", str(out), "--device", "cpu"])
+    assert r.exit_code == 130, r.output
+    assert "interrupted: 1 of 2 done; rerun the same command to resume" in r.output, r.output
+    assert (out / "a.nii.gz").is_file() and not (out / "b.nii.gz").exists()

@@ -78,8 +78,10 @@ class OnnxEncoder:
             with atomic_path(path) as tmp:
                 # Batch 1: TinyViT's reshapes trace the batch size as a constant.  On a CPU batching
                 # gains nothing, so slices simply run one after another.
-                torch.onnx.export(encoder, (example,), str(tmp), input_names=["image"], output_names=["embedding"],
-                                  opset_version=17, dynamo=False)
+                with warnings.catch_warnings():  # the tracer's notes on TinyViT's shape arithmetic: expected, noise
+                    warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                    torch.onnx.export(encoder, (example,), str(tmp), input_names=["image"],
+                                      output_names=["embedding"], opset_version=17, dynamo=False)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -33,6 +33,11 @@ _LOCALIZER_HELP = "; ".join(f"{n} ({h})" for n, h in LOCALIZER_HELP.items()) + f
 _MODE_HELP = "; ".join(f"{n} ({h})" for n, h in MODE_HELP.items()) + f". Default {PropagationMode.ATLAS}."
 
 
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """'1 volume', '2 volumes' (``many`` for irregular plurals)."""
+    return f"{n} {word if n == 1 else many or word + 's'}"
+
+
 def _fail(exc: Exception) -> None:
     _error_line(exc)
     raise typer.Exit(code=2)

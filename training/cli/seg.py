@@ -11,7 +11,7 @@ import typer
 from ..datasets import label_names_near
 from ..errors import MedLSAMError
 from ..io import align_label_to_image, read_label, read_volume, write_volume
-from ._app import _fail, _names_option, app, console
+from ._app import _fail, _names_option, app, console, plural
 
 SEG_FORMATS = ("seg-nrrd", "dicom-seg", "rtstruct")
 
@@ -63,7 +63,9 @@ def seg_export(
             path = export_rtstruct(lab, label_names, image, out)
     except MedLSAMError as exc:
         _fail(exc)
-    console.print(f"wrote {path} ({len(np.unique(lab.array)) - 1} segments)")
+    n = len(np.unique(lab.array)) - 1
+    kind = "ROI" if fmt == "rtstruct" else "segment"  # an RT structure set holds ROIs
+    console.print(f"wrote {path} ({plural(n, kind)})", soft_wrap=True, highlight=False)
 
 
 @seg_app.command("import")

@@ -23,6 +23,7 @@ from ._app import (
     app,
     console,
     err_console,
+    plural,
 )
 
 
@@ -141,8 +142,8 @@ def segment(
         seg = _segmenter(segmenter, device)
     except (MedLSAMError, ValueError) as exc:
         _fail(exc)
-    table = Table(title=f"MedLSAM: {len(cases)} volumes, {localizer} + {seg.name}, mode {mode}")
-    for col in ("query", "status", "targets", "seconds", "output / error"):
+    table = Table(title=f"MedLSAM: {plural(len(cases), 'volume')}, {localizer} + {seg.name}, mode {mode}")
+    for col in ("query", "status", "targets", "seconds", "output (in --out)"):
         table.add_column(col)
     results = []
 
@@ -157,19 +158,30 @@ def segment(
                       f"{left} volume{'s' if left != 1 else ''} left", soft_wrap=True, highlight=False)
         table.add_row(r.name + (" (template)" if r.template else ""), r.status,
                       ", ".join(t.target + ("" if t.status == "found" else f": {t.status}") for t in r.targets),
-                      f"{r.seconds:.1f}", str(r.output) if r.output else (r.error or "")[:100])
+                      f"{r.seconds:.1f}", r.output.name if r.output else "error: below the table")
 
-    with _RichProgress("segmenting") as bar:
-        if project is not None:  # reviewed volumes and locked targets are left alone, statuses saved
-            run_project(proj, tpls, cases, loc, seg, bar, add_row, existing=existing, config=config,
-                        cache_dir=cache, network=network)
-        else:
-            for r in run_queries(cases, tpls, loc, seg, out, config, cache or default_cache_dir(), existing, bar):
-                add_row(r)
+    try:
+        with _RichProgress("segmenting") as bar:
+            if project is not None:  # reviewed volumes and locked targets are left alone, statuses saved
+                run_project(proj, tpls, cases, loc, seg, bar, add_row, existing=existing, config=config,
+                            cache_dir=cache, network=network)
+            else:
+                for r in run_queries(cases, tpls, loc, seg, out, config, cache or default_cache_dir(), existing,
+                                     bar):
+                    add_row(r)
+    except KeyboardInterrupt:  # Ctrl-C: finished masks are on disk, the one in progress was never half-written
+        done = sum(r.status != "failed" for r in results)
+        err_console.print(f"interrupted: {done} of {len(cases)} done; rerun the same command to resume",
+                          soft_wrap=True, highlight=False)
+        raise typer.Exit(code=130) from None
     failed = sum(r.status == "failed" for r in results)
     console.print(table)
+    console.print(f"masks in {out}", soft_wrap=True, highlight=False)
+    for r in results:  # whole, below the table: a path or a reason cut mid-word is no use
+        if r.error:
+            err_console.print(f"{r.name}: {r.error}", soft_wrap=True, highlight=False, markup=False)
     if failed:
-        err_console.print(f"[bold red]error:[/] {failed} of {len(cases)} volumes failed; see "
+        err_console.print(f"[bold red]error:[/] {failed} of {plural(len(cases), 'query', 'queries')} failed; see "
                           f"{out / 'medlsam_results.json'}", soft_wrap=True, highlight=False)
         raise typer.Exit(code=1)
 

@@ -123,4 +123,6 @@ def extreme_points(
         ep.save(out)
     except (MedLSAMError, ValueError) as exc:
         _fail(exc)
-    console.print(f"wrote {out}: {target} (label {value}) on {image}, {len(ep.slabs_mm)} slabs")
+    slabs = f", and the points of {len(ep.slabs_mm)} z-slabs (for mode spl)" if ep.slabs_mm else ""
+    console.print(f"wrote {out}: the six extreme points of {target} (label {value}) on {image}{slabs}",
+                  soft_wrap=True, highlight=False)
