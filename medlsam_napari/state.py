@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from medlsam_training.io import read_label, read_volume, write_mask
+from medlsam_training.medlam.preprocess import looks_like_ct
 from medlsam_training.project import Project
 from medlsam_training.volume import Volume
 
@@ -133,7 +134,29 @@ class AnnotatorState:
         self.viewer.layers.selection.active = points if self.project.entry(name).template else labels
         if points.editable:  # a template is opened to click on: ready to click, not to pan (key 2 not needed)
             points.mode = "add"
+        self.frame_body(volume)
         self.changed("volume")
+
+    def frame_body(self, volume: Volume) -> None:
+        """Name the axes as a reader does (world axes are LPS: the slider steps through axial slices) and zoom onto
+        the scanned body: a head-and-neck scan padded to a large field of view otherwise opens as a small island."""
+        self.viewer.dims.axis_labels = ("axial (S)", "coronal (P)", "sagittal (L)")
+        self.viewer.reset_view()
+        arr = volume.array
+        body = arr > -500 if looks_like_ct(volume) else arr > np.percentile(arr, 20)
+        if not body.any():
+            return
+        idx = [np.nonzero(body.any(axis=tuple(a for a in range(3) if a != k)))[0] for k in range(3)]
+        corners = np.array([[z, y, x] for z in (idx[0][0], idx[0][-1]) for y in (idx[1][0], idx[1][-1])
+                            for x in (idx[2][0], idx[2][-1])], float)
+        affine = volume.geometry.affine_zyx()
+        world = corners @ affine[:3, :3].T + affine[:3, 3]
+        lo, hi = world.min(0), world.max(0)
+        full = np.array([[0, 0, 0], np.array(arr.shape) - 1], float) @ affine[:3, :3].T + affine[:3, 3]
+        span_full, span_body = np.ptp(full, 0)[1:], np.maximum(hi - lo, 1.0)[1:]
+        self.viewer.camera.center = tuple((lo + hi) / 2)
+        self.viewer.camera.zoom = self.viewer.camera.zoom * 0.9 * float(np.min(span_full / span_body))
+        self.viewer.dims.set_point(0, float((lo[0] + hi[0]) / 2))
 
     def sync_brush(self, layer=None) -> None:
         """The mask layer's brush label is the active target's label value (a stroke never paints another organ)."""

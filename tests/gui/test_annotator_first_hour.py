@@ -220,3 +220,17 @@ def test_the_brush_paints_the_active_target_and_the_list_follows_the_brush(make_
     layer.selected_label = 1  # picked in the layer's controls
     assert state.project.active_target == "brainstem"
     assert panel.list.currentItem().data(256) == "brainstem"
+
+
+def test_a_volume_opens_zoomed_to_the_body_with_named_axes(make_napari_viewer, openkbp: Path, tmp_path: Path) -> None:
+    """An OpenKBP scan (a head in a 128-voxel box padded with air): opened framed on the body, the slider named."""
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "pt_1.nii.gz").symlink_to(openkbp / "imagesTr" / "pt_1_0000.nii.gz")
+    viewer = make_napari_viewer()
+    widget = AnnotatorWidget(viewer, folder)
+    viewer.reset_view()
+    whole = viewer.camera.zoom
+    widget.volumes.open("pt_1")
+    assert tuple(viewer.dims.axis_labels) == ("axial (S)", "coronal (P)", "sagittal (L)")
+    assert viewer.camera.zoom > 1.2 * whole  # the body fills the canvas, not the padded field of view
