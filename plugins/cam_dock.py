@@ -35,6 +35,7 @@ from medlsam_napari.dock_job import DockJob
 from medlsam_napari.docking import dock_as_tab
 from medlsam_napari.label_history import apply_labels
 from medlsam_napari.layer_geometry import layer_kwargs, volume_from_layer
+from medlsam_napari.state import state_for
 from medlsam_training.atomic import write_json_atomic
 from medlsam_training.cam.classifier import load_classifier
 from medlsam_training.cam.tags import ABSENT, PRESENT, UNKNOWN, TagError, require_usable
@@ -182,6 +183,25 @@ class CamSeedWidget(QWidget):
         for key, state in (("Alt-Shift-P", PRESENT), ("Alt-Shift-A", ABSENT)):
             napari_viewer.bind_key(key, lambda _v, s=state: self.tag_range(self.current_slice(), s), overwrite=True)
         self.refresh_layers()
+        self.state = state_for(napari_viewer)  # the annotator's project: its active target and its label value
+        self.state.on_change(lambda what: self.follow_project() if what in ("project", "active_target", "targets")
+                             else None)
+        self.target.textChanged.connect(lambda _t: self._value_from_project())
+        self.follow_project()
+
+    def follow_project(self) -> None:
+        """The project's active target, with its label value (the default 'target' and 1 painted another organ)."""
+        p = self.state.project
+        if p is None or not p.active_target:
+            return
+        self.target.setText(p.active_target)
+        self._value_from_project()
+
+    def _value_from_project(self) -> None:
+        p = self.state.project
+        name = self.target.text().strip()
+        if p is not None and any(t.name == name for t in p.targets):
+            self.value.setValue(p.target(name).label)
 
     # --- tags -----------------------------------------------------------------------------------
     def refresh_layers(self) -> None:

@@ -28,6 +28,7 @@ from qtpy.QtWidgets import (
 
 from medlsam_napari.dock_job import DockJob
 from medlsam_napari.docking import dock_as_tab
+from medlsam_napari.state import state_for
 from medlsam_training.atomic import write_json_atomic
 from medlsam_training.datasets import find_cases
 from medlsam_training.errors import MedLSAMError
@@ -108,6 +109,9 @@ class CoresetWidget(QWidget):
         self.cancel_btn.clicked.connect(self.job.cancel)
         self.open_btn.clicked.connect(self.open_selected)
         self.flag_btn.clicked.connect(lambda: self.flag_selected("flagged in the coreset dock"))
+        state_for(napari_viewer).on_change(lambda what: self.fill_from_project() if what in ("project", "targets")
+                                           else None)
+        self.fill_from_project()
 
     def _browse(self, edit: QLineEdit) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Folder of volumes")
@@ -148,6 +152,7 @@ class CoresetWidget(QWidget):
         self.table.setSortingEnabled(False)
         self.figure.clear()
         ax = self.figure.add_subplot(111)
+        self._theme(ax)
         if isinstance(result, list):  # suggestions
             cols = ("rank", "case", "diversity order", "uncertainty", "reason")
             self.table.setColumnCount(len(cols))
@@ -196,6 +201,30 @@ class CoresetWidget(QWidget):
         self.canvas.draw_idle()
         self.table.setSortingEnabled(True)
         self.table.resizeColumnsToContents()
+
+    def _theme(self, ax) -> None:
+        """The plot in napari's theme (a white figure glares in the dark theme)."""
+        from napari.utils.theme import get_theme
+
+        theme = get_theme(self.viewer.theme)
+        background, text = theme.background.as_hex(), theme.text.as_hex()
+        self.figure.set_facecolor(background)
+        ax.set_facecolor(background)
+        for spine in ax.spines.values():
+            spine.set_color(text)
+        ax.tick_params(colors=text)
+        ax.xaxis.label.set_color(text)
+        ax.yaxis.label.set_color(text)
+
+    def fill_from_project(self) -> None:
+        """The viewer's project (the annotator's): its folder, masks as the annotated folder, its targets."""
+        p = state_for(self.viewer).project
+        if p is None:
+            return
+        if not self.folder.text().strip():
+            self.folder.setText(str(p.folder))
+        if not self.targets.text().strip() and p.targets:
+            self.targets.setText(",".join(t.name for t in p.targets))
 
     def selected_case(self) -> str | None:
         rows = {i.row() for i in self.table.selectedItems()}

@@ -234,3 +234,27 @@ def test_a_volume_opens_zoomed_to_the_body_with_named_axes(make_napari_viewer, o
     widget.volumes.open("pt_1")
     assert tuple(viewer.dims.axis_labels) == ("axial (S)", "coronal (P)", "sagittal (L)")
     assert viewer.camera.zoom > 1.2 * whole  # the body fills the canvas, not the padded field of view
+
+
+def test_the_cam_and_coreset_docks_take_the_project_and_the_plot_follows_the_theme(make_napari_viewer,
+                                                                                 folder: Path) -> None:
+    """Opened beside the annotator: the CAM dock's target and label value are the project's active target, the
+    coreset dock's folder and targets the project's; the coreset plot is dark in napari's dark theme."""
+    from matplotlib.colors import to_hex
+
+    from medlsam_plugins.cam_dock import CamSeedWidget
+    from medlsam_plugins.coreset_dock import CoresetWidget
+
+    viewer = make_napari_viewer()
+    widget = AnnotatorWidget(viewer, folder)
+    widget.state.project.add_target("liver", 1)
+    widget.state.project.add_target("spleen", 2)
+    cam, coreset = CamSeedWidget(viewer), CoresetWidget(viewer)
+    assert cam.target.text() == "liver" and cam.value.value() == 1
+    widget.state.project.active_target = "spleen"
+    widget.state.changed("active_target")
+    assert cam.target.text() == "spleen" and cam.value.value() == 2
+    assert coreset.folder.text() == str(widget.state.project.folder) and coreset.targets.text() == "liver,spleen"
+    viewer.theme = "dark"
+    coreset._show([])
+    assert to_hex(coreset.figure.get_facecolor()) != "#ffffff"
