@@ -109,8 +109,9 @@ class CamSeedWidget(QWidget):
         self.class_help = QLabel(CLASSES[TargetClass.LESION])
         self.class_help.setWordWrap(True)
         self.refiner = None
-        self.organ_sam = QCheckBox("organ: re-segment ticked slices with LiteMedSAM")
-        self.organ_sam.setToolTip("Off (measured better on 4 mm CT): the prior itself on the ticked slices")
+        self.organ_sam = QCheckBox("organ: LiteMedSAM on ticked slices")
+        self.organ_sam.setToolTip("Re-segment the ticked slices with LiteMedSAM. Off (measured better on 4 mm CT): "
+                                  "the prior itself on the ticked slices")
         self.refine_btn = QPushButton("Load refinement network…")
         self.policy_box = QComboBox()
         for key, text in POLICY_HELP.items():
@@ -136,8 +137,10 @@ class CamSeedWidget(QWidget):
         layout.addLayout(form)
         layout.addWidget(self.class_help)
         layout.addWidget(self.organ_sam)
-        layout.addWidget(QLabel("Slices (Alt-P present, Alt-A absent, Alt-U unknown; Alt-Shift-P/A: range from "
-                                "the last tagged slice)"))
+        keys = QLabel("Slices (Alt-P present, Alt-A absent, Alt-U unknown; Alt-Shift-P/A: range from the last "
+                      "tagged slice)")
+        keys.setWordWrap(True)  # unwrapped, it widened the dock column and shrank the image on every tab
+        layout.addWidget(keys)
         layout.addWidget(self.strip)
         layout.addWidget(self.summary)
         for buttons in ((self.save_btn, self.open_btn), (self.train_btn, self.epochs), (self.load_btn, self.refine_btn),

@@ -60,6 +60,8 @@ class CoresetWidget(QWidget):
         self.viewer = napari_viewer
         self.mode = QComboBox()
         self.mode.addItems([NEXT, LESS])
+        self.mode.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.mode.setMinimumContentsLength(16)  # long item texts must not widen the dock column
         self.folder, self.labelled, self.targets = QLineEdit(), QLineEdit(), QLineEdit()
         self.folder.setPlaceholderText("folder of volumes")
         self.labelled.setPlaceholderText("optional: folder of volumes already annotated")

@@ -152,6 +152,9 @@ def test_five_docks_are_usable_together_at_1366_by_768(make_napari_viewer, qtbot
         qtbot.wait(50)
         assert qt_dock.height() >= 500, (dock, qt_dock.height())  # the full height of a 768-pixel screen
         assert qt_dock.width() >= min(dock.minimumSizeHint().width(), 300), (dock, qt_dock.width())
+        # no dock widens the column so far that the image shrinks: the canvas keeps 600 pixels on every tab
+        canvas = viewer.window._qt_viewer.canvas.native.width()
+        assert canvas >= 600, (type(dock).__name__, canvas, qt_dock.width())
 
 
 def test_quitting_with_an_edited_unsaved_report_asks_first(make_napari_viewer, qtbot, monkeypatch,
