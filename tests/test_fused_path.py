@@ -15,11 +15,19 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from medlsam_training.boxes import Box3D
 from medlsam_training.cli import app
 from medlsam_training.io import read_label, read_volume, write_mask
 from medlsam_training.localize import AtlasLocalizer, LocalizedTarget
-from medlsam_training.pipeline import OWN_MASK, RESULTS_NAME, SOURCE_FUSED, SOURCE_OWN_MASK, SOURCE_SAM
-from medlsam_training.propagate import PropagationConfig, clean_mask, for_target
+from medlsam_training.pipeline import (
+    OWN_MASK,
+    RESULTS_NAME,
+    SOURCE_BONE,
+    SOURCE_FUSED,
+    SOURCE_OWN_MASK,
+    SOURCE_SAM,
+)
+from medlsam_training.propagate import PropagationConfig, bone_in_box, clean_mask, for_target
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()
@@ -191,8 +199,13 @@ def test_a_fallback_is_recorded_per_target_and_said_once(openkbp: Path, tmp_path
     for r in results:
         for name in TARGETS:
             info = summary[r.name]["targets"][name]
-            assert info["status"] == "found" and info["source"] == SOURCE_SAM, info
-            assert f"no mask of {name}" in info["fallback"], info
+            # a bone from its box is a CT threshold (mandible), the rest SAM from the box
+            assert info["status"] == "found" and info["source"] == (SOURCE_BONE if name == "mandible" else SOURCE_SAM)
+            assert f"no mask of {name}" in info["fallback"] and info["source"] in info["fallback"], info
+        image = read_volume(r.image)
+        written = read_label(r.output, image, allow_empty=True).array
+        box = Box3D(*np.reshape(summary[r.name]["targets"]["mandible"]["box"], (2, 3)).tolist())
+        assert np.array_equal(written == TARGETS["mandible"], bone_in_box(image, box, "mandible"))
     for name in TARGETS:
         assert len([m for m in caplog.messages if f"no mask of {name}" in m]) == 1, caplog.messages
 

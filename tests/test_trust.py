@@ -18,7 +18,7 @@ from medlsam_training.cli import app, expand_list_options
 from medlsam_training.errors import NaNVoxelsError
 from medlsam_training.io import read_volume, write_volume
 from medlsam_training.pipeline import query_cases
-from medlsam_training.propagate import PropagationConfig, clean_mask, for_target, single_part_target
+from medlsam_training.propagate import PropagationConfig, bone_target, clean_mask, for_target, single_part_target
 from medlsam_training.vf.train import lateral_swap
 from medlsam_training.volume import Volume
 
@@ -138,6 +138,9 @@ def test_multi_part_targets_keep_every_part() -> None:
         from scipy import ndimage
         assert ndimage.label(cleaned)[1] == parts, target
     assert single_part_target("spleen") and not single_part_target("colon")
+    # bones by name (a box alone makes them a CT threshold): not the spinal cord, nor a distribution of anything
+    assert all(bone_target(n) for n in ("mandible", "rib_left_3", "vertebrae_C2", "Femur R", "hip_left"))
+    assert not any(bone_target(n) for n in ("spinal_cord", "parotid_left", "brainstem", "distribution", "liver"))
     assert for_target(PropagationConfig(largest_component=True), "colon").largest_component is True  # explicit wins
 
 

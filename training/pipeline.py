@@ -27,9 +27,10 @@ from .extreme_points import POINT_NAMES, ExtremePoints
 from .io import is_volume_path, read_label, read_volume, write_mask
 from .label_merge import check_policy, merge_target
 from .localize import VOTE, LocalizedTarget, Localizer, Template, sub_boxes_in_view
+from .medlam.preprocess import looks_like_ct
 from .options import PropagationMode
 from .progress import ProgressFn
-from .propagate import PropagationConfig, VolumeSegmenter, clean_mask, for_target
+from .propagate import PropagationConfig, VolumeSegmenter, bone_in_box, bone_target, clean_mask, for_target
 from .segmenters import Segmenter
 from .template_fusion import PARTLY_OUTSIDE, box_status, edge_faces
 from .volume import Volume
@@ -41,6 +42,7 @@ OWN_POINTS, OWN_MASK = "template: its own points", "template: its own mask"
 SOURCE_FUSED = "fused template masks"  # the atlas: every template's mask warped into the query, voted
 SOURCE_OWN_MASK = "own mask"  # a template volume's own (reviewed) mask, written as it is
 SOURCE_SAM = "SAM from the box"  # the segmenter prompted slice by slice from the localized box (or z-slabs)
+SOURCE_BONE = "bone threshold in the box"  # a bone on CT from its box alone (propagate.bone_in_box)
 SOURCE_COMBINED = "fused template masks + network"  # the atlas vote and the learned network's probability, averaged
 SOURCE_NETWORK = "network"  # the learned network alone (the target's templates have no masks to fuse)
 #: the network's share of a combination; the threshold is the same mix of each source's own (atlas VOTE, argmax
@@ -218,6 +220,12 @@ def segment_query(
         t.source = SOURCE_SAM
         if config.mode == "atlas":  # a fallback: recorded per target, said once per run (run_queries)
             t.fallback = atlas_fallback_reason(t, active)
+            if bone_target(t.target) and looks_like_ct(query):
+                mask = bone_in_box(query, t.box, t.target)
+                if mask.any():
+                    t.source, t.fallback = SOURCE_BONE, t.fallback.replace(SOURCE_SAM, SOURCE_BONE)
+                    label_map = merge_target(label_map, mask, labels[t.target], policy, locked_values)
+                    continue
         boxes = t.sub_boxes if config.mode == "spl" and t.sub_boxes else [t.box]
         if config.mode == "spl" and not t.sub_boxes:
             log.warning("%s: no z-slabs on the templates of %s; using one box (wpl)", query.name, t.target)
