@@ -124,3 +124,20 @@ def test_cam_dock_organ_path_without_a_prior_says_what_it_needs(make_napari_view
     dock.class_box.setCurrentIndex(dock.class_box.findData("organ"))
     dock.start_seeding()
     assert dock.worker is None and "needs a prior" in dock.status.text()
+
+
+def test_a_tick_on_a_volume_stored_head_first_is_the_files_slice(make_napari_viewer, openkbp: Path) -> None:
+    """OpenKBP stores slices head first (direction z = -1): napari's slider counts the other way, and a tick
+    records the file's own slice index (what tags files and the CLI use), never the slider's number."""
+    image = read_volume(openkbp / "imagesTr" / "pt_1_0000.nii.gz")
+    assert image.geometry.direction[8] < 0  # stored head first
+    viewer = make_napari_viewer()
+    viewer.add_image(image.array, **layer_kwargs(image, "ct"))
+    dock = CamSeedWidget(viewer)
+    dock.target.setText("brainstem")
+    viewer.dims.set_point(0, image.index_to_physical([0, 0, 78])[2])
+    slider = viewer.dims.current_step[0]
+    assert slider == image.array.shape[0] - 1 - 78  # the slider's number is not the file's
+    assert dock.current_slice() == 78
+    dock.tag(dock.current_slice(), PRESENT)
+    assert dock.tags[("ct", "brainstem")][78] == PRESENT
