@@ -343,7 +343,7 @@ def run_queries(
         except InterruptedError:
             raise
         except (MedLSAMError, ValueError, RuntimeError, OSError) as exc:
-            log.error("%s: %s", case.image, exc)
+            log.error("%s", exc if str(case.image) in str(exc) else f"{case.image}: {exc}")  # the path once
             result.status, result.error, result.output = "failed", f"{type(exc).__name__}: {exc}", None
         result.seconds = time.perf_counter() - t0
         for t in result.targets:
