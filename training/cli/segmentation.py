@@ -263,9 +263,11 @@ def evaluate(
             if not pairs:
                 raise ValueError(f"no prediction in {pred} is named after a case of {gt}")
         table = Table(title="evaluation")
-        for col in ("case", "label", "name", "Dice", "HD95 (mm)", f"NSD@{nsd_mm:g}mm", f"APL@{apl_mm:g}mm (mm)",
-                    "APL share"):
-            table.add_column(col, justify="right")
+        # short headers, names never cut: eight columns fit an 80-character terminal (the caption says the units)
+        table.caption = (f"HD95 in mm; NSD at {nsd_mm:g} mm; APL: mm of true contour farther than {apl_mm:g} mm from "
+                         "the prediction (to redraw), and its share of the whole contour")
+        for col in ("case", "label", "name", "Dice", "HD95", f"NSD@{nsd_mm:g}", f"APL@{apl_mm:g}", "APL share"):
+            table.add_column(col, justify="right", no_wrap=col in ("case", "name"), overflow="fold")
         per_label: dict[int, list[dict[str, float]]] = {}
         for case, p, g, names in pairs:
             ref = read_label(g, allow_empty=True)
