@@ -108,28 +108,38 @@ def test_cli_segment_defaults_write_the_fused_masks(openkbp: Path, tmp_path: Pat
                                                          .largest_component, fill_holes=False))
 
 
-def hn_project(openkbp: Path, folder: Path) -> "object":
-    """Two reviewed train-pats templates (points from their contours) and the validation patient, pending, with
-    its mandible painted by hand and locked: the run must fuse its brainstem and leave its mandible alone."""
+def linked_project(openkbp: Path, folder: Path, reviewed: tuple[str, ...], pending: tuple[str, ...],
+                   clicked: tuple[str, ...]):
+    """A project of OpenKBP volumes linked in (never copied): the ``reviewed`` ones with their contours of TARGETS as
+    masks, the ``clicked`` ones templates with their six points taken from those contours."""
     from medlsam_training.extreme_points import extreme_points_from_mask
     from medlsam_training.project import Project
 
     folder.mkdir()
-    for pt in (*TEMPLATES, QUERY):
+    for pt in (*reviewed, *pending):
         (folder / f"{pt}.nii.gz").symlink_to(openkbp / "imagesTr" / f"{pt}_0000.nii.gz")
     project = Project.open(folder)
     for name, value in TARGETS.items():
         project.add_target(name, value)
-    for pt in TEMPLATES:
+    for pt in reviewed:
         image = read_volume(project.volume_path(pt))
         label = read_label(openkbp / "labelsTr" / f"{pt}.nii.gz", image)
         truth = np.where(np.isin(label.array, list(TARGETS.values())), label.array, 0).astype(np.uint8)
         project.set_status(pt, "segmented", write_mask(truth, image, project.mask_path(pt)))
-        project.set_template(pt)
-        for name, value in TARGETS.items():
-            ep = extreme_points_from_mask(name, value, image, label)
-            project.points.setdefault(pt, {})[name] = [[float(v) for v in i] for i in ep.indices()]
+        if pt in clicked:
+            project.set_template(pt)
+            for name, value in TARGETS.items():
+                ep = extreme_points_from_mask(name, value, image, label)
+                project.points.setdefault(pt, {})[name] = [[float(v) for v in i] for i in ep.indices()]
         project.mark_reviewed(pt)
+    project.save()
+    return project
+
+
+def hn_project(openkbp: Path, folder: Path) -> "object":
+    """Two reviewed train-pats templates (points from their contours) and the validation patient, pending, with
+    its mandible painted by hand and locked: the run must fuse its brainstem and leave its mandible alone."""
+    project = linked_project(openkbp, folder, reviewed=TEMPLATES, pending=(QUERY,), clicked=TEMPLATES)
     image = read_volume(project.volume_path(QUERY))
     hand = np.zeros(image.array.shape, np.uint8)
     hand[40:44, 50:60, 50:70] = TARGETS["mandible"]  # a hand-drawn (wrong-looking) mandible: locked, so kept
@@ -215,33 +225,15 @@ def test_project_pool_and_network_make_the_pending_masks(openkbp: Path, tmp_path
     (points from their masks, no clicks), the atlas registers the best-matching of the pool, and once the project
     has a fine-tuned network the pending masks are the combination of the atlas vote and the network, voxel for
     voxel, the run summary saying so."""
-    from medlsam_training.extreme_points import extreme_points_from_mask
     from medlsam_training.learning.project_loop import finetune_project
     from medlsam_training.learning.train import LearnConfig, SliceNetPredictor
     from medlsam_training.pipeline import SOURCE_COMBINED, combine
     from medlsam_training.project import Project
 
     folder = tmp_path / "project"
-    folder.mkdir()
     reviewed, pending = ("pt_1", "pt_2", "pt_4"), ("pt_202", "pt_209")
-    for pt in (*reviewed, *pending):
-        (folder / f"{pt}.nii.gz").symlink_to(openkbp / "imagesTr" / f"{pt}_0000.nii.gz")
-    project = Project.open(folder)
-    for name, value in TARGETS.items():
-        project.add_target(name, value)
-    for pt in reviewed:
-        image = read_volume(project.volume_path(pt))
-        label = read_label(openkbp / "labelsTr" / f"{pt}.nii.gz", image)
-        truth = np.where(np.isin(label.array, list(TARGETS.values())), label.array, 0).astype(np.uint8)
-        project.set_status(pt, "segmented", write_mask(truth, image, project.mask_path(pt)))
-        project.mark_reviewed(pt)
-    project.set_template("pt_1")  # the one clicked template; pt_2 and pt_4 are only reviewed
-    image = read_volume(project.volume_path("pt_1"))
-    label = read_label(openkbp / "labelsTr" / "pt_1.nii.gz", image)
-    for name, value in TARGETS.items():
-        project.points.setdefault("pt_1", {})[name] = [
-            [float(v) for v in i] for i in extreme_points_from_mask(name, value, image, label).indices()]
-    project.save()
+    # pt_1 the one clicked template; pt_2 and pt_4 are only reviewed
+    linked_project(openkbp, folder, reviewed=reviewed, pending=pending, clicked=("pt_1",))
 
     spy = SpyLocalizer(max_templates=2)  # a pool of 3 per target: the choice is exercised
     monkeypatch.setattr("medlsam_training.localize.make_localizer", lambda *a, **k: spy)

@@ -28,11 +28,17 @@ def _onehot(mask: np.ndarray) -> torch.Tensor:
     return torch.stack([~fg, fg]).unsqueeze(0).float()
 
 
-def dice_score(pred: np.ndarray, gt: np.ndarray) -> float:
-    """Dice of two boolean masks (MONAI); both empty counts as agreement (1), one empty as 0."""
+def _masks(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both as boolean arrays, refused when their shapes differ."""
     pred, gt = np.asarray(pred, bool), np.asarray(gt, bool)
     if pred.shape != gt.shape:
         raise ValueError(f"prediction shape {pred.shape} differs from ground truth {gt.shape}")
+    return pred, gt
+
+
+def dice_score(pred: np.ndarray, gt: np.ndarray) -> float:
+    """Dice of two boolean masks (MONAI); both empty counts as agreement (1), one empty as 0."""
+    pred, gt = _masks(pred, gt)
     if not pred.any() or not gt.any():
         return float(pred.any() == gt.any())
     return float(compute_dice(_onehot(pred), _onehot(gt), include_background=False).item())
@@ -48,9 +54,7 @@ def binary_metrics(
 
     Both empty: Dice 1 and NSD 1 with HD95 0. One empty: Dice 0, NSD 0, HD95 NaN (undefined).
     """
-    pred, gt = np.asarray(pred, bool), np.asarray(gt, bool)
-    if pred.shape != gt.shape:
-        raise ValueError(f"prediction shape {pred.shape} differs from ground truth {gt.shape}")
+    pred, gt = _masks(pred, gt)
     p_any, g_any = bool(pred.any()), bool(gt.any())
     if not p_any and not g_any:
         return {"dice": 1.0, "hd95": 0.0, "nsd": 1.0}
@@ -87,9 +91,7 @@ def added_path_length(
     true contour).  Each segment of the true contour counts by its midpoint's distance to the predicted contour,
     measured in-plane in mm on points sampled every tenth of a pixel along it.
     """
-    pred, gt = np.asarray(pred, bool), np.asarray(gt, bool)
-    if pred.shape != gt.shape:
-        raise ValueError(f"prediction shape {pred.shape} differs from ground truth {gt.shape}")
+    pred, gt = _masks(pred, gt)
     spacing_yx = np.asarray(spacing_zyx[1:], float)
     step = 0.1 * float(spacing_yx.min())
     added = total = 0.0
