@@ -49,7 +49,7 @@ from medlsam_training.atomic import write_json_atomic  # noqa: E402
 from medlsam_training.cli import app  # noqa: E402
 from medlsam_training.io import read_label, read_volume, write_mask  # noqa: E402
 from medlsam_training.localize import AtlasLocalizer  # noqa: E402
-from medlsam_training.metrics import added_path_length, binary_metrics  # noqa: E402
+from medlsam_training.metrics import added_path_length, binary_metrics, pooled_apl_share  # noqa: E402
 from medlsam_training.pipeline import RESULTS_NAME  # noqa: E402
 from medlsam_training.project import Project  # noqa: E402
 from medlsam_training.propagate import PropagationConfig, clean_mask, for_target  # noqa: E402
@@ -114,14 +114,14 @@ def table(rows: dict[str, list[dict[str, float]]], title: str) -> str:
     for organ in ORGANS:
         ms = rows.get(organ, [])
         if ms:
-            share = sum(m["apl_mm"] for m in ms) / max(sum(m["contour_mm"] for m in ms), 1e-9)
+            share = pooled_apl_share(ms)
             lines.append(f"| {organ} | {np.mean([m['dice'] for m in ms]):.3f} | "
                          f"{np.mean([m['nsd'] for m in ms]):.3f} | {share:.3f} | {len(ms)} |")
     head = [m for o in HEADLINE for m in rows.get(o, [])]
     if head:
         dice = np.mean([np.mean([m["dice"] for m in rows[o]]) for o in HEADLINE if rows.get(o)])
         nsd = np.mean([np.mean([m["nsd"] for m in rows[o]]) for o in HEADLINE if rows.get(o)])
-        share = sum(m["apl_mm"] for m in head) / max(sum(m["contour_mm"] for m in head), 1e-9)
+        share = pooled_apl_share(head)
         lines.append(f"| **mean of brainstem, parotids, mandible** | **{dice:.3f}** | {nsd:.3f} | **{share:.3f}** | |")
     return "\n".join(lines)
 
@@ -212,7 +212,6 @@ def truth_mask(root: Path, pt: str, image) -> np.ndarray:
 
 def part_session(args) -> None:
     from medlsam_training.learning.project_loop import finetune_project, training_volumes
-    from medlsam_training.learning.train import SliceNetPredictor
     from medlsam_training.project_run import build_templates, project_network, run_project
     from medlsam_training.segmenters import load_segmenter
 
@@ -262,8 +261,7 @@ def part_session(args) -> None:
                "product": score(written, truth, image.spacing_zyx),
                "atlas": score(atlas, truth, image.spacing_zyx)}
         if network is not None:
-            row["network_alone"] = score(SliceNetPredictor(project_network_path(project), args.device)
-                                         .predict(image), truth, image.spacing_zyx)
+            row["network_alone"] = score(network.predict(image), truth, image.spacing_zyx)  # the same model
         # the annotator corrects it: the truth replaces the mask, the volume is reviewed
         write_mask(truth, image, project.mask_path(name))
         project.mark_reviewed(name)
@@ -274,12 +272,6 @@ def part_session(args) -> None:
         print(f"{name}: {len(reviewed)} reviewed before, {seconds:.0f} s, Dice (brainstem, parotids, mandible) "
               f"{np.mean(head):.3f}, sources {sorted(set(row['sources'].values()))}", flush=True)
     print_session(rows, args)
-
-
-def project_network_path(project: Project) -> Path:
-    from medlsam_training.learning.project_loop import trained_model
-
-    return trained_model(project)
 
 
 def print_session(rows: list[dict], args) -> None:
@@ -307,7 +299,7 @@ def print_session(rows: list[dict], args) -> None:
 
         def apl(per):
             head = [m for o in HEADLINE for m in per.get(o, [])]
-            return sum(m["apl_mm"] for m in head) / max(sum(m["contour_mm"] for m in head), 1e-9) if head else np.nan
+            return pooled_apl_share(head)
 
         cord = np.mean([m["dice"] for m in cells[0].get("spinal_cord", [])]) if cells[0].get("spinal_cord") else np.nan
         net = f"{dice(cells[2]):.3f} / {apl(cells[2]):.3f}" if cells[2] else "-"

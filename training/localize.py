@@ -537,12 +537,11 @@ class AtlasLocalizer:
             if result.box is not None and all(name in t.masks for t, *_ in voters):
                 _fuse_masks(result, [(t.volume.with_array(t.masks[name].astype(np.uint8)).to_sitk(), r)
                                      for t, _, r, _ in voters], query, reference)
-                if result.status == PARTLY_OUTSIDE and result.mask is not None and \
-                        not _content_matches(query, result.mask, [t for t, *_ in voters], name):
+                unlike = _content_mismatch(query, result.mask, [t for t, *_ in voters], name) \
+                    if result.status == PARTLY_OUTSIDE and result.mask is not None else None
+                if unlike:
                     log.warning("%s: %s not found (only at the scan's edge, and what is there does not look like "
-                                "it: median %.0f HU against the templates' %s)", query.name, name,
-                                float(np.median(query.array[result.mask])),
-                                "-".join(f"{v:.0f}" for v in _template_medians([t for t, *_ in voters], name)))
+                                "it: %s)", query.name, name, unlike)
                     result = LocalizedTarget(name, result.label, result.points_mm, None, method=self.name,
                                              status=NOT_FOUND, spread_mm=spread, similarity=similarity,
                                              templates=len(pairs))
@@ -553,20 +552,17 @@ class AtlasLocalizer:
         return out
 
 
-def _template_medians(templates: list[Template], name: str) -> tuple[float, float]:
-    """The lowest and highest median intensity of the templates inside their own masks of ``name``."""
-    values = [float(np.median(t.volume.array[t.masks[name]])) for t in templates if t.masks[name].any()]
-    return min(values), max(values)
-
-
-def _content_matches(query: Volume, mask: np.ndarray, templates: list[Template], name: str) -> bool:
-    """On CT: the query's median HU inside the fused mask lies within CONTENT_MARGIN_HU of the templates' range of
-    medians inside theirs (MR intensities have no fixed scale: always True there)."""
+def _content_mismatch(query: Volume, mask: np.ndarray, templates: list[Template], name: str) -> str | None:
+    """On CT, why the query's content inside the fused mask does not look like the target: its median HU more than
+    CONTENT_MARGIN_HU outside the range of the templates' medians inside theirs; None when it does (and always on
+    MR, whose intensities have no fixed scale)."""
     if not mask.any() or not looks_like_ct(query) or not all(looks_like_ct(t.volume) for t in templates):
-        return True
-    lo, hi = _template_medians(templates, name)
-    value = float(np.median(query.array[mask]))
-    return lo - CONTENT_MARGIN_HU <= value <= hi + CONTENT_MARGIN_HU
+        return None
+    medians = [float(np.median(t.volume.array[t.masks[name]])) for t in templates if t.masks[name].any()]
+    lo, hi, value = min(medians), max(medians), float(np.median(query.array[mask]))
+    if lo - CONTENT_MARGIN_HU <= value <= hi + CONTENT_MARGIN_HU:
+        return None
+    return f"median {value:.0f} HU against the templates' {lo:.0f}-{hi:.0f}"
 
 
 def _in_scan(points_mm: np.ndarray, scan: tuple[np.ndarray, np.ndarray]) -> float:

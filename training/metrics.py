@@ -119,6 +119,14 @@ def added_path_length(
     return {"apl_mm": added, "contour_mm": total, "apl_share": added / total if total > 0 else math.nan}
 
 
+def pooled_apl_share(metrics: Iterable[dict[str, float]]) -> float:
+    """The added path length of several masks over their whole true contour (NaN with no true contour): a share
+    that weighs each organ and volume by its contour, not an average of shares."""
+    metrics = list(metrics)
+    total = sum(m["contour_mm"] for m in metrics)
+    return sum(m["apl_mm"] for m in metrics) / total if total > 0 else math.nan
+
+
 def label_metrics(
     pred: np.ndarray,
     gt: np.ndarray,

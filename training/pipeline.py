@@ -139,14 +139,14 @@ def unique_names(cases: list[Case]) -> list[Case]:
     named after their folders; names that still collide are an error before any work, never a silent skip."""
     same = Counter(name for name, _ in {(c.name, c.image.resolve()) for c in cases})
     renamed = [replace(c, name=c.image.parent.name) if same[c.name] > 1 and c.image.is_file() else c for c in cases]
-    seen: dict[str, Path] = {}
+    seen: dict[str, Case] = {}
     for c in renamed:
-        if c.name in seen and seen[c.name].resolve() != c.image.resolve():
-            raise ValueError(f"two queries would both be written as {c.name}.nii.gz: {seen[c.name]} and {c.image}; "
-                             "rename one, or give them in folders of different names")
-        seen[c.name] = c.image
-    # the same file given twice is one query
-    return [c for i, c in enumerate(renamed) if all(d.name != c.name for d in renamed[:i])]
+        if c.name not in seen:
+            seen[c.name] = c
+        elif seen[c.name].image.resolve() != c.image.resolve():
+            raise ValueError(f"two queries would both be written as {c.name}.nii.gz: {seen[c.name].image} and "
+                             f"{c.image}; rename one, or give them in folders of different names")
+    return list(seen.values())  # the same file given twice is one query
 
 
 def without_targets(templates: list[Template], targets: Collection[str]) -> list[Template]:
@@ -219,13 +219,13 @@ def segment_query(
             t.method = OWN_POINTS  # this mode segments the template from its box, not from its mask
         t.source = SOURCE_SAM
         if config.mode == "atlas":  # a fallback: recorded per target, said once per run (run_queries)
-            t.fallback = atlas_fallback_reason(t, active)
-            if bone_target(t.target) and looks_like_ct(query):
-                mask = bone_in_box(query, t.box, t.target)
-                if mask.any():
-                    t.source, t.fallback = SOURCE_BONE, t.fallback.replace(SOURCE_SAM, SOURCE_BONE)
-                    label_map = merge_target(label_map, mask, labels[t.target], policy, locked_values)
-                    continue
+            bone = bone_in_box(query, t.box, t.target) if bone_target(t.target) and looks_like_ct(query) else None
+            if bone is not None and bone.any():
+                t.source = SOURCE_BONE
+            t.fallback = f"{atlas_fallback_reason(t, active)}: {t.source}"
+            if t.source == SOURCE_BONE:
+                label_map = merge_target(label_map, bone, labels[t.target], policy, locked_values)
+                continue
         boxes = t.sub_boxes if config.mode == "spl" and t.sub_boxes else [t.box]
         if config.mode == "spl" and not t.sub_boxes:
             log.warning("%s: no z-slabs on the templates of %s; using one box (wpl)", query.name, t.target)
@@ -245,13 +245,13 @@ def combine(t: LocalizedTarget, probability: np.ndarray, weight: float = NETWORK
 
 
 def atlas_fallback_reason(t: LocalizedTarget, templates: list[Template]) -> str:
-    """Why the atlas mode could not fuse masks for ``t`` (so SAM segmented it from its box)."""
+    """Why the atlas mode could not fuse masks for ``t`` (the caller says what made the mask instead)."""
     holders = [tpl for tpl in templates if any(ep.target == t.target for ep in tpl.targets)]
     missing = [tpl.volume.name for tpl in holders if t.target not in tpl.masks]
     if missing:
         return (f"{len(missing)} of {len(holders)} template(s) have no mask of {t.target} "
-                f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): SAM from the box")
-    return "the templates' warped masks did not overlap: SAM from the box"
+                f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})")
+    return "the templates' warped masks did not overlap"
 
 
 def is_template_of(template: Template, volume: Volume) -> bool:

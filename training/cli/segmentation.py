@@ -117,12 +117,10 @@ def segment(
         loc = make_localizer(localizer, device=_parse_device(device))
         network = None
         if project is not None:
-            from ..project_run import project_network
+            from ..project_run import project_network, untemplated_targets
 
             tpls = build_templates(proj)  # the clicked templates and the reviewed volumes (the pool)
             network = project_network(proj) if mode == PropagationMode.ATLAS else None
-            from ..project_run import untemplated_targets
-
             missing = untemplated_targets(proj, tpls)
             if missing:
                 console.print(f"[yellow]no template for {', '.join(missing)}: not segmented (click its six points on "
@@ -238,7 +236,7 @@ def evaluate(
     true contour) per organ and volume, with the mean per organ."""
     from ..atomic import compound_suffix
     from ..errors import GeometryMismatchError
-    from ..metrics import label_metrics
+    from ..metrics import label_metrics, pooled_apl_share
     from ..resample import resample_to_reference
 
     try:
@@ -292,10 +290,9 @@ def evaluate(
                               f"{m['apl_mm']:.0f}", _share(m["apl_share"]))
         for v, ms in sorted(per_label.items()):
             # the share over the organ's whole true contour (a volume without it adds nothing to either sum)
-            share = sum(m["apl_mm"] for m in ms) / max(sum(m["contour_mm"] for m in ms), 1e-9)
             table.add_row("[bold]mean[/]", str(v), "", f"{np.mean([m['dice'] for m in ms]):.3f}", "",
                           f"{np.mean([m['nsd'] for m in ms]):.3f}", f"{np.mean([m['apl_mm'] for m in ms]):.0f}",
-                          _share(share) if any(m["contour_mm"] for m in ms) else "-")
+                          _share(pooled_apl_share(ms)))
     except (MedLSAMError, ValueError) as exc:
         _fail(exc)
     console.print(table)

@@ -160,6 +160,12 @@ def pretrain_vf(volumes: list[torch.Tensor], out: str | os.PathLike[str] | None,
                cancelled=cancelled, device=device)
 
 
+def _class_on_volume(probs: np.ndarray, grid: Volume, volume: Volume, c: int) -> np.ndarray:
+    """Class ``c``'s probability from the network's 4 mm grid onto ``volume``'s own (outside the grid: background)."""
+    return resample_to_reference(grid.with_array(probs[c].astype(np.float32)), volume,
+                                 fill_value=1.0 if c == 0 else 0.0).array
+
+
 class SliceNetPredictor:
     """A fine-tuned slice network that writes label maps on any CT volume's own grid."""
 
@@ -209,8 +215,7 @@ class SliceNetPredictor:
         the atlas vote (``pipeline.segment_query``)."""
         volume.require_finite()
         probs, grid = self.probabilities(volume)
-        return {t: resample_to_reference(grid.with_array(probs[c].astype(np.float32)), volume, fill_value=0.0).array
-                for c, t in enumerate(self.targets, start=1)}
+        return {t: _class_on_volume(probs, grid, volume, c) for c, t in enumerate(self.targets, start=1)}
 
     def predict(self, volume: Volume, *, largest_component: bool = True) -> np.ndarray:
         """Label map [z, y, x] with the checkpoint's label values, on ``volume``'s grid; each target kept to its
@@ -220,8 +225,7 @@ class SliceNetPredictor:
         best = np.zeros(volume.array.shape, np.float32)
         classes = np.zeros(volume.array.shape, np.int16)
         for c in range(probs.shape[0]):
-            p = resample_to_reference(grid.with_array(probs[c].astype(np.float32)), volume,
-                                      fill_value=1.0 if c == 0 else 0.0).array
+            p = _class_on_volume(probs, grid, volume, c)
             better = p > best
             best[better] = p[better]
             classes[better] = c
