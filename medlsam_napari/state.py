@@ -19,6 +19,7 @@ from medlsam_training.medlam.preprocess import looks_like_ct
 from medlsam_training.project import Project
 from medlsam_training.volume import Volume
 
+from .corrections import load_itk_in_background, painted_slices
 from .label_history import apply_labels
 from .layer_geometry import layer_kwargs
 
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 POINTS_LAYER = "extreme points"
 BOX_LAYER = "MedLSAM box"
 PROMPT_LAYER = "SAM prompt"
+CHANGES_LAYER = "changed by update"
 
 
 _STATES: "weakref.WeakKeyDictionary[object, AnnotatorState]" = weakref.WeakKeyDictionary()
@@ -63,6 +65,7 @@ class AnnotatorState:
         # per volume, for instant re-prompting; only the last few visited (each holds slice embeddings in RAM)
         self.volume_segmenters: OrderedDict[str, object] = OrderedDict()
         self._saved_mask: np.ndarray | None = None  # the mask as last written: locked labels are restored from it
+        self._automatic = False  # True while the tool (not the annotator) writes into the mask layer
         self._listeners: list[Callable[[str], None]] = []
         # the brush paints the active target's label, and picking a label in the layer's controls picks its target
         self.on_change(lambda what: self.sync_brush() if what in ("active_target", "targets", "project") else None)
@@ -123,6 +126,7 @@ class AnnotatorState:
         self._saved_mask = mask.copy()
         labels = self.viewer.add_labels(mask, **layer_kwargs(volume.with_array(mask), f"{name} mask", labels=True))
         self._name_labels(labels)
+        labels.events.paint.connect(lambda event: self._record_corrections(event.value))
         labels.events.paint.connect(lambda event: self.save_mask("painted"))
         labels.events.selected_label.connect(lambda event: self._target_from_brush())
         _save_after_undo(labels, self)
@@ -179,6 +183,23 @@ class AnnotatorState:
             p.save()
             self.changed("active_target")
 
+    def _record_corrections(self, atoms) -> None:
+        """The annotator's stroke: the axial slices it touched are corrected slices of each target it painted or
+        painted over (kept in the project; an update never changes them).  The tool's own writes do not count."""
+        p, name = self.project, self.volume_name
+        if self._automatic or p is None or name is None:
+            return
+        owners = {t.label: t.name for t in p.targets}
+        locked = set(p.locked_targets(name))
+        new = False
+        for value, zs in painted_slices(atoms).items():
+            target = owners.get(value)
+            if target is not None and target not in locked:
+                new |= p.add_corrected(name, target, zs)
+        if new:
+            load_itk_in_background()
+            self.changed("corrections")
+
     def _show_boxes(self, name: str, volume: Volume) -> None:
         """The localized 3D boxes of the last run, one rectangle per slice, in each target's colour."""
         results = self.project.folder / self.project.output_dir / "medlsam_results.json"
@@ -204,10 +225,28 @@ class AnnotatorState:
         """Put an automatic result into the open mask as one step of the layer's undo history (Ctrl+Z undoes it)
         and save it.  Returns the number of voxels changed."""
         layer = self.mask_layer
-        changed = apply_labels(layer, mask) if layer is not None else 0
+        self._automatic = True  # its paint event is not the annotator's correction
+        try:
+            changed = apply_labels(layer, mask) if layer is not None else 0
+        finally:
+            self._automatic = False
         if changed:  # napari's paint event fires before data_setitem writes the data: its autosave saw the old mask
             self.save_mask("automatic change")
         return changed
+
+    def show_changes(self, changed: np.ndarray) -> None:
+        """The voxels an update changed, as a layer of their own above the mask (replaced by the next update); the
+        mask layer stays the active one, so the brush is ready."""
+        if self.volume is None:
+            return
+        data = np.asarray(changed, np.uint8)
+        if CHANGES_LAYER in self.viewer.layers:
+            self.viewer.layers[CHANGES_LAYER].data = data
+        else:
+            self.viewer.add_labels(data, **layer_kwargs(self.volume.with_array(data), CHANGES_LAYER, labels=True),
+                                   opacity=0.5)
+        if self.mask_layer is not None:
+            self.viewer.layers.selection.active = self.mask_layer
 
     def reload_mask(self) -> int:
         """The open volume's mask file (a run just wrote it) into the open layer, as one undo step."""

@@ -107,6 +107,10 @@ class HNProject:
 def hn_project(openkbp: Path, tmp_path: Path) -> HNProject:
     """Four OpenKBP train-pats volumes linked (not copied) into a project: two reviewed, one with its mandible
     locked and a stroke of parotid painted by hand, one pending."""
+    return make_hn_project(openkbp, tmp_path)
+
+
+def make_hn_project(openkbp: Path, tmp_path: Path) -> HNProject:
     import numpy as np
 
     from medlsam_training.io import read_volume, write_mask
@@ -130,3 +134,27 @@ def hn_project(openkbp: Path, tmp_path: Path) -> HNProject:
     project.set_status(HN_PARTLY, "segmented", write_mask(partly, image, project.mask_path(HN_PARTLY)))
     project.set_locked(HN_PARTLY, "mandible")
     return HNProject(folder, openkbp)
+
+
+@pytest.fixture(scope="session")
+def hn_segmented_once(openkbp: Path, tmp_path_factory) -> HNProject:
+    """The head-and-neck project of ``hn_project`` after ``medlsam segment --project`` (the atlas over the reviewed
+    volumes): its masks and the atlas's votes beside them.  Built once per session; tests get a copy."""
+    from typer.testing import CliRunner
+
+    from medlsam_training.cli import app
+
+    folder = make_hn_project(openkbp, tmp_path_factory.mktemp("hn_segmented")).folder
+    r = CliRunner().invoke(app, ["segment", "--project", str(folder), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    return HNProject(folder, openkbp)
+
+
+@pytest.fixture()
+def hn_segmented(hn_segmented_once: HNProject, tmp_path: Path) -> HNProject:
+    """A copy of the segmented head-and-neck project, this test's own (its volumes stay links to ../shared/data)."""
+    import shutil
+
+    folder = tmp_path / "segmented"
+    shutil.copytree(hn_segmented_once.folder, folder, symlinks=True)
+    return HNProject(folder, hn_segmented_once.openkbp)

@@ -40,6 +40,7 @@ from .atlas import (
     warp_mask,
 )
 from .boxes import Box3D, box_from_physical
+from .correction.votes import TemplateVotes
 from .errors import MedLSAMError
 from .extreme_points import POINT_NAMES, ExtremePoints, template_volume_path, validate_points
 from .identity_cache import IdentityCache
@@ -103,6 +104,8 @@ class LocalizedTarget:
     vote: np.ndarray | None = field(default=None, repr=False)
     vote_box: Box3D | None = None
     pool: int = 0  # templates of this target before the per-query choice of the best-matching ones
+    #: each template's warped mask and fusion weight (atlas): what a correction re-fuses (training/correction/)
+    template_votes: TemplateVotes | None = field(default=None, repr=False)
     fallback: str | None = None  # why the asked-for mode was not the one that made it, when it was not
 
 
@@ -589,10 +592,11 @@ def _fuse_masks(result: LocalizedTarget, masks: list[tuple[sitk.Image, TemplateR
     box = box_from_physical(lo_mm, hi_mm, query.geometry).grow(2).clip(query.size)
     ref = sitk.RegionOfInterest(reference, list(box.shape), list(box.lo))
     fused_prob = np.zeros(ref.GetSize()[::-1], np.float32)
-    warped = []
+    warped, stack = [], []
     weights = [max(r.fit_ncc if r.fit_ncc is not None else r.match_ncc, 1e-3) ** FIT_POWER for _, r in masks]
     for (mask, reg), weight in zip(masks, weights):
         w = warp_mask(mask, reg.transform, ref)
+        stack.append(w)
         warped.append(w >= 0.5)
         fused_prob += weight * w
     fused_prob /= max(sum(weights), 1e-6)
@@ -606,6 +610,7 @@ def _fuse_masks(result: LocalizedTarget, masks: list[tuple[sitk.Image, TemplateR
     full[box.slices] = fused
     result.mask = full
     result.vote, result.vote_box = fused_prob, box
+    result.template_votes = TemplateVotes(box, np.stack(stack), np.array(weights), VOTE).tight()
     result.agreement = float(np.mean([2 * (w & fused).sum() / max(1, w.sum() + fused.sum()) for w in warped]))
     result.box = Box3D.from_mask(full)
 

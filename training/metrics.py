@@ -71,6 +71,19 @@ def binary_metrics(
     return {"dice": float(dice.item()), "hd95": float(hd95.item()), "nsd": float(nsd.item())}
 
 
+def surface_dice(pred: np.ndarray, gt: np.ndarray, spacing_zyx: tuple[float, float, float],
+                 tolerance_mm: float) -> float:
+    """Surface Dice (NSD, MONAI) at ``tolerance_mm`` alone: 1 when both are empty, 0 when one is."""
+    pred, gt = _masks(pred, gt)
+    if not pred.any() or not gt.any():
+        return float(pred.any() == gt.any())
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*always_return_as_numpy", category=FutureWarning)
+        nsd = compute_surface_dice(_onehot(pred), _onehot(gt), class_thresholds=[tolerance_mm],
+                                   include_background=False, spacing=[float(s) for s in spacing_zyx])
+    return float(nsd.item())
+
+
 def _slice_contours_mm(mask2d: np.ndarray, spacing_yx: np.ndarray) -> list[np.ndarray]:
     """A slice's contours as polylines in mm (rows, cols scaled by the pixel size): the 0.5 level of the mask,
     padded so that a mask touching the slice edge is closed."""
@@ -91,10 +104,23 @@ def added_path_length(
     true contour).  Each segment of the true contour counts by its midpoint's distance to the predicted contour,
     measured in-plane in mm on points sampled every tenth of a pixel along it.
     """
+    added, total = added_path_per_slice(pred, gt, spacing_zyx, tolerance_mm)
+    added, total = float(added.sum()), float(total.sum())
+    return {"apl_mm": added, "contour_mm": total, "apl_share": added / total if total > 0 else math.nan}
+
+
+def added_path_per_slice(
+    pred: np.ndarray,
+    gt: np.ndarray,
+    spacing_zyx: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    tolerance_mm: float = 4.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per axial slice: (mm of the true contour farther than ``tolerance_mm`` from the predicted one, mm of the
+    whole true contour); :func:`added_path_length` is their sum."""
     pred, gt = _masks(pred, gt)
     spacing_yx = np.asarray(spacing_zyx[1:], float)
     step = 0.1 * float(spacing_yx.min())
-    added = total = 0.0
+    added, total = np.zeros(gt.shape[0]), np.zeros(gt.shape[0])
     for z in np.nonzero(gt.any(axis=(1, 2)))[0]:
         lengths, midpoints = [], []
         for c in _slice_contours_mm(gt[z], spacing_yx):
@@ -104,7 +130,7 @@ def added_path_length(
         if not lengths:
             continue
         lengths, midpoints = np.concatenate(lengths), np.concatenate(midpoints)
-        total += float(lengths.sum())
+        total[z] = float(lengths.sum())
         samples = []
         for c in _slice_contours_mm(pred[z], spacing_yx) if pred[z].any() else []:
             seg = np.diff(c, axis=0)
@@ -112,11 +138,23 @@ def added_path_length(
             samples.append(np.concatenate([c[i] + np.linspace(0, 1, k, endpoint=False)[:, None] * seg[i]
                                            for i, k in enumerate(n)] + [c[-1:]]))
         if not samples:
-            added += float(lengths.sum())  # nothing predicted on this slice: all of it is drawn
+            added[z] = total[z]  # nothing predicted on this slice: all of it is drawn
             continue
         distance, _ = cKDTree(np.concatenate(samples)).query(midpoints)
-        added += float(lengths[distance > tolerance_mm].sum())
-    return {"apl_mm": added, "contour_mm": total, "apl_share": added / total if total > 0 else math.nan}
+        added[z] = float(lengths[distance > tolerance_mm].sum())
+    return added, total
+
+
+def slice_contour_error(
+    pred: np.ndarray,
+    gt: np.ndarray,
+    spacing_zyx: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    tolerance_mm: float = 4.0,
+) -> np.ndarray:
+    """Per axial slice, mm of contour an annotator redraws or erases: the true contour farther than the tolerance
+    from the predicted one, plus the predicted contour farther than it from the true one."""
+    return added_path_per_slice(pred, gt, spacing_zyx, tolerance_mm)[0] + \
+        added_path_per_slice(gt, pred, spacing_zyx, tolerance_mm)[0]
 
 
 def pooled_apl_share(metrics: Iterable[dict[str, float]]) -> float:

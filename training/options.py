@@ -93,6 +93,29 @@ TARGET_CLASS_HELP = {
 }
 
 
+class CorrectionUpdate(StrEnum):
+    """How corrected axial slices update the rest of a target (training/correction/); the first is the default."""
+
+    AUTO = "auto"
+    FILL = "fill"
+    REFUSE = "refuse"
+    REFUSE_SHIFT = "refuse+shift"
+    REFUSE_SHIFT_GROW = "refuse+shift+grow"
+
+
+CORRECTION_HELP = {
+    CorrectionUpdate.AUTO: "what measured best for the target's class: refuse+shift+grow for bones on CT, refuse+shift "
+                           "for the rest (docs/benchmarks.md, section 9)",
+    CorrectionUpdate.FILL: "fill between corrected slices (morphological contour interpolation, Slicer's 'Fill between "
+                           "slices'); other slices unchanged",
+    CorrectionUpdate.REFUSE: "the atlas re-fused at the threshold that agrees best with the corrected slices",
+    CorrectionUpdate.REFUSE_SHIFT: "re-fused, then each corrected slice's change carried to its neighbours (signed "
+                                   "distances, faded with distance)",
+    CorrectionUpdate.REFUSE_SHIFT_GROW: "refuse+shift, then the boundary re-decided on the image (FastGrowCut, "
+                                        "Slicer's 'Grow from seeds')",
+}
+
+
 class OptionError(ValueError):
     """A value that is none of an option list's choices."""
 
@@ -118,6 +141,7 @@ def listed(options: type[StrEnum]) -> str:
     return ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else names[0]
 
 
-__all__ = ["ExistingMaps", "LOCALIZER_ALIASES", "LOCALIZER_HELP", "LabelPolicy", "LocalizerName", "MODE_HELP",
+__all__ = ["CORRECTION_HELP", "CorrectionUpdate", "ExistingMaps", "LOCALIZER_ALIASES", "LOCALIZER_HELP", "LabelPolicy",
+           "LocalizerName", "MODE_HELP",
            "OptionError", "POLICY_HELP", "PropagationMode", "SegmenterName", "TARGET_CLASS_HELP", "TargetClass",
            "choose", "listed"]

@@ -21,6 +21,8 @@ import numpy as np
 
 from .atomic import keep_previous, write_json_atomic
 from .boxes import Box3D, box_from_physical
+from .correction.constraints import keep_corrected
+from .correction.votes import load_votes, save_votes, votes_path
 from .datasets import Case, find_cases, read_label_names
 from .errors import MedLSAMError
 from .extreme_points import POINT_NAMES, ExtremePoints
@@ -301,12 +303,14 @@ def run_queries(
     cancelled: Callable[[], bool] | None = None,
     locked: Mapping[str, Collection[str]] | None = None,
     network: ProbabilitySource | None = None,
+    corrected: Mapping[str, Collection[int]] | None = None,
 ) -> Iterator[QueryResult]:
     """Segment every case into ``out_dir/<case>.nii.gz``; yields one result per case as it finishes.
 
     A case whose label map exists is skipped (``existing="skip"``, resumable runs) or has this run's
     targets merged into it by the policy ``keep``, ``overwrite`` or ``empty``; the previous file is first
-    copied to ``out_dir/.previous/``.  ``locked`` names, per case, targets never to touch (reviewed ones).
+    copied to ``out_dir/.previous/``.  ``locked`` names, per case, targets never to touch (reviewed ones);
+    ``corrected``, per case, the axial slices the annotator drew: kept as they are.
     """
     check_policy(existing, rerun=True)
     out_dir = Path(out_dir)
@@ -338,8 +342,11 @@ def run_queries(
                 query, templates, localizer, segmenter, config, cache_dir, slice_progress, cancelled,
                 existing=before, policy="keep" if existing == "skip" else existing, locked=case_locked,
                 network=network)
+            if before is not None and (corrected or {}).get(case.name):
+                label_map = keep_corrected(before, label_map, corrected[case.name])
             keep_previous(output)  # a mask that is replaced (hand corrections, perhaps) keeps a copy
             write_mask(label_map, query, output)
+            keep_votes(out_dir, case.name, result.targets)
         except InterruptedError:
             raise
         except (MedLSAMError, ValueError, RuntimeError, OSError) as exc:
@@ -357,6 +364,21 @@ def run_queries(
         summary[case.name] = entry
         write_json_atomic(summary, summary_path)
         yield result
+
+
+def keep_votes(out_dir: Path, case: str, targets: list[LocalizedTarget]) -> Path | None:
+    """The atlas's per-template warped masks of the targets whose written mask they made, beside the masks
+    (``.votes/<case>.npz``): a correction re-fuses them in milliseconds (training/correction/).  Targets not re-run
+    keep the votes stored before; a re-run target that no longer has votes loses its old ones."""
+    path = votes_path(out_dir, case)
+    fresh = {t.target: t.template_votes for t in targets
+             if t.template_votes is not None and t.source in (SOURCE_FUSED, SOURCE_COMBINED)}
+    rerun = {t.target for t in targets}
+    kept = {name: v for name, v in load_votes(path).items() if name not in rerun} if path.is_file() else {}
+    if not fresh and not kept:
+        path.unlink(missing_ok=True)
+        return None
+    return save_votes({**kept, **fresh}, path)
 
 
 def parse_box(text: str) -> Box3D:

@@ -28,6 +28,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,8 @@ class VolumeEntry:
     mask: str | None = None
     locked: list[str] = field(default_factory=list)  # targets reviewed on this volume: never re-segmented
     error: str | None = None  # why it failed (unreadable file, last run's error): shown in full in the annotator
+    #: per target, the axial slices the annotator drew or fixed: no automatic change alters them there
+    corrected: dict[str, list[int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -417,6 +420,35 @@ class Project:
             entry.locked = [t for t in entry.locked if t != target]
         self.save()
 
+    def corrected_slices(self, name: str, target: str) -> list[int]:
+        """The axial slices of ``target`` the annotator drew or fixed on volume ``name`` (sorted)."""
+        return list(self.entry(name).corrected.get(target, []))
+
+    def all_corrected(self, name: str) -> list[int]:
+        """Every axial slice of volume ``name`` corrected for any target: what an automatic change never alters."""
+        return sorted({z for zs in self.entry(name).corrected.values() for z in zs})
+
+    def add_corrected(self, name: str, target: str, slices: Iterable[int]) -> bool:
+        """Record slices of ``target`` as corrected on volume ``name``; True when any was new (then saved)."""
+        self.target(target)  # an unknown target is an error, not a silent record
+        entry = self.entry(name)
+        known = set(entry.corrected.get(target, []))
+        new = {int(z) for z in slices} - known
+        if not new:
+            return False
+        entry.corrected[target] = sorted(known | new)
+        self.save()
+        return True
+
+    def clear_corrected(self, name: str, target: str | None = None) -> None:
+        """Forget the corrected slices of one target (or all) on volume ``name``."""
+        entry = self.entry(name)
+        if target is None:
+            entry.corrected.clear()
+        else:
+            entry.corrected.pop(target, None)
+        self.save()
+
     def mark_reviewed(self, name: str) -> None:
         """The whole volume is reviewed: every target locked, the volume never re-segmented."""
         entry = self.entry(name)
@@ -487,6 +519,8 @@ class Project:
                 per_volume[new] = per_volume.pop(old)
         for v in self.volumes:
             v.locked = [new if t == old else t for t in v.locked]
+            if old in v.corrected:
+                v.corrected[new] = v.corrected.pop(old)
         if self.active_target == old:
             self.active_target = new
         self.write_label_names()
@@ -501,6 +535,7 @@ class Project:
             per_volume.pop(name, None)
         for v in self.volumes:
             v.locked = [t for t in v.locked if t != name]
+            v.corrected.pop(name, None)
         self.write_label_names()
         if self.active_target == name:
             self.active_target = self.targets[0].name if self.targets else None

@@ -132,7 +132,8 @@ def run_project(project: Project, templates: list[Template], queries: list[str],
         for r in run_queries(cases, templates, localizer, segmenter, project.folder / project.output_dir,
                              config or PropagationConfig(mode=project.mode), cache_dir or default_cache_dir(),
                              existing=existing or project.existing, progress=progress, cancelled=cancelled,
-                             locked=locked, network=network):
+                             locked=locked, network=network,
+                             corrected={name: project.all_corrected(name) for name in queries}):
             if r.status == "done":
                 project.set_status(r.name, "segmented", r.output)
             elif r.status == "failed":

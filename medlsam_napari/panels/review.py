@@ -32,11 +32,14 @@ class ReviewPanel(QWidget):
         buttons = {
             "◀ previous": lambda: self._step(-1), "next ▶": lambda: self._step(1),
             "Draw prompt box": self._prompt_layers, "Segment this slice": self.segment_slice,
-            "Re-propagate": self.repropagate, "Mark reviewed ✓": self.mark_reviewed,
+            "Re-propagate": self.repropagate, "Update the rest ⟳": self.update_rest,
+            "Mark reviewed ✓": self.mark_reviewed,
         }
         tips = {"Re-propagate": "Propagate the mask from this slice to the slices above and below it",
                 "Draw prompt box": "Add a layer for a box or points on the current slice",
                 "Segment this slice": "Re-segment the current slice from the box / points drawn on it",
+                "Update the rest ⟳": "Carry the active target's corrected slices (those you painted) to its other "
+                                     "slices; corrected slices never change, Ctrl+Z undoes it (Shift+U)",
                 "Mark reviewed ✓": "Save, lock every target of this volume and never re-segment it"}
         grid = QGridLayout()
         self.buttons = {}
@@ -52,16 +55,22 @@ class ReviewPanel(QWidget):
                              "volume; other targets can still be corrected")
         self.lock.clicked.connect(self.set_locked)
         grid.addWidget(self.lock, len(buttons) // 2, len(buttons) % 2)
-        self.status = QLabel("Correct with the mask layer's paint/erase tools, or draw a box / click points "
-                             "and press 'Segment this slice'.")
+        self.status = QLabel("Correct a few axial slices with the mask layer's paint/erase tools, then 'Update the "
+                             "rest'; or draw a box / click points and press 'Segment this slice'.")
         self.status.setWordWrap(True)
+        self.corrections = QLabel()
+        self.corrections.setWordWrap(True)
         layout = QVBoxLayout(self)
         layout.addLayout(grid)
+        layout.addWidget(self.corrections)
         layout.addWidget(self.status)
         self.job = DockJob("MedLSAM prompt", status=self.status, buttons=(*self.buttons.values(), self.lock),
                            on_idle=self._sync_lock)
         state.on_change(lambda what: self._sync_lock() if what in ("volume", "active_target", "status", "project",
                                                                    "targets") else None)
+        state.on_change(lambda what: self._show_corrections() if what in ("volume", "active_target", "project",
+                                                                          "targets", "corrections") else None)
+        state.viewer.bind_key("Shift-U", lambda viewer: self.update_rest(), overwrite=True)
 
     # --- navigation -----------------------------------------------------------------------
     def _step(self, delta: int) -> None:
@@ -105,6 +114,44 @@ class ReviewPanel(QWidget):
         p.set_locked(name, p.active_target, locked)
         self.state.changed("status")
         self.status.setText(f"{p.active_target} on {name} {'locked' if locked else 'unlocked'}.")
+
+    # --- corrections in 3D ------------------------------------------------------------------
+    def _show_corrections(self) -> None:
+        p, name = self.state.project, self.state.volume_name
+        if not (p and name and p.active_target and any(t.name == p.active_target for t in p.targets)):
+            self.corrections.setText("")
+            return
+        zs = p.corrected_slices(name, p.active_target)
+        listed = ", ".join(map(str, zs[:12])) + (", …" if len(zs) > 12 else "")
+        self.corrections.setText(f"{p.active_target}: {len(zs)} corrected slice{'s' if len(zs) != 1 else ''}"
+                                 + (f" ({listed})" if zs else " — paint a slice to correct it"))
+
+    def update_rest(self) -> None:
+        """The active target's other slices from its corrected ones (``correction.correct_in_project``), off the
+        GUI thread; applied as one undo step, never over voxels painted while it ran; the changes are shown."""
+        from medlsam_training.correction.in_project import correct_in_project
+
+        if self.state.volume is None or self._target_label() is None:
+            return
+        p, name, target = self.state.project, self.state.volume_name, self.state.project.active_target
+        zs = p.corrected_slices(name, target)
+        if not zs:
+            return show_error(self, "Nothing corrected", f"paint or erase {target} on a slice first")
+        snapshot = np.array(self.state.mask_layer.data, copy=True)
+        volume = self.state.volume
+
+        def apply(out) -> None:
+            new, result = out
+            current = np.asarray(self.state.mask_layer.data)
+            take = (new != snapshot) & (current == snapshot)  # a voxel painted meanwhile stays the annotator's
+            merged = current.copy()
+            merged[take] = new[take]
+            n = self.state.set_mask(merged)  # one undo step; saved
+            self.state.show_changes(take)
+            self.status.setText(f"{target}: '{result.method}' from {len(zs)} corrected slices changed {n} voxels "
+                                "(layer 'changed by update'); Ctrl+Z undoes it.")
+
+        self._run(lambda: correct_in_project(p, name, target, snapshot, volume.array, volume.spacing_zyx), apply)
 
     # --- prompting ------------------------------------------------------------------------
     def _prompt_layers(self) -> None:

@@ -11,7 +11,7 @@ from ..errors import MedLSAMError
 from ._app import _error_line, app, expand_list_options
 
 #: the command groups, imported in the order ``medlsam --help`` lists their commands
-GROUPS = ("volumes", "segmentation", "models", "report", "seeding", "coreset", "seg")
+GROUPS = ("volumes", "segmentation", "correction", "models", "report", "seeding", "coreset", "seg")
 for _group in GROUPS:
     importlib.import_module(f"{__name__}.{_group}")
 
