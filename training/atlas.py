@@ -356,7 +356,9 @@ def refine_target(query: AtlasImage, template: AtlasImage, reg: TemplateRegistra
 
 def _inside(template: AtlasImage, transform: sitk.Transform, grid: sitk.Image) -> np.ndarray:
     """Voxels of ``grid`` that ``transform`` sends inside the template's scanned content."""
-    return sitk.GetArrayViewFromImage(
+    # a copy, not a view: a view of the temporary resampled image would read memory freed when it is collected
+    # (the result then depended on the allocator: MALLOC_TRIM_THRESHOLD_, set by Dask's workers, changed it)
+    return sitk.GetArrayFromImage(
         sitk.Resample(template.content, grid, transform, sitk.sitkNearestNeighbor, 0)).astype(bool)
 
 
