@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -36,6 +36,9 @@ from .propagate import PropagationConfig, VolumeSegmenter, bone_in_box, bone_tar
 from .segmenters import Segmenter
 from .template_fusion import PARTLY_OUTSIDE, box_status, edge_faces
 from .volume import Volume
+
+if TYPE_CHECKING:
+    from .cluster import ClusterEngine
 
 log = logging.getLogger(__name__)
 #: the method of a template volume's own targets (``LocalizedTarget.method``): no localization was needed
@@ -304,13 +307,16 @@ def run_queries(
     locked: Mapping[str, Collection[str]] | None = None,
     network: ProbabilitySource | None = None,
     corrected: Mapping[str, Collection[int]] | None = None,
+    engine: "ClusterEngine | None" = None,
 ) -> Iterator[QueryResult]:
     """Segment every case into ``out_dir/<case>.nii.gz``; yields one result per case as it finishes.
 
     A case whose label map exists is skipped (``existing="skip"``, resumable runs) or has this run's
     targets merged into it by the policy ``keep``, ``overwrite`` or ``empty``; the previous file is first
     copied to ``out_dir/.previous/``.  ``locked`` names, per case, targets never to touch (reviewed ones);
-    ``corrected``, per case, the axial slices the annotator drew: kept as they are.
+    ``corrected``, per case, the axial slices the annotator drew: kept as they are.  With an ``engine`` (a Dask
+    cluster, :mod:`medlsam_training.cluster`) each case is one task on a worker, which writes its mask; results
+    come back as they finish and this process keeps the run summary.
     """
     check_policy(existing, rerun=True)
     out_dir = Path(out_dir)
@@ -320,50 +326,74 @@ def run_queries(
     labels = target_labels(templates)
     write_label_names(out_dir, labels)
     said: set[str] = set()  # targets whose fallback this run has announced (once per run, recorded per volume)
-    for i, case in enumerate(cases):
-        if cancelled and cancelled():
-            return
-        output = out_dir / f"{case.name}.nii.gz"
-        result = QueryResult(case.name, case.image, output)
-        case_locked = set((locked or {}).get(case.name, ()))
-        if output.is_file() and (existing == "skip" or set(labels) <= case_locked):
-            result.status = "skipped"
-            yield result
-            continue
-        t0 = time.perf_counter()
-        before = None
-        try:
-            query = read_volume(case.image)
-            result.template = any(is_template_of(t, query) for t in templates)
-            before = read_label(output, query, allow_empty=True).array if output.is_file() else None
-            slice_progress = (lambda d, n, m, i=i, c=case: progress(d, n, f"{c.name} ({i + 1}/{len(cases)}): {m}")) \
-                if progress else None
-            label_map, result.targets = segment_query(
-                query, templates, localizer, segmenter, config, cache_dir, slice_progress, cancelled,
-                existing=before, policy="keep" if existing == "skip" else existing, locked=case_locked,
-                network=network)
-            if before is not None and (corrected or {}).get(case.name):
-                label_map = keep_corrected(before, label_map, corrected[case.name])
-            keep_previous(output)  # a mask that is replaced (hand corrections, perhaps) keeps a copy
-            write_mask(label_map, query, output)
-            keep_votes(out_dir, case.name, result.targets)
-        except InterruptedError:
-            raise
-        except (MedLSAMError, ValueError, RuntimeError, OSError) as exc:
-            log.error("%s", exc if str(case.image) in str(exc) else f"{case.image}: {exc}")  # the path once
-            result.status, result.error, result.output = "failed", f"{type(exc).__name__}: {exc}", None
-        result.seconds = time.perf_counter() - t0
+
+    def record(result: QueryResult, had_mask: bool) -> QueryResult:
         for t in result.targets:
             if t.fallback and t.target not in said:
                 said.add(t.target)
                 log.warning("%s: %s (said once per run; each volume's record in %s has it)", t.target,
                             t.fallback, RESULTS_NAME)
         entry = result.to_json()
-        if result.status == "done" and before is not None:  # targets not re-run keep their record
-            entry["targets"] = {**summary.get(case.name, {}).get("targets", {}), **entry["targets"]}
-        summary[case.name] = entry
+        if result.status == "done" and had_mask:  # targets not re-run keep their record
+            entry["targets"] = {**summary.get(result.name, {}).get("targets", {}), **entry["targets"]}
+        summary[result.name] = entry
         write_json_atomic(summary, summary_path)
-        yield result
+        return result
+
+    todo: list[Case] = []  # on a cluster: submitted together once the skipped ones are said
+    for i, case in enumerate(cases):
+        output = out_dir / f"{case.name}.nii.gz"
+        case_locked = set((locked or {}).get(case.name, ()))
+        if output.is_file() and (existing == "skip" or set(labels) <= case_locked):
+            yield QueryResult(case.name, case.image, output, status="skipped")
+            continue
+        if engine is not None:
+            todo.append(case)
+            continue
+        if cancelled and cancelled():
+            return
+        slice_progress = (lambda d, n, m, i=i, c=case: progress(d, n, f"{c.name} ({i + 1}/{len(cases)}): {m}")) \
+            if progress else None
+        yield record(*segment_case(case, templates, localizer, segmenter, out_dir, config, cache_dir, existing,
+                                   slice_progress, cancelled, case_locked, network,
+                                   (corrected or {}).get(case.name, ())))
+    if todo:
+        for result, had_mask in engine.run(todo, templates, out_dir, config, cache_dir, existing, locked or {},
+                                           network, corrected or {}, cancelled):
+            yield record(result, had_mask)
+
+
+def segment_case(case: Case, templates: list[Template], localizer: Localizer, segmenter: Segmenter, out_dir: Path,
+                 config: PropagationConfig | None, cache_dir: Path | None, existing: str,
+                 progress: ProgressFn | None, cancelled: Callable[[], bool] | None, locked: Collection[str],
+                 network: ProbabilitySource | None, corrected: Collection[int]) -> tuple[QueryResult, bool]:
+    """One case from start to finish: read it, segment it, write its mask (atomically, a replaced one copied to
+    ``.previous/``) and the atlas's votes -> (its result, whether it had a label map before).  A failure of this
+    volume is its result, never an exception (but a cancel is)."""
+    output = out_dir / f"{case.name}.nii.gz"
+    result = QueryResult(case.name, case.image, output)
+    t0 = time.perf_counter()
+    before = None
+    try:
+        query = read_volume(case.image)
+        result.template = any(is_template_of(t, query) for t in templates)
+        before = read_label(output, query, allow_empty=True).array if output.is_file() else None
+        label_map, result.targets = segment_query(
+            query, templates, localizer, segmenter, config, cache_dir, progress, cancelled,
+            existing=before, policy="keep" if existing == "skip" else existing, locked=set(locked),
+            network=network)
+        if before is not None and corrected:
+            label_map = keep_corrected(before, label_map, corrected)
+        keep_previous(output)  # a mask that is replaced (hand corrections, perhaps) keeps a copy
+        write_mask(label_map, query, output)
+        keep_votes(out_dir, case.name, result.targets)
+    except InterruptedError:
+        raise
+    except (MedLSAMError, ValueError, RuntimeError, OSError) as exc:
+        log.error("%s", exc if str(case.image) in str(exc) else f"{case.image}: {exc}")  # the path once
+        result.status, result.error, result.output = "failed", f"{type(exc).__name__}: {exc}", None
+    result.seconds = time.perf_counter() - t0
+    return result, before is not None
 
 
 def keep_votes(out_dir: Path, case: str, targets: list[LocalizedTarget]) -> Path | None:

@@ -113,13 +113,14 @@ def run_project(project: Project, templates: list[Template], queries: list[str],
                 progress: ProgressFn | None = None, on_result: Callable[[QueryResult], None] | None = None,
                 cancelled: Callable[[], bool] | None = None, existing: str | None = None,
                 config: PropagationConfig | None = None, cache_dir: Path | None = None,
-                network: ProbabilitySource | None | str = "project") -> list[QueryResult]:
+                network: ProbabilitySource | None | str = "project", engine=None) -> list[QueryResult]:
     """Segment every query into the project's mask folder; statuses are saved as each volume finishes.
 
     ``existing`` (default: the project's policy) says what happens to a volume's label map when it exists:
     ``skip`` it, or merge the run's targets into it (``keep``, ``overwrite``, ``empty``).  Reviewed volumes
     and locked targets are never re-segmented, and any mask replaced is first copied to ``<masks>/.previous/``.
     ``network``: the project's fine-tuned network when it has one (``"project"``), another source, or None.
+    ``engine``: a Dask cluster (:class:`medlsam_training.cluster.ClusterEngine`) that runs one volume per task.
     """
     if network == "project":
         network = project_network(project)
@@ -133,7 +134,7 @@ def run_project(project: Project, templates: list[Template], queries: list[str],
                              config or PropagationConfig(mode=project.mode), cache_dir or default_cache_dir(),
                              existing=existing or project.existing, progress=progress, cancelled=cancelled,
                              locked=locked, network=network,
-                             corrected={name: project.all_corrected(name) for name in queries}):
+                             corrected={name: project.all_corrected(name) for name in queries}, engine=engine):
             if r.status == "done":
                 project.set_status(r.name, "segmented", r.output)
             elif r.status == "failed":

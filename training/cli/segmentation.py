@@ -88,6 +88,10 @@ def segment(
                                  "runs), or write this run's targets into it: " + "; ".join(
                                      f"{p} ({POLICY_HELP[p]})" for p in LabelPolicy) + ". Locked (reviewed) "
                                  "targets are never changed."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Run on a local Dask cluster of N worker "
+                                          "processes (one volume per task, one thread each)."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Run on an existing Dask cluster, e.g. "
+                                            "tcp://host:8786 (the output folder must be shared with its workers)."),
 ) -> None:
     """The MedLSAM pipeline: localize every target in every query, segment it slice by slice, write masks."""
     from ..embedding_cache import default_cache_dir
@@ -158,15 +162,23 @@ def segment(
                       ", ".join(t.target + ("" if t.status == "found" else f": {t.status}") for t in r.targets),
                       f"{r.seconds:.1f}", r.output.name if r.output else "error: below the table")
 
+    from ..cluster import open_engine
+
     try:
-        with _RichProgress("segmenting") as bar:
+        with open_engine(workers, scheduler, localizer, segmenter, device) as engine, \
+                _RichProgress("segmenting") as bar:
+            if engine is not None:
+                console.print(f"on a Dask cluster of {plural(engine.workers, 'worker')}: one volume per task",
+                              soft_wrap=True, highlight=False)
             if project is not None:  # reviewed volumes and locked targets are left alone, statuses saved
                 run_project(proj, tpls, cases, loc, seg, bar, add_row, existing=existing, config=config,
-                            cache_dir=cache, network=network)
+                            cache_dir=cache, network=network, engine=engine)
             else:
                 for r in run_queries(cases, tpls, loc, seg, out, config, cache or default_cache_dir(), existing,
-                                     bar):
+                                     bar, engine=engine):
                     add_row(r)
+    except MedLSAMError as exc:  # the cluster: an unreachable scheduler, both options
+        _fail(exc)
     except KeyboardInterrupt:  # Ctrl-C: finished masks are on disk, the one in progress was never half-written
         done = sum(r.status != "failed" for r in results)
         err_console.print(f"interrupted: {done} of {len(cases)} done; rerun the same command to resume",
