@@ -6,7 +6,7 @@ folder: one process with one thread for the registrations, one process with the 
 run), and local clusters of 1 and 2 (or ``--workers``) worker processes of one thread each.  Every run goes through
 ``pipeline.run_queries``, the function ``medlsam segment`` calls, and must write the same masks byte for byte.
 
-    .venv/bin/python benchmarks/scale.py --volumes 10          # ~25 min on 2 cores
+    .venv/bin/python benchmarks/scale.py --volumes 8           # ~20 min on 2 cores
 
 Prints volumes per minute, the speed-up against the one-thread process, the peak resident memory of each worker
 process (from the operating system), and the cluster's overhead on one worker.
@@ -36,6 +36,11 @@ from medlsam_training.segmenters import load_segmenter  # noqa: E402
 
 
 def peak_rss_mb() -> float:
+    """This process's peak resident memory: VmHWM (its own address space's; ru_maxrss would carry the parent's
+    peak into a spawned worker)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 

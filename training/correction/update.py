@@ -3,8 +3,8 @@ voxel, the others follow them.
 
 - :func:`fill_between`: ITK's morphological contour interpolation between the corrected slices (Albu et al. 2008,
   Zukić et al.; the algorithm of 3D Slicer's "Fill between slices"); slices beyond them are left as they are.
-- :func:`refuse`: the atlas's warped template masks (:mod:`.votes`) re-weighed by each template's Dice with the
-  corrected slices, and the vote's threshold re-chosen so the fusion agrees best with them.
+- :func:`refuse`: the atlas's warped template masks (:mod:`.votes`) fused again at the vote level whose mask agrees
+  best with the corrected slices (each template can also be re-weighed by its Dice with them: :data:`AGREEMENT_POWER`).
 - :func:`shift_toward`: each corrected slice's change (the difference of the in-plane signed distances of the
   annotator's contour and the fused one) carried to the slices between corrected ones by linear interpolation,
   and faded out beyond the last corrected slice over :data:`REACH_MM`.
@@ -30,7 +30,7 @@ from .votes import TemplateVotes
 
 #: a template's weight in the re-fusion is its fusion weight times (its Dice with the corrected slices) ** power.
 #: Measured with the simulated annotator on 8 train-pats (slices drawn, mean of 5 organs, refuse+shift): power 0
-#: 6.6, 4: 7.3, 8: 6.7 -- re-weighing the templates did not pay on these 4-5 mm grids; the re-chosen threshold does
+#: 6.6, 4: 7.3, 8: 6.7 -- re-weighing the templates did not pay on these 5.4 mm grids; the re-chosen level does
 AGREEMENT_POWER = 0
 #: thresholds tried for the re-fused vote; the one whose mask agrees best with the corrected slices wins
 THRESHOLDS = np.round(np.arange(0.1, 0.91, 0.05), 2)
@@ -300,12 +300,6 @@ def _update_local(mask: np.ndarray, zs: list[int], method: str | CorrectionUpdat
         for z in zs:
             new[z] = mask[z]
     return UpdateResult(new, method.value, 0, 0.0)
-
-
-def changed_box(old: np.ndarray, new: np.ndarray) -> Box3D | None:
-    """The box of the voxels an update changed (None when none did)."""
-    diff = np.asarray(old) != np.asarray(new)
-    return Box3D.from_mask(diff) if diff.any() else None
 
 
 def correct_label_map(label_map: np.ndarray, value: int, corrected: Sequence[int], method: str | CorrectionUpdate,
