@@ -133,20 +133,12 @@ def part_robots(args) -> None:
                 continue  # not contoured: never scored
             start = pred_map == value
             v = votes.get(organ)
-            box = (v.box if v is not None else None)
-            extra = [np.zeros_like(truth)]
-            if box is not None:
-                extra[0][box.slices] = True
-            sl = crop_of(truth, start, *extra)
-            # the robots work on the crop; the votes move with it
-            crop_votes = None
+            in_votes = np.zeros_like(truth)
             if v is not None:
-                from medlsam_training.boxes import Box3D
-                from medlsam_training.correction import TemplateVotes
-
-                off = np.array([sl[2].start, sl[1].start, sl[0].start])
-                crop_votes = TemplateVotes(Box3D(tuple(np.array(v.box.lo) - off), tuple(np.array(v.box.hi) - off)),
-                                           v.warped, v.weights, v.threshold)
+                in_votes[v.box.slices] = True
+            sl = crop_of(truth, start, in_votes)
+            # the robots work on the crop; the votes move with it
+            crop_votes = v.moved((sl[2].start, sl[1].start, sl[0].start)) if v is not None else None
             t, s, img = truth[sl], start[sl], image.array[sl]
             row = {"volume": q, "organ": organ, "start_nsd": surface_dice(s, t, spacing, TOLERANCE_MM),
                    "votes": v is not None}

@@ -21,15 +21,13 @@ def painted_slices(atoms: Iterable) -> dict[int, set[int]]:
     for atom in atoms:
         if hasattr(atom, "slice_key"):
             z0 = atom.slice_key[0].start or 0
-            if atom.mask is not None:
-                zs = z0 + np.nonzero(np.asarray(atom.mask).reshape(atom.mask.shape[0], -1).any(axis=1))[0]
-                olds = np.asarray(atom.old_values)
-                values = set(np.unique(olds).tolist())
-            else:
-                olds = np.asarray(atom.old_values)
+            olds = np.asarray(atom.old_values)
+            if atom.mask is None:  # every voxel of the box changed: old_values is the whole box
                 zs = z0 + np.arange(olds.shape[0])
-                values = set(np.unique(olds).tolist())
-            values.add(int(atom.new_value))
+            else:
+                changed = np.asarray(atom.mask)
+                zs = z0 + np.nonzero(changed.reshape(changed.shape[0], -1).any(axis=1))[0]
+            values = set(np.unique(olds).tolist()) | {int(atom.new_value)}
         else:
             indices, olds, news = atom
             zs = np.unique(np.asarray(indices[0]))

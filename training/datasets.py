@@ -51,7 +51,8 @@ class Case:
                            f"(known: {sorted(self.label_names.values())})")
 
 
-def _stem(path: Path) -> str:
+def file_stem(path: Path) -> str:
+    """A file's name without its (compound) extension: 'pt_1_0000' for 'pt_1_0000.nii.gz'."""
     suffix = compound_suffix(path)
     return path.name[: -len(suffix)] if suffix else path.name
 
@@ -104,10 +105,10 @@ def label_names_near(label: str | os.PathLike[str], levels: int = 2) -> dict[int
 
 def _msd_cases(root: Path) -> list[Case]:
     names = read_label_names(root / "dataset.json") if (root / "dataset.json").is_file() else {}
-    labels = {_stem(p): p for p in _volume_files(root / "labelsTr")} if (root / "labelsTr").is_dir() else {}
+    labels = {file_stem(p): p for p in _volume_files(root / "labelsTr")} if (root / "labelsTr").is_dir() else {}
     cases = []
     for image in _volume_files(root / "imagesTr"):
-        stem = _stem(image)
+        stem = file_stem(image)
         case = stem[:-5] if stem.endswith("_0000") else stem
         cases.append(Case(case, image, labels.get(case), names))
     return cases
@@ -115,24 +116,24 @@ def _msd_cases(root: Path) -> list[Case]:
 
 def _folder_case(folder: Path, root: Path) -> Case | None:
     files = _volume_files(folder)
-    image = next((p for p in files if _stem(p).lower() in ("image", "img", "ct", "mr")), None)
+    image = next((p for p in files if file_stem(p).lower() in ("image", "img", "ct", "mr")), None)
     if image is None and (folder / "dicom").is_dir():
         image = folder / "dicom"
     if image is None:
         return None
     others = [p for p in files if p != image]
-    label = next((p for p in others if _stem(p).lower() in _LABEL_STEMS), None)
+    label = next((p for p in others if file_stem(p).lower() in _LABEL_STEMS), None)
     names = _names_near(folder, root)
     if label is None and len(others) == 1:
         label = others[0]
-        names = names or {1: _stem(label)}
+        names = names or {1: file_stem(label)}
     name = folder.name if folder != root else root.name
     return Case(name, image, label, names)
 
 
 def _flat_pairs(folder: Path, root: Path) -> list[Case]:
     cases = []
-    files = {_stem(p): p for p in _volume_files(folder)}
+    files = {file_stem(p): p for p in _volume_files(folder)}
     for stem, path in sorted(files.items()):
         if stem.endswith("_image"):
             case = stem[: -len("_image")]
@@ -147,8 +148,8 @@ def _loose_volumes(folder: Path) -> list[Case]:
     if any(p.suffix.lower() == ".dcm" for p in files) or (not files and bool(dicom_series_ids(folder))):
         return [Case(folder.name, folder)]  # DICOM files often have no extension at all
     hints = tuple(f"_{h}" for h in _LABEL_STEMS)
-    return [Case(_stem(p), p) for p in files
-            if not _stem(p).lower().endswith(hints) and _stem(p).lower() not in _LABEL_STEMS]
+    return [Case(file_stem(p), p) for p in files
+            if not file_stem(p).lower().endswith(hints) and file_stem(p).lower() not in _LABEL_STEMS]
 
 
 def split_members(folder: str | os.PathLike[str], split: str | None) -> set[str] | None:

@@ -50,7 +50,7 @@ def correct(
     from ..atomic import keep_previous
     from ..correction import correct_label_map, load_votes, votes_path
     from ..correction.in_project import correct_in_project
-    from ..datasets import read_label_names
+    from ..datasets import file_stem, label_names_near
     from ..io import read_label, read_volume, write_mask
     from ..project import Project
 
@@ -72,14 +72,13 @@ def correct(
                 raise ValueError("give --mask and --corrected (or --project)")
             image = read_volume(Path(volume))
             label_map = read_label(mask, image, allow_empty=True).array
-            names = read_label_names(mask.parent / "labels.json") if (mask.parent / "labels.json").is_file() else {}
+            names = label_names_near(mask)
             value = int(target) if target.isdigit() else next((v for v, n in names.items() if n == target), None)
             if value is None:
-                raise ValueError(f"target {target!r} is not a label value and not named in "
-                                 f"{mask.parent / 'labels.json'}")
+                raise ValueError(f"target {target!r} is not a label value and not named in a labels.json / "
+                                 f"dataset.json near {mask}")
             name = names.get(value, target)
-            case = mask.name[: -len(".nii.gz")] if mask.name.endswith(".nii.gz") else mask.stem
-            found = load_votes(votes or votes_path(mask.parent, case))
+            found = load_votes(votes or votes_path(mask.parent, file_stem(mask)))
             new, result = correct_label_map(label_map, value, slices, how, found.get(name), image.spacing_zyx, name,
                                             image=image.array)
         target_out = out or mask

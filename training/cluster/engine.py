@@ -105,6 +105,8 @@ def open_engine(workers: int | None, scheduler: str | None, localizer: str, segm
     if not workers and not scheduler:
         yield None
         return
+    if workers is not None and workers < 1:
+        raise ClusterError(f"--workers {workers}: at least 1 worker is needed")
     from distributed import Client, LocalCluster
 
     cluster = None
@@ -112,16 +114,12 @@ def open_engine(workers: int | None, scheduler: str | None, localizer: str, segm
         if scheduler:
             client = Client(scheduler, timeout=CONNECT_TIMEOUT_S)
         else:
-            if workers < 1:
-                raise ClusterError(f"--workers {workers}: at least 1 worker is needed")
             cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
                                    silence_logs=logging.ERROR)
             client = Client(cluster)
     except (OSError, TimeoutError, ValueError) as exc:
         if cluster is not None:
             cluster.close()
-        if isinstance(exc, ClusterError):
-            raise
         raise ClusterError(f"cannot reach a Dask scheduler at {scheduler}: {str(exc).splitlines()[0][:200]}") \
             from None
     try:

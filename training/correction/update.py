@@ -247,17 +247,11 @@ def update_target(mask: np.ndarray, corrected: Sequence[int], method: str | Corr
     if region is None:
         return UpdateResult(mask.copy(), "none", 0, time.perf_counter() - t0)
     sl = region.slices
-    local_votes = None
-    if votes is not None:
-        shift = np.array(region.lo)
-        local_votes = TemplateVotes(Box3D(tuple(np.array(votes.box.lo) - shift), tuple(np.array(votes.box.hi) - shift)),
-                                    votes.warped, votes.weights, votes.threshold)
-    inner = _update_local(mask[sl], [z - region.lo[2] for z in zs], method, local_votes, spacing_zyx, target,
+    inner = _update_local(mask[sl], [z - region.lo[2] for z in zs], method,
+                          None if votes is None else votes.moved(region.lo), spacing_zyx, target,
                           None if image is None else np.asarray(image)[sl])
     new = mask.copy()
-    new[sl] = inner.mask
-    for z in zs:
-        new[z] = mask[z]
+    new[sl] = inner.mask  # corrected slices as drawn: _update_local keeps them
     return UpdateResult(new, inner.method, int((new != mask).sum()), time.perf_counter() - t0)
 
 
@@ -266,15 +260,9 @@ def _work_box(mask: np.ndarray, votes: TemplateVotes | None, spacing_zyx: Sequen
     than the votes' box, which the re-fusion indexes)."""
     if not mask.any() and votes is None:
         return None
-    lo_zyx, hi_zyx = [], []
-    for n, profile in zip(mask.shape, (mask.any(axis=(1, 2)), mask.any(axis=(0, 2)), mask.any(axis=(0, 1)))):
-        idx = np.nonzero(profile)[0]
-        lo_zyx.append(int(idx.min()) if idx.size else n)
-        hi_zyx.append(int(idx.max()) if idx.size else -1)
-    lo, hi = lo_zyx[::-1], hi_zyx[::-1]  # Box3D's x, y, z
-    if votes is not None:
-        lo = [min(a, b) for a, b in zip(lo, votes.box.lo)]
-        hi = [max(a, b) for a, b in zip(hi, votes.box.hi)]
+    boxes = ([Box3D.from_mask(mask)] if mask.any() else []) + ([votes.box] if votes is not None else [])
+    lo = [min(b.lo[a] for b in boxes) for a in range(3)]
+    hi = [max(b.hi[a] for b in boxes) for a in range(3)]
     reach = int(np.ceil((REACH_MM + SDF_CLIP_MM) / float(spacing_zyx[0])))
     margin = int(np.ceil(SDF_CLIP_MM / float(min(spacing_zyx[1:])))) + 2
     size = mask.shape[::-1]
@@ -292,13 +280,10 @@ def _update_local(mask: np.ndarray, zs: list[int], method: str | CorrectionUpdat
         method = CorrectionUpdate.FILL
     if method == CorrectionUpdate.REFUSE_SHIFT_GROW and image is None:
         method = CorrectionUpdate.REFUSE_SHIFT
-    new = _candidate(method, mask, zs, votes, spacing_zyx, image)
-    for z in zs:
-        new[z] = mask[z]
+    # corrected slices as drawn before the largest piece is taken (they may join its parts) and after it
+    new = keep_corrected(mask, _candidate(method, mask, zs, votes, spacing_zyx, image), zs)
     if target is None or single_part_target(target):
-        new = clean_mask(new, True, fill_holes=False)
-        for z in zs:
-            new[z] = mask[z]
+        new = keep_corrected(mask, clean_mask(new, True, fill_holes=False), zs)
     return UpdateResult(new, method.value, 0, 0.0)
 
 

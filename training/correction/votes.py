@@ -33,6 +33,12 @@ class TemplateVotes:
         w = self.weights if weights is None else np.asarray(weights, np.float64)
         return np.tensordot(w / max(float(w.sum()), 1e-12), self.warped, axes=1).astype(np.float32)
 
+    def moved(self, origin: tuple[int, int, int]) -> "TemplateVotes":
+        """The same votes on a crop of the grid whose first voxel (x, y, z) is ``origin``."""
+        o = np.asarray(origin)
+        return TemplateVotes(Box3D(tuple(np.asarray(self.box.lo) - o), tuple(np.asarray(self.box.hi) - o)),
+                             self.warped, self.weights, self.threshold)
+
     def tight(self) -> "TemplateVotes":
         """The same votes on the smallest box where any template votes (what is stored)."""
         if not self.warped.any():
