@@ -47,7 +47,9 @@ class DockJob:
         if self.worker is not None:
             return False
         self.cancel_event.clear()
-        self.worker = thread_worker(work)()
+        # errors go to ``on_error`` (the dock's line or dialog) alone: without ignore_errors superqt also re-raises
+        # them in Qt's event loop, a second, raw traceback for the same failure
+        self.worker = thread_worker(work, ignore_errors=True)()
         if on_done is not None:
             self.worker.returned.connect(on_done)
         if on_yield is not None:

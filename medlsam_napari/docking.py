@@ -10,11 +10,13 @@ from __future__ import annotations
 import weakref
 
 from qtpy.QtCore import QEvent, QObject, QSize, Qt, QTimer
-from qtpy.QtWidgets import QDockWidget, QMainWindow, QScrollArea, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QComboBox, QDockWidget, QMainWindow, QScrollArea, QVBoxLayout, QWidget
 
 #: QDockWidgets holding a MedLSAM dock, in the order they were first shown
 _DOCKS: "weakref.WeakValueDictionary[int, QDockWidget]" = weakref.WeakValueDictionary()
 _ORDER: list[int] = []
+#: characters a combo box of a dock shows when closed
+COMBO_CHARACTERS = 10
 
 
 def _dock_of(widget: QWidget) -> QDockWidget | None:
@@ -63,6 +65,17 @@ class VerticalScroll(QScrollArea):
         width = body.minimumSizeHint().width() + self.verticalScrollBar().sizeHint().width() + 2 * self.frameWidth()
         return QSize(width, hint.height())
 
+    def setWidget(self, widget: QWidget) -> None:  # noqa: N802 - Qt's name
+        super().setWidget(widget)
+        widget.installEventFilter(self)
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt's name
+        # the body's rows changed (a project filled a field, a label got longer): a scroll area does not tell its
+        # own layout, so the dock kept the width of its empty rows and clipped the filled ones on the right
+        if obj is self.widget() and event.type() == QEvent.Type.LayoutRequest:
+            self.updateGeometry()
+        return super().eventFilter(obj, event)
+
 
 def scroll_vertically(widget: QWidget) -> None:
     """Move ``widget``'s content into a vertical scroll area: tabbed docks share one height, the tallest one's
@@ -73,6 +86,11 @@ def scroll_vertically(widget: QWidget) -> None:
         return
     body = QWidget()
     body.setLayout(layout)  # the layout and its widgets move into the scrolled body
+    for combo in body.findChildren(QComboBox):
+        # a combo box asks for the width of its longest item (a policy's whole sentence): one such box widened the
+        # dock column until the canvas shrank below 600 pixels at 1366 x 768; the open list still shows it whole
+        combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        combo.setMinimumContentsLength(COMBO_CHARACTERS)
     scroll = VerticalScroll()
     scroll.setWidgetResizable(True)
     scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)

@@ -119,6 +119,7 @@ class CamSeedWidget(QWidget):
         self.policy_box.setCurrentIndex(list(POLICY_HELP).index(LabelPolicy.EMPTY))
         self.strip = TagStrip()
         self.summary = QLabel()
+        self.summary.setWordWrap(True)  # "<target>: n present, …": unwrapped it widened the dock column past the canvas
         self.epochs = QSpinBox(minimum=1, maximum=200)
         self.epochs.setValue(4)
         self.train_btn, self.load_btn = QPushButton("Train on tagged volumes"), QPushButton("Load classifier…")

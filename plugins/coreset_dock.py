@@ -83,6 +83,8 @@ class CoresetWidget(QWidget):
         self.figure = Figure(figsize=(4, 2.6))
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(180)
+        self._theme(self.figure.add_subplot(111))  # empty until a run, yet in napari's theme (and after a switch)
+        self.viewer.events.theme.connect(lambda _=None: self._retheme())
         form = QFormLayout()
         form.addRow("mode", self.mode)
         row = QHBoxLayout()
@@ -203,6 +205,11 @@ class CoresetWidget(QWidget):
         self.canvas.draw_idle()
         self.table.setSortingEnabled(True)
         self.table.resizeColumnsToContents()
+
+    def _retheme(self) -> None:
+        for ax in self.figure.axes:
+            self._theme(ax)
+        self.canvas.draw_idle()
 
     def _theme(self, ax) -> None:
         """The plot in napari's theme (a white figure glares in the dark theme)."""

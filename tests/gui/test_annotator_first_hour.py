@@ -124,9 +124,11 @@ def test_each_automatic_change_to_the_open_mask_is_one_undo_step(make_napari_vie
     assert np.array_equal(layer.data, painted)
 
 
-def test_five_docks_are_usable_together_at_1366_by_768(make_napari_viewer, qtbot, folder: Path) -> None:
+def test_five_docks_are_usable_together_at_1366_by_768(make_napari_viewer, qtbot, folder: Path,
+                                                       openkbp: Path) -> None:
     from qtpy.QtWidgets import QDockWidget
 
+    from medlsam_napari.docking import VerticalScroll
     from medlsam_plugins.cam_dock import CamSeedWidget
     from medlsam_plugins.coreset_dock import CoresetWidget
     from medlsam_plugins.finetune_dock import FinetuneWidget
@@ -136,7 +138,12 @@ def test_five_docks_are_usable_together_at_1366_by_768(make_napari_viewer, qtbot
     window = viewer.window._qt_window
     window.showNormal()
     window.resize(1366, 768)
+    (folder / "pt_1.nii.gz").symlink_to(openkbp / "imagesTr" / "pt_1_0000.nii.gz")
     annotator = AnnotatorWidget(viewer, folder)
+    annotator.state.project.add_target("parotid_left", 4)  # a real organ on a real CT: the CAM dock's tag summary
+    annotator.state.project.active_target = "parotid_left"  # reads "parotid_left: 0 present, … of 128 slices"
+    annotator.state.changed("targets")
+    annotator.volumes.open("pt_1")
     docks = [annotator, FinetuneWidget(viewer), ReportWidget(viewer), CamSeedWidget(viewer), CoresetWidget(viewer)]
     for i, dock in enumerate(docks):  # as the Plugins menu adds them: no tabify asked
         viewer.window.add_dock_widget(dock, name=f"dock {i}", area="right")
@@ -151,7 +158,10 @@ def test_five_docks_are_usable_together_at_1366_by_768(make_napari_viewer, qtbot
         qt_dock.raise_()
         qtbot.wait(50)
         assert qt_dock.height() >= 500, (dock, qt_dock.height())  # the full height of a 768-pixel screen
-        assert qt_dock.width() >= min(dock.minimumSizeHint().width(), 300), (dock, qt_dock.width())
+        # nothing clipped on the right: the dock is as wide as its scrolled rows need, now that they are filled
+        scroll = dock.findChild(VerticalScroll)
+        assert qt_dock.width() >= scroll.minimumSizeHint().width(), (type(dock).__name__, qt_dock.width(),
+                                                                       scroll.minimumSizeHint().width())
         # no dock widens the column so far that the image shrinks: the canvas keeps 600 pixels on every tab
         canvas = viewer.window._qt_viewer.canvas.native.width()
         assert canvas >= 600, (type(dock).__name__, canvas, qt_dock.width())
@@ -259,5 +269,10 @@ def test_the_cam_and_coreset_docks_take_the_project_and_the_plot_follows_the_the
     assert cam.target.text() == "spleen" and cam.value.value() == 2
     assert coreset.folder.text() == str(widget.state.project.folder) and coreset.targets.text() == "liver,spleen"
     viewer.theme = "dark"
+    assert to_hex(coreset.figure.get_facecolor()) != "#ffffff"  # dark before any run, not only after one
     coreset._show([])
     assert to_hex(coreset.figure.get_facecolor()) != "#ffffff"
+    from napari.utils.theme import get_theme
+
+    viewer.theme = "light"  # and it follows a switch
+    assert to_hex(coreset.figure.get_facecolor()) == get_theme("light").background.as_hex()
