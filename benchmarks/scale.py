@@ -2,9 +2,10 @@
 
 K = 5 templates per organ from ``train-pats`` (those of ``benchmarks/session.py``), the first ``--volumes``
 recommended ``validation-pats`` patients, the product's defaults (atlas, fused masks).  Runs, each into a fresh
-folder: one process with one thread for the registrations, one process with the default threads (the CLI's serial
-run), and local clusters of 1 and 2 (or ``--workers``) worker processes of one thread each.  Every run goes through
-``pipeline.run_queries``, the function ``medlsam segment`` calls, and must write the same masks byte for byte.
+folder: one process with one thread (for the registrations and the network), one process with the default threads
+(the CLI's serial run), and local clusters of 1 and 2 (or ``--workers``) worker processes of one thread each.  Every
+run goes through ``pipeline.run_queries``, the function ``medlsam segment`` calls, and must write the same masks
+byte for byte.
 
     .venv/bin/python benchmarks/scale.py --volumes 8           # ~20 min on 2 cores
 
@@ -45,14 +46,20 @@ def peak_rss_mb() -> float:
 
 
 def run(name: str, cases, templates, out: Path, threads: int | None, workers: int | None) -> dict:
+    import torch
+
     shutil.rmtree(out, ignore_errors=True)
     segmenter = load_segmenter("litemedsam", device="cpu")
     localizer = make_localizer("atlas", **({"workers": threads} if threads else {}))
+    torch_threads = torch.get_num_threads()
+    if threads and not workers:  # one thread means one for the network too, as each worker has
+        torch.set_num_threads(threads)
     t0 = time.perf_counter()
     with open_engine(workers, None, "atlas", "litemedsam", "cpu") as engine:
         results = list(run_queries(cases, templates, localizer, segmenter, out, engine=engine))
         memory = sorted(engine.client.run(peak_rss_mb).values()) if engine is not None else [peak_rss_mb()]
     wall = time.perf_counter() - t0
+    torch.set_num_threads(torch_threads)
     assert all(r.status == "done" for r in results), [(r.name, r.error) for r in results]
     masks = {p.name: p.read_bytes() for p in out.glob("*.nii.gz")}
     print(f"{name}: {wall:.0f} s", flush=True)

@@ -172,3 +172,8 @@ def test_shipped_data_files_live_in_declared_packages() -> None:
         for pattern in patterns:
             assert "/" not in pattern, f"{package}: {pattern} ships a sub-folder that is not a declared package"
     assert "medlsam_training.medlam.weights" in declared
+    # every package of the three folders is declared: a wheel holds only those (the cluster's was missing)
+    for name, folder in config["package-dir"].items():
+        for init in sorted((ROOT / folder).rglob("__init__.py")):
+            package = ".".join([name, *init.parent.relative_to(ROOT / folder).parts])
+            assert package in declared, f"{package} ({init.parent}) is not in pyproject's packages"

@@ -147,3 +147,62 @@ def test_an_existing_scheduler_by_address_and_a_wrong_address_in_one_line(phanto
     r = segment(template, [root], tmp_path / "both", "--workers", "2", "--scheduler", "tcp://127.0.0.1:9")
     assert r.exit_code == 2 and "not both" in r.output
     assert not list((tmp_path / "nowhere").glob("*.nii.gz"))
+
+
+def test_localize_on_two_workers_writes_the_serial_boxes(phantoms, tmp_path: Path) -> None:
+    """``medlsam localize --workers 2``: the boxes file of a run in one process, but for the timings, in the order
+    the queries were given; a volume that cannot be read is its own error on the cluster too."""
+    root, template = phantoms
+    bad = tmp_path / "broken.nii.gz"
+    bad.write_bytes(b"\x1f\x8b\x08\x00" + bytes(200))
+
+    def boxes(out: Path, *extra: str):
+        r = runner.invoke(app, ["localize", "-t", str(template), "-q", str(root), "-q", str(bad), "--out", str(out),
+                                "--device", "cpu", *extra])
+        assert r.exit_code == 1, r.output  # the broken volume
+        data = json.loads(out.read_text())
+        for record in data.values():
+            for t in record.values():
+                if isinstance(t, dict):
+                    t.pop("seconds")
+        return r, data
+
+    _, serial = boxes(tmp_path / "serial.json")
+    r, cluster = boxes(tmp_path / "cluster.json", "--workers", "2")
+    assert "Dask cluster of 2 workers" in r.output
+    assert list(cluster) == list(serial) and cluster == serial
+    assert "error" in cluster[str(bad)] and all("liver" in cluster[k] for k in cluster if k != str(bad))
+
+
+def test_the_learning_loops_presegmentation_on_two_workers_writes_the_masks_written_here(hn_project,
+                                                                                       tmp_path: Path) -> None:
+    """``finetune --project --workers 2``'s pre-segmentation: the network's weights sent to each worker once, one
+    volume per task; the same label maps as in one process, byte for byte, the locked mandible untouched."""
+    import shutil
+
+    import numpy as np
+
+    from medlsam_training.cluster import open_engine
+    from medlsam_training.io import read_label
+    from medlsam_training.learning.project_loop import finetune_project, presegment_project
+    from medlsam_training.learning.train import LearnConfig
+    from medlsam_training.project import Project
+
+    here = Project.open(hn_project.folder)
+    checkpoint = finetune_project(here, cfg=LearnConfig(steps=20), device="cpu").path
+    there_folder = shutil.copytree(hn_project.folder, tmp_path / "there", symlinks=True)
+    there = Project.open(there_folder)
+    mandible_before = read_label(there.mask_path(hn_project.partly)).array == 7
+    serial = presegment_project(here, checkpoint, policy="keep", device="cpu")
+    with open_engine(2, None, "atlas", "litemedsam", "cpu") as engine:
+        cluster = presegment_project(there, checkpoint, policy="keep", device="cpu", engine=engine)
+    assert sorted(cluster.written) == sorted(serial.written) == sorted([hn_project.partly, hn_project.pending])
+    for name in serial.written:
+        assert there.mask_path(name).read_bytes() == here.mask_path(name).read_bytes(), name
+        assert Project.open(there_folder).entry(name).status == "segmented"
+    assert np.array_equal(read_label(there.mask_path(hn_project.partly)).array == 7, mandible_before)
+    assert not [p for p in there.mask_path(hn_project.pending).parent.glob(".*.tmp*")]
+    # a wrong scheduler is said before any training
+    r = runner.invoke(app, ["finetune", "--project", str(there_folder), "--steps", "5", "--scheduler",
+                            "tcp://127.0.0.1:9"])
+    assert r.exit_code == 2 and "tcp://127.0.0.1:9" in r.output and "checkpoint" not in r.output

@@ -96,6 +96,15 @@ def localized_json(t: LocalizedTarget) -> dict[str, Any]:
             "pool": t.pool or t.templates}
 
 
+def localize_case(localizer: Localizer, case: Case, templates: list[Template]) -> dict[str, Any]:
+    """One query's ``medlsam localize`` record: target -> :func:`localized_json`, or ``{"error": ...}`` when the
+    volume cannot be read or localized (that volume's failure, never an exception)."""
+    try:
+        return {t.target: localized_json(t) for t in localizer.localize(read_volume(case.image), templates)}
+    except (MedLSAMError, ValueError, RuntimeError) as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
 def target_confidence(info: Mapping[str, Any]) -> float | None:
     """One number per localized target for the reviewer (0 = doubtful, 1 = sure): the templates' agreement on
     its mask when masks were fused, else the localizer's similarity; 0 when it was not found."""

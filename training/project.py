@@ -91,6 +91,7 @@ class Project:
     mode: str = PropagationMode.ATLAS.value
     existing: str = "keep"  # what re-segmenting a target does to labels already there (training/label_merge.py)
     output_dir: str = "masks"
+    scheduler: str = ""  # a Dask scheduler's address for the annotator's runs ("" : this process, as always)
     point_files: dict[str, dict[str, str]] = field(default_factory=dict)  # volume -> target -> templates/ file
     messages: list[str] = field(default_factory=list)  # what opening found (moved files, backups); not saved
 
@@ -129,7 +130,7 @@ class Project:
         self.targets = [Target(**t) for t in data["targets"]]
         self.points = {v: {t: list(p) for t, p in tp.items()} for v, tp in data.get("points", {}).items()}
         for key in ("active_target", "localizer", "segmenter", "device", "mode", "existing", "output_dir",
-                    "point_files"):
+                    "scheduler", "point_files"):
             if key in data:
                 setattr(self, key, data[key])
         check_policy(self.existing)
@@ -323,7 +324,7 @@ class Project:
                 "targets": [asdict(t) for t in self.targets], "points": self.points,
                 "active_target": self.active_target, "localizer": self.localizer, "segmenter": self.segmenter,
                 "device": self.device, "mode": self.mode, "existing": self.existing, "output_dir": self.output_dir,
-                "point_files": self.point_files}
+                "scheduler": self.scheduler, "point_files": self.point_files}
 
     def save(self) -> None:
         write_json_atomic(self.to_json(), self.session_path)

@@ -75,6 +75,15 @@ class RunPanel(QWidget):
             # the clicked templates and every reviewed volume (the pool): read off the GUI thread
             templates = build_templates(p)
             self.untemplated = untemplated_targets(p, templates)
+            if p.scheduler:  # the settings' cluster: its workers build their own models, one volume per task
+                from medlsam_training.cluster import open_engine
+
+                device = None if p.device == "auto" else p.device
+                with open_engine(None, p.scheduler, p.localizer, p.segmenter, device) as engine:
+                    bridge.progress.emit(0, len(queries), f"on the cluster at {p.scheduler} "
+                                                          f"({engine.workers} workers): volumes")
+                    return run_project(p, templates, queries, None, None, on_result=bridge.volume_done.emit,
+                                       cancelled=cancelled, engine=engine)
             localizer, segmenter = load_models(p, self.state.segmenter_cache)
             # progress does not raise on cancel: run_project stops after the current slice and sums up
             return run_project(p, templates, queries, localizer, segmenter,

@@ -32,6 +32,11 @@ class SettingsPanel(QWidget):
         self.existing.setToolTip("When a target is segmented again (run, re-prompt, re-propagate): what its new "
                                  "voxels may replace. Its own old voxels are replaced unless 'fill empty voxels "
                                  "only'. Locked (reviewed) targets are never changed.")
+        self.scheduler = QLineEdit()
+        self.scheduler.setPlaceholderText("empty: this computer")
+        self.scheduler.setToolTip("A Dask scheduler's address (tcp://host:8786) for 'Localize & segment all': one "
+                                  "volume per task on its workers, which must see this project folder at the same "
+                                  "path (README, 'On a cluster'). Empty: the run stays on this computer.")
         seg_row = QHBoxLayout()
         seg_row.addWidget(self.segmenter)
         seg_row.addWidget(browse)
@@ -41,9 +46,11 @@ class SettingsPanel(QWidget):
         form.addRow("device", self.device)
         form.addRow("propagation", self.mode)
         form.addRow("existing labels", self.existing)
+        form.addRow("cluster", self.scheduler)
         for combo in (self.localizer, self.mode, self.device, self.existing):
             combo.currentTextChanged.connect(self._store)
         self.segmenter.editingFinished.connect(self._store)
+        self.scheduler.editingFinished.connect(self._store)
         state.on_change(lambda what: self.refresh() if what == "project" else None)
 
     @staticmethod
@@ -65,6 +72,7 @@ class SettingsPanel(QWidget):
         self.existing.setCurrentIndex(max(self.existing.findData(p.existing), 0))
         self.existing.blockSignals(False)
         self.segmenter.setText(p.segmenter)
+        self.scheduler.setText(p.scheduler)
 
     def _browse(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "SAM / MedSAM / LiteMedSAM checkpoint", "",
@@ -80,4 +88,5 @@ class SettingsPanel(QWidget):
         p.localizer, p.mode, p.device = self.localizer.currentText(), self.mode.currentText(), self.device.currentText()
         p.existing = self.existing.currentData()
         p.segmenter = self.segmenter.text().strip() or "litemedsam"
+        p.scheduler = self.scheduler.text().strip()
         p.save()

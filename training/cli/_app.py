@@ -32,6 +32,10 @@ _LOCALIZER_HELP = "; ".join(f"{n} ({h})" for n, h in LOCALIZER_HELP.items()) + f
 
 _MODE_HELP = "; ".join(f"{n} ({h})" for n, h in MODE_HELP.items()) + f". Default {PropagationMode.ATLAS}."
 
+_WORKERS_HELP = "Run on a local Dask cluster of N worker processes (one volume per task, one thread each)."
+_SCHEDULER_HELP = ("Run on an existing Dask cluster, e.g. tcp://host:8786 (the volumes and the output must be on a "
+                   "filesystem its workers share).")
+
 
 def plural(n: int, word: str, many: str | None = None) -> str:
     """'1 volume', '2 volumes' (``many`` for irregular plurals)."""

@@ -10,7 +10,7 @@ import typer
 from ..errors import MedLSAMError
 from ..io import read_volume
 from ..options import POLICY_HELP, LabelPolicy
-from ._app import _fail, _parse_device, _RichProgress, app, console
+from ._app import _fail, _parse_device, _RichProgress, app, console, plural
 
 
 @app.command("train-medlam")
@@ -132,11 +132,15 @@ def finetune(
                                "; ".join(f"{p} ({POLICY_HELP[p]})" for p in LabelPolicy) +
                                ". Locked (reviewed) targets are never changed."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda (default: CUDA when present)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="--project: pre-segment on a local Dask cluster "
+                                          "of N worker processes (one volume per task, one thread each)."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="--project: pre-segment on an existing Dask "
+                                            "cluster, e.g. tcp://host:8786 (the project folder shared with it)."),
 ) -> None:
     """Fine-tune on the volumes that have masks: a project's reviewed work (the learning loop), or PCT-Net on a
     dataset folder; matching pretrained weights are loaded."""
     if project is not None:
-        _finetune_project(project, out, init, steps, targets, presegment, policy, device)
+        _finetune_project(project, out, init, steps, targets, presegment, policy, device, workers, scheduler)
         return
     from ..datasets import find_cases
     from ..vf.train import DEFAULT_CONFIG, VFConfig
@@ -163,7 +167,9 @@ def finetune(
 
 
 def _finetune_project(folder: Path, out: Optional[Path], init: Optional[Path], steps: Optional[int],
-                      targets: Optional[str], presegment: bool, policy: str, device: Optional[str]) -> None:
+                      targets: Optional[str], presegment: bool, policy: str, device: Optional[str],
+                      workers: Optional[int] = None, scheduler: Optional[str] = None) -> None:
+    from ..cluster import open_engine
     from ..label_merge import check_policy
     from ..learning.project_loop import finetune_project, presegment_project, training_volumes
     from ..learning.train import LearnConfig, fit_summary
@@ -178,16 +184,24 @@ def _finetune_project(folder: Path, out: Optional[Path], init: Optional[Path], s
             proj.target(t)  # an unknown target is one line
         cfg = LearnConfig() if steps is None else LearnConfig(steps=steps)
         used = training_volumes(proj, chosen)
-        with _RichProgress("fine-tuning the slice network") as bar:
-            result = finetune_project(proj, targets=chosen, cfg=cfg, init=init, out=out, progress=bar, device=dev)
-        console.print(f"checkpoint {result.path}: {len(used)} volume(s) ({', '.join(v.name for v in used)}), "
-                      f"{result.steps} steps, {result.cpu_seconds / 60:.1f} CPU-min"
-                      + (f"; from {init}" if init else ""))
-        console.print(fit_summary(result.scores))
-        if not presegment:
-            return
-        with _RichProgress("pre-segmenting") as bar:
-            report = presegment_project(proj, result.path, policy=policy, progress=bar, device=dev)
+        # the cluster reached (or started) before training: a wrong address must not cost a training either
+        with open_engine(workers if presegment else None, scheduler if presegment else None, "atlas", "litemedsam",
+                         device) as engine:
+            with _RichProgress("fine-tuning the slice network") as bar:
+                result = finetune_project(proj, targets=chosen, cfg=cfg, init=init, out=out, progress=bar,
+                                          device=dev)
+            console.print(f"checkpoint {result.path}: {len(used)} volume(s) ({', '.join(v.name for v in used)}), "
+                          f"{result.steps} steps, {result.cpu_seconds / 60:.1f} CPU-min"
+                          + (f"; from {init}" if init else ""))
+            console.print(fit_summary(result.scores))
+            if not presegment:
+                return
+            if engine is not None:
+                console.print(f"pre-segmenting on a Dask cluster of {plural(engine.workers, 'worker')}: one volume "
+                              "per task", soft_wrap=True, highlight=False)
+            with _RichProgress("pre-segmenting") as bar:
+                report = presegment_project(proj, result.path, policy=policy, progress=bar, device=dev,
+                                            engine=engine)
     except (MedLSAMError, ValueError, OSError) as exc:
         _fail(exc)
     for name in report.written:

@@ -16,6 +16,8 @@ from ..options import POLICY_HELP, ExistingMaps, LabelPolicy, LocalizerName, Pro
 from ._app import (
     _LOCALIZER_HELP,
     _MODE_HELP,
+    _SCHEDULER_HELP,
+    _WORKERS_HELP,
     _fail,
     _parse_device,
     _RichProgress,
@@ -34,33 +36,43 @@ def localize(
     out: Path = typer.Option(..., "--out", help="boxes JSON to write."),
     localizer: str = typer.Option(LocalizerName.ATLAS.value, help=_LOCALIZER_HELP),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 (default: CUDA when present)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help=_WORKERS_HELP),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help=_SCHEDULER_HELP),
 ) -> None:
     """Find every template target in every query volume; write boxes (voxels) and points (mm)."""
     from ..atomic import write_json_atomic
+    from ..cluster import open_engine
     from ..localize import load_templates, make_localizer
-    from ..pipeline import localized_json, query_cases
+    from ..pipeline import localize_case, query_cases
 
     try:
-        loc = make_localizer(localizer, device=_parse_device(device))
         tpls = load_templates(templates)
         cases = query_cases(queries, exclude={t.volume.path for t in tpls if t.volume.path})
+        with open_engine(workers, scheduler, localizer, SegmenterName.LITEMEDSAM.value, device) as engine:
+            if engine is None:
+                loc = make_localizer(localizer, device=_parse_device(device))
+                records = ((case, localize_case(loc, case, tpls)) for case in cases)
+            else:
+                console.print(f"on a Dask cluster of {plural(engine.workers, 'worker')}: one volume per task",
+                              highlight=False)
+                records = engine.localize(cases, tpls)
+            done = dict((case.name, (case, record)) for case, record in records)
     except (MedLSAMError, ValueError) as exc:
         _fail(exc)
     results, table = {}, Table(title=f"localization ({localizer})")
     for col in ("query", "target", "status", "box (voxels x0,y0,z0,x1,y1,z1)", "spread mm", "s"):
         table.add_column(col)
     failed = 0
-    for case in cases:
-        try:
-            located = loc.localize(read_volume(case.image), tpls)
-            results[str(case.image)] = {t.target: localized_json(t) for t in located}
-            for t in located:
-                table.add_row(case.name, t.target, t.status, ",".join(map(str, t.box.as_list())) if t.box else "-",
-                              f"{t.spread_mm:.1f}", f"{t.seconds:.1f}")
-        except (MedLSAMError, ValueError, RuntimeError) as exc:
+    for case in cases:  # in the order given, however the tasks finished
+        record = done[case.name][1]
+        results[str(case.image)] = record
+        if "error" in record:
             failed += 1
-            results[str(case.image)] = {"error": f"{type(exc).__name__}: {exc}"}
-            table.add_row(case.name, "[red]failed[/]", "", str(exc)[:80], "", "")
+            table.add_row(case.name, "[red]failed[/]", "", record["error"][:80], "", "")
+            continue
+        for target, t in record.items():
+            table.add_row(case.name, target, t["status"], ",".join(map(str, t["box"])) if t["box"] else "-",
+                          f"{t['spread_mm']:.1f}", f"{t['seconds']:.1f}")
     write_json_atomic(results, out)
     console.print(table)
     console.print(f"wrote {out}")
@@ -88,10 +100,8 @@ def segment(
                                  "runs), or write this run's targets into it: " + "; ".join(
                                      f"{p} ({POLICY_HELP[p]})" for p in LabelPolicy) + ". Locked (reviewed) "
                                  "targets are never changed."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Run on a local Dask cluster of N worker "
-                                          "processes (one volume per task, one thread each)."),
-    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Run on an existing Dask cluster, e.g. "
-                                            "tcp://host:8786 (the output folder must be shared with its workers)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help=_WORKERS_HELP),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help=_SCHEDULER_HELP),
 ) -> None:
     """The MedLSAM pipeline: localize every target in every query, segment it slice by slice, write masks."""
     from ..embedding_cache import default_cache_dir

@@ -49,8 +49,6 @@ class ClusterEngine:
             locked: Mapping[str, Collection[str]], network, corrected: Mapping[str, Collection[int]],
             cancelled: Callable[[], bool] | None = None) -> Iterator[tuple[Any, bool]]:
         """Each case as a task; yields (result, had a mask before) as tasks finish."""
-        from distributed import as_completed
-
         from ..pipeline import QueryResult
         from .worker import segment_task
 
@@ -66,25 +64,70 @@ class ClusterEngine:
                 pure=False,
                 key=f"medlsam-segment-{case.name}-{id(futures)}")
             futures[future] = case
+        for case, value, error in self._finished(futures, cancelled,
+                                                 lambda c: remove_partial_writes(out_dir, c.name)):
+            if error is None:
+                result, had_mask = value
+            else:
+                result, had_mask = QueryResult(case.name, case.image, None, status="failed", error=error), False
+            if result.output is not None:
+                result.output = given / result.output.name  # as a run in one process names it
+            yield result, had_mask
+
+    def localize(self, cases: list[Case], templates, cancelled: Callable[[], bool] | None = None
+                 ) -> Iterator[tuple[Case, dict]]:
+        """Each case's ``medlsam localize`` record (target -> box ..., or {"error": ...}) as tasks finish."""
+        from .worker import localize_task
+
+        shared = self.client.scatter(templates, broadcast=True, hash=False)
+        here = Path.cwd()
+        futures = {self.client.submit(localize_task, case, here, shared, self.localizer, self.device, self.threads,
+                                      retries=self.retries, pure=False,
+                                      key=f"medlsam-localize-{case.name}-{id(cases)}"): case for case in cases}
+        for case, record, error in self._finished(futures, cancelled):
+            yield case, record if error is None else {"error": error}
+
+    def presegment(self, jobs: list, state: dict, tag: str, policy: str, device: str | None,
+                   cancelled: Callable[[], bool] | None = None) -> Iterator[tuple[Any, tuple[str | None, float]]]:
+        """The learning loop's pre-segmentation (``learning.project_loop.PresegmentJob`` each), one volume per
+        task: the network's weights (``state``, version ``tag``) sent to every worker once; (job, (mask written or
+        None, CPU s)) as tasks finish.  A volume whose every try failed raises (a pre-segmentation has no
+        per-volume failures)."""
+        from .worker import presegment_task
+
+        shared = self.client.scatter(state, broadcast=True, hash=False)
+        futures = {self.client.submit(presegment_task, job, shared, tag, policy, device, retries=self.retries,
+                                      pure=False, key=f"medlsam-presegment-{job.name}-{id(jobs)}"): job
+                   for job in jobs}
+        for job, value, error in self._finished(futures, cancelled,
+                                                lambda j: remove_partial_writes(Path(j.mask).parent, j.name)):
+            if error is not None:
+                raise MedLSAMError(f"{job.name}: pre-segmentation failed on the cluster: {error}")
+            yield job, value
+
+    def _finished(self, futures: dict, cancelled: Callable[[], bool] | None,
+                  cleanup: Callable[[Case], None] | None = None) -> Iterator[tuple[Case, Any, str | None]]:
+        """(case, the task's value, None) or (case, None, why every try failed) as tasks finish; on Ctrl-C or
+        ``cancelled()`` the other tasks are cancelled (``cleanup`` then runs for every case) and it raises."""
+        from distributed import as_completed
+
         try:
             for future in as_completed(futures):
                 case = futures[future]
                 try:
-                    result, had_mask = future.result()
+                    value, error = future.result(), None
                 except Exception as exc:  # every try failed (a worker lost each time, or an unexpected error)
-                    result = QueryResult(case.name, case.image, None, status="failed",
-                                         error=f"{type(exc).__name__}: {exc} (every try failed)")
-                    had_mask = False
-                remove_partial_writes(out_dir, case.name)
-                if result.output is not None:
-                    result.output = given / result.output.name  # as a run in one process names it
-                yield result, had_mask
+                    value, error = None, f"{type(exc).__name__}: {exc} (every try failed)"
+                if cleanup is not None:
+                    cleanup(case)
+                yield case, value, error
                 if cancelled and cancelled():
                     raise InterruptedError("cancelled")
         except (KeyboardInterrupt, InterruptedError):
             self.client.cancel(list(futures))
-            for case in cases:
-                remove_partial_writes(out_dir, case.name)
+            for case in futures.values():
+                if cleanup is not None:
+                    cleanup(case)
             raise
 
 
@@ -114,8 +157,14 @@ def open_engine(workers: int | None, scheduler: str | None, localizer: str, segm
         if scheduler:
             client = Client(scheduler, timeout=CONNECT_TIMEOUT_S)
         else:
-            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                                   silence_logs=logging.ERROR)
+            import dask
+
+            # Dask's nannies set MALLOC_TRIM_THRESHOLD_=65536 in their workers (memory back to the system at once):
+            # a volume's large arrays then cost page faults again and again, 12 % of a head-and-neck volume's time
+            # on 1 worker (docs/benchmarks.md, section 10); glibc's own adaptive threshold instead
+            with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+                cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                       dashboard_address=None, silence_logs=logging.ERROR)
             client = Client(cluster)
     except (OSError, TimeoutError, ValueError) as exc:
         if cluster is not None:

@@ -9,23 +9,39 @@ from pathlib import Path
 _MODELS: dict[tuple, tuple] = {}
 
 
-def _models(localizer: str, segmenter: str, device: str | None, threads: int) -> tuple:
-    """The localizer and segmenter of this worker, built on its first task (the same for every later one, so the
-    localizer's caches of the templates' images hold across tasks); ``threads`` for the atlas's registrations."""
-    key = (localizer, segmenter, device, threads)
+def _localizer(localizer: str, device: str | None, threads: int):
+    """This worker's localizer, built on its first task (the same for every later one, so the localizer's caches
+    of the templates' images hold across tasks); ``threads`` for the atlas's registrations."""
+    key = ("localizer", localizer, device, threads)
     if key not in _MODELS:
         import torch
 
         from ..localize import make_localizer
         from ..options import LOCALIZER_ALIASES, LocalizerName, choose
-        from ..segmenters import load_segmenter
 
         if "OMP_NUM_THREADS" not in os.environ:  # one thread per worker unless set: workers share the cores
             torch.set_num_threads(1)
         atlas = choose(localizer, LocalizerName, "localizer", LOCALIZER_ALIASES) == LocalizerName.ATLAS
-        _MODELS[key] = (make_localizer(localizer, device=device, **({"workers": threads} if atlas else {})),
-                        load_segmenter(segmenter, device=device))
+        _MODELS[key] = make_localizer(localizer, device=device, **({"workers": threads} if atlas else {}))
     return _MODELS[key]
+
+
+def _models(localizer: str, segmenter: str, device: str | None, threads: int) -> tuple:
+    """The localizer and segmenter of this worker, each built once."""
+    key = ("segmenter", segmenter, device)
+    if key not in _MODELS:
+        from ..segmenters import load_segmenter
+
+        _MODELS[key] = load_segmenter(segmenter, device=device)
+    return _localizer(localizer, device, threads), _MODELS[key]
+
+
+def localize_task(case, cwd: Path, templates, localizer: str, device: str | None, threads: int) -> dict:
+    """One volume's ``medlsam localize`` record, as ``pipeline.localize_case`` makes it in one process."""
+    from ..pipeline import localize_case
+
+    return localize_case(_localizer(localizer, device, threads), replace(case, image=Path(cwd) / case.image),
+                         templates)
 
 
 def segment_task(case, cwd: Path, templates, network, localizer: str, segmenter: str, device: str | None, threads: int,
@@ -40,3 +56,19 @@ def segment_task(case, cwd: Path, templates, network, localizer: str, segmenter:
     result.image = case.image  # the summary names it as the client was given it
     result.targets = [replace(t, mask=None, vote=None, template_votes=None) for t in result.targets]
     return result, had_mask
+
+
+def presegment_task(job, state: dict, tag: str, policy: str, device: str | None) -> tuple[str | None, float]:
+    """One volume's pre-segmentation by the learning loop's network, built once per worker from ``state`` (``tag``
+    names that checkpoint's version: a later run with new weights builds it again)."""
+    from ..learning.project_loop import run_presegment_job
+    from ..learning.train import SliceNetPredictor
+
+    key = ("slicenet", tag, device)
+    if key not in _MODELS:
+        import torch
+
+        if "OMP_NUM_THREADS" not in os.environ:
+            torch.set_num_threads(1)
+        _MODELS[key] = SliceNetPredictor(state, device)
+    return run_presegment_job(job, _MODELS[key], policy)

@@ -133,33 +133,80 @@ def pending_volumes(project: Project) -> list[str]:
 def presegment_project(project: Project, checkpoint: str | os.PathLike[str] | None = None, *,
                        names: list[str] | None = None, policy: str = "empty",
                        progress: ProgressFn | None = None, cancelled: CancelledFn | None = None,
-                       device: str | torch.device | None = None) -> PresegmentReport:
-    """Pre-segment pending volumes with the fine-tuned network, merged into each label map by ``policy``."""
+                       device: str | torch.device | None = None, engine=None) -> PresegmentReport:
+    """Pre-segment pending volumes with the fine-tuned network, merged into each label map by ``policy``.
+
+    ``engine``: a Dask cluster (:class:`medlsam_training.cluster.ClusterEngine`): one volume per task, the network
+    sent to each worker once, each mask written by its worker; this process keeps the statuses."""
     check_policy(policy)
-    predictor = SliceNetPredictor(checkpoint or checkpoint_path(project), device)
+    path = checkpoint or checkpoint_path(project)
     names = pending_volumes(project) if names is None else names
     report = PresegmentReport()
-    for i, name in enumerate(names):
-        if cancelled is not None and cancelled():
-            raise InterruptedError("cancelled")
-        if progress is not None:
-            progress(i, len(names), f"pre-segmenting {name}")
+    jobs = []
+    for name in names:
         entry = project.entry(name)
         if entry.status in ("reviewed", "missing"):
             report.skipped[name] = f"{entry.status}: never pre-segmented"
+        else:
+            jobs.append(presegment_job(project, name))
+    if engine is not None:
+        state = load_checkpoint(path, KIND_SEG, "learning-loop segmentation checkpoint (medlsam finetune)")
+        stat = Path(path).stat()
+        results = engine.presegment(jobs, state, f"{Path(path).resolve()}:{stat.st_mtime_ns}:{stat.st_size}", policy,
+                                    str(device) if device else None, cancelled)
+    else:
+        results = _presegment_here(jobs, SliceNetPredictor(path, device), policy, progress, cancelled)
+    for i, (job, (written, seconds)) in enumerate(results):
+        if written is None:
+            report.skipped[job.name] = "every target it would write is locked"
             continue
-        cpu = time.process_time()
-        volume = read_volume(project.volume_path(name))
-        label_map = presegment_volume(project, name, volume, predictor, policy)
-        if label_map is None:
-            report.skipped[name] = "every target it would write is locked"
-            continue
-        write_presegmentation(project, name, volume, label_map)
-        report.written.append(name)
-        report.seconds[name] = time.process_time() - cpu
+        project.set_status(job.name, "segmented", Path(written))
+        report.written.append(job.name)
+        report.seconds[job.name] = seconds
+        if engine is not None and progress is not None:
+            progress(i + 1, len(jobs), f"pre-segmented {job.name}")
     if progress is not None:
-        progress(len(names), len(names), "pre-segmentation done")
+        progress(len(jobs), len(jobs), "pre-segmentation done")
     return report
+
+
+@dataclass
+class PresegmentJob:
+    """One volume's pre-segmentation, all a worker needs of the project: its files, its locked targets."""
+
+    name: str
+    image: Path
+    mask: Path
+    locked: list[str]
+    locked_values: list[int]
+
+
+def presegment_job(project: Project, name: str) -> PresegmentJob:
+    locked = sorted(project.locked_targets(name))
+    values = [project.target(t).label for t in locked if any(t == x.name for x in project.targets)]
+    return PresegmentJob(name, project.volume_path(name), project.mask_path(name), locked, values)
+
+
+def _presegment_here(jobs: list[PresegmentJob], predictor: SliceNetPredictor, policy: str,
+                     progress: ProgressFn | None, cancelled: CancelledFn | None):
+    for i, job in enumerate(jobs):
+        if cancelled is not None and cancelled():
+            raise InterruptedError("cancelled")
+        if progress is not None:
+            progress(i, len(jobs), f"pre-segmenting {job.name}")
+        yield job, run_presegment_job(job, predictor, policy)
+
+
+def run_presegment_job(job: PresegmentJob, predictor: SliceNetPredictor, policy: str) -> tuple[str | None, float]:
+    """Predict, merge and write one volume's label map (atomically, the previous one kept in ``.previous/``) ->
+    (the mask written, or None when every target it would write is locked; CPU seconds)."""
+    cpu = time.process_time()
+    volume = read_volume(job.image)
+    label_map = merge_prediction(volume, predictor, set(job.locked), job.locked_values, job.mask, policy)
+    if label_map is None:
+        return None, time.process_time() - cpu
+    keep_previous(job.mask)
+    return str(write_mask(label_map, volume, job.mask)), time.process_time() - cpu
 
 
 def write_presegmentation(project: Project, name: str, volume: Volume, label_map: np.ndarray) -> Path | None:
@@ -173,11 +220,17 @@ def write_presegmentation(project: Project, name: str, volume: Volume, label_map
 def presegment_volume(project: Project, name: str, volume: Volume, predictor: SliceNetPredictor,
                       policy: str = "empty") -> np.ndarray | None:
     """The volume's label map with the network's targets merged in by ``policy`` (None: all of them locked)."""
-    locked = set(project.locked_targets(name))
+    job = presegment_job(project, name)
+    return merge_prediction(volume, predictor, set(job.locked), job.locked_values, job.mask, policy)
+
+
+def merge_prediction(volume: Volume, predictor: SliceNetPredictor, locked: set[str], locked_values: list[int],
+                     mask_file: Path, policy: str = "empty") -> np.ndarray | None:
+    """The label map in ``mask_file`` (empty when there is none) with the network's targets that are not
+    ``locked`` merged in by ``policy`` (None: all of them locked)."""
     writable = [(t, v) for t, v in zip(predictor.targets, predictor.values) if t not in locked]
     if not writable:
         return None
-    mask_file = project.mask_path(name)
     existing = read_label(mask_file).array if mask_file.is_file() else None
     if existing is not None and existing.shape != volume.array.shape:
         raise DatasetError(f"{mask_file}: label map of shape {existing.shape} does not match its volume "
@@ -186,7 +239,6 @@ def presegment_volume(project: Project, name: str, volume: Volume, predictor: Sl
     top = max([v for _, v in writable] + [int(existing.max()) if existing is not None else 0])
     label_map = np.zeros(volume.array.shape, np.uint16 if top > 255 else np.uint8) if existing is None \
         else existing.astype(np.uint16 if top > 255 else np.uint8)
-    locked_values = [project.target(t).label for t in locked if any(t == x.name for x in project.targets)]
     for _, value in writable:
         label_map = merge_target(label_map, pred == value, value, policy, locked_values)
     return label_map
