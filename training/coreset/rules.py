@@ -1,5 +1,5 @@
-"""Selection rules over per-sample values (arXiv 2306.14113) and Dice dynamics (arXiv 2308.01189), and the
-flag for labels that look wrong."""
+"""Selection rules over per-sample values (arXiv 2306.14113) and Dice dynamics (arXiv 2308.01189).  Labels that
+look wrong are ranked by ``run.suspicious_ranking`` from held-out probes."""
 
 from __future__ import annotations
 
@@ -49,20 +49,3 @@ def dice_dynamics(dice_per_epoch: np.ndarray) -> np.ndarray:
     """Dynamic average Dice per sample from (E, N) training Dice: low values are learned late (informative),
     high ones early (redundant)."""
     return np.asarray(dice_per_epoch, dtype=np.float64).mean(0)
-
-
-def select_by_score(scores: np.ndarray, budget: int, *, highest: bool = True, exclude: np.ndarray | None = None
-                    ) -> np.ndarray:
-    """The ``budget`` best-scoring samples, skipping ``exclude`` (e.g. suspicious labels)."""
-    s = np.asarray(scores, dtype=np.float64).copy()
-    if exclude is not None and len(exclude):
-        s[np.asarray(exclude)] = -np.inf if highest else np.inf
-    order = np.argsort(-s if highest else s, kind="stable")
-    return np.sort(order[:budget])
-
-
-def suspicious(values: np.ndarray, fraction: float = 0.1) -> np.ndarray:
-    """Indices of the ``fraction`` most extreme samples by (epoch-normalised) value: the ones to review first."""
-    v = np.asarray(values, dtype=np.float64)
-    k = max(1, int(round(fraction * len(v))))
-    return np.sort(np.argsort(-v, kind="stable")[:k])

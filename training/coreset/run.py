@@ -114,7 +114,7 @@ def suspicious_ranking(cases: list[SliceCase], checkpoints: list[Checkpoint], ta
         raise CoresetError("no valuation checkpoint: train with value_every > 0")
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: targets a volume has no contour of
-        ratios = np.stack([c.loss / np.nanmedian(np.where(_contoured(cases), c.loss, np.nan), 0) for c in late])
+        ratios = np.stack([c.loss / np.nanmedian(_contoured_loss(c, cases), 0) for c in late])
         ratio = np.nanmean(ratios, 0)                                     # (N, T)
         dice = np.nanmean(np.stack([c.dice for c in late]), 0)
         swapped = np.nanmean(np.stack([c.swapped for c in late]), 0)
@@ -149,6 +149,12 @@ def _contoured(cases: list[SliceCase]) -> np.ndarray:
     return np.stack([c.contoured for c in cases])
 
 
+def _contoured_loss(checkpoint: Checkpoint, cases: list[SliceCase]) -> np.ndarray:
+    """(N, T) the checkpoint's loss per volume and target, NaN where the target is not contoured: a missing contour
+    is unknown, never a loss to compare (losses are compared only within one checkpoint)."""
+    return np.where(_contoured(cases), checkpoint.loss, np.nan)
+
+
 @dataclass
 class Valuation:
     cases: list[str]
@@ -170,8 +176,8 @@ def select(checkpoints: list[Checkpoint], cases: list[SliceCase], k: int, seed: 
     kept = np.stack([online_cluster_rule(v[:, None], seed=seed)[0] for v in si]).mean(0)
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        loss = np.nanmean(np.stack([np.nanmean(np.where(_contoured(cases), c.loss, np.nan), 1) /
-                                    np.nanmedian(np.where(_contoured(cases), c.loss, np.nan)) for c in checkpoints]), 0)
+        loss = np.nanmean(np.stack([np.nanmean(_contoured_loss(c, cases), 1) / np.nanmedian(_contoured_loss(c, cases))
+                                    for c in checkpoints]), 0)
         dad = dice_dynamics(np.stack([np.nanmean(c.dice, 1) for c in checkpoints]))
     return {
         "data_si_online": list(np.sort(np.lexsort((rng.random(len(kept)), -kept))[:k])),
