@@ -167,8 +167,8 @@ class CamSeedWidget(QWidget):
                            on_idle=self._class_changed)  # training stays off for organs
         self.strip.clicked.connect(lambda z: self.tag(z, [PRESENT, ABSENT, UNKNOWN][self.state_box.currentIndex()]))
         self.train_btn.clicked.connect(lambda: self.start_training())  # clicked(bool) must not fill the argument
-        self.load_btn.clicked.connect(self._choose_model)
-        self.refine_btn.clicked.connect(self._choose_refiner)
+        self.load_btn.clicked.connect(lambda: self._choose("CAM slice classifier", self.load_model))
+        self.refine_btn.clicked.connect(lambda: self._choose("CAM refinement network", self.load_refiner))
         self.class_box.currentIndexChanged.connect(self._class_changed)
         self._class_changed()
         self.run_btn.clicked.connect(self.start_seeding)
@@ -307,18 +307,27 @@ class CamSeedWidget(QWidget):
                 self.status.setText(str(exc))
 
     # --- classifier -----------------------------------------------------------------------------
-    def _choose_model(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "CAM slice classifier", "", "Checkpoints (*.pt)")
+    def _choose(self, title: str, load) -> None:
+        """A checkpoint picked in a file dialog, handed to ``load`` (the classifier's or the refinement network's)."""
+        path, _ = QFileDialog.getOpenFileName(self, title, "", "Checkpoints (*.pt)")
         if path:
-            self.load_model(path)
+            load(path)
 
-    def load_model(self, path: str | Path) -> None:
+    def _load(self, loader, path: str | Path, loaded) -> None:
+        """``loaded(loader(path))``, or the checkpoint's one-line error on the status line."""
         try:
-            self.model, self.model_targets, _ = load_classifier(path)
+            result = loader(path)
         except MedLSAMError as exc:
             self.status.setText(str(exc))
             return
-        self.status.setText(f"classifier for {', '.join(self.model_targets)}")
+        loaded(result)
+
+    def load_model(self, path: str | Path) -> None:
+        def loaded(result) -> None:
+            self.model, self.model_targets, _ = result
+            self.status.setText(f"classifier for {', '.join(self.model_targets)}")
+
+        self._load(load_classifier, path, loaded)
 
     def _volume(self, image_name: str):
         layer = self.viewer.layers[image_name]
@@ -373,20 +382,14 @@ class CamSeedWidget(QWidget):
             w.setEnabled(kind == TargetClass.LESION)
         self.organ_sam.setEnabled(kind == TargetClass.ORGAN)
 
-    def _choose_refiner(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "CAM refinement network", "", "Checkpoints (*.pt)")
-        if path:
-            self.load_refiner(path)
-
     def load_refiner(self, path: str | Path) -> None:
         from medlsam_training.cam.rvc import load_net
 
-        try:
-            self.refiner = load_net(path)
-        except MedLSAMError as exc:
-            self.status.setText(str(exc))
-            return
-        self.status.setText(f"refinement network loaded: seeding segments the ticked slices with it ({path})")
+        def loaded(net) -> None:
+            self.refiner = net
+            self.status.setText(f"refinement network loaded: seeding segments the ticked slices with it ({path})")
+
+        self._load(load_net, path, loaded)
 
     def start_seeding(self) -> None:
         if self.job.busy:

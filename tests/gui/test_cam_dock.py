@@ -141,3 +141,23 @@ def test_a_tick_on_a_volume_stored_head_first_is_the_files_slice(make_napari_vie
     assert dock.current_slice() == 78
     dock.tag(dock.current_slice(), PRESENT)
     assert dock.tags[("ct", "brainstem")][78] == PRESENT
+
+
+def test_the_two_checkpoints_load_from_one_path_each_and_a_bad_file_is_one_line(make_napari_viewer,
+                                                                                tmp_path: Path) -> None:
+    """'Load classifier…' and 'Load refinement network…': the shipped head-and-neck classifier loads and names its
+    targets; a file that is no checkpoint leaves the dock as it was with one line naming the file."""
+    from medlsam_training.cam.classifier import load_classifier
+
+    dock = CamSeedWidget(make_napari_viewer())
+    shipped = Path(__file__).resolve().parents[2] / "training" / "cam" / "continue" / "hn_slice_classifier.pt"
+    dock.load_model(shipped)
+    assert dock.model_targets == load_classifier(shipped)[1]
+    assert dock.status.text() == f"classifier for {', '.join(dock.model_targets)}"
+    bad = tmp_path / "notes.pt"
+    bad.write_text("not a checkpoint")
+    for load in (dock.load_model, dock.load_refiner):
+        dock.status.setText("")
+        load(bad)
+        assert str(bad) in dock.status.text() and "\n" not in dock.status.text()
+    assert dock.refiner is None and dock.model_targets == load_classifier(shipped)[1]
