@@ -45,7 +45,6 @@ from medlsam_training.volume import Volume  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct"
 MIN_VOXELS = 200  # organs smaller than this in a volume are not evaluated there
-DICE: dict = defaultdict(list)  # (method, organ) -> Dice of the localizer's fused mask, where it gives one
 
 
 HN_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct_hn_openkbp"
@@ -113,9 +112,11 @@ def make_localizers(methods, device, weights=None, candidates: int = 1) -> dict:
     return out
 
 
-def run_queries(cases, templates, methods, device, weights=None, candidates: int = 1):
+def run_queries(cases, templates, methods, device, weights=None, candidates: int = 1) -> tuple[dict, dict, dict]:
+    """(box scores, seconds per query, Dice of the fused masks) per (method, organ) / method / (method, organ)."""
     scores: dict = defaultdict(list)
     seconds: dict = defaultdict(list)
+    dice: dict = defaultdict(list)  # (method, organ) -> Dice of the localizer's fused mask, where it gives one
     localizers = make_localizers(methods, device, weights, candidates)
     medlam = localizers["medlam"]
     if medlam is not None:
@@ -137,14 +138,14 @@ def run_queries(cases, templates, methods, device, weights=None, candidates: int
                 gt = qlab.array == organs[r.target]
                 if r.box is None:  # reported "not found" while the organ is there: a miss
                     scores[(method, r.target)].append((0.0, float("nan")))
-                    DICE[(method, r.target)].append(0.0)
+                    dice[(method, r.target)].append(0.0)
                     continue
                 scores[(method, r.target)].append((box_iou(r.box, truth),
                                                    box_face_distance_mm(r.box, truth, qimg.spacing)))
                 if r.mask is not None:  # label fusion's own mask, what the default pipeline writes
-                    DICE[(method, r.target)].append(2 * float((r.mask & gt).sum()) / (r.mask.sum() + gt.sum()))
+                    dice[(method, r.target)].append(2 * float((r.mask & gt).sum()) / (r.mask.sum() + gt.sum()))
             print(f"  {qname} {method}: {seconds[method][-1]:.1f} s, {len(results)} targets", file=sys.stderr)
-    return scores, seconds
+    return scores, seconds, dice
 
 
 def load_labelled(folders: list[Path]) -> list[tuple[str, Volume, Volume, dict[int, str]]]:
@@ -170,10 +171,11 @@ def organ_values(label: Volume, names: dict[int, str]) -> dict[str, int]:
     return {n: v for v, n in names.items() if counts.get(v, 0) >= MIN_VOXELS}
 
 
-def leave_one_out(cases, methods, device) -> dict:
-    """{(method, organ): [(iou, wd_mm)]} and {method: [seconds per query]}."""
+def leave_one_out(cases, methods, device) -> tuple[dict, dict, dict]:
+    """{(method, organ): [(iou, wd_mm)]}, {method: [seconds per query]} and {(method, organ): [fused-mask Dice]}."""
     scores: dict = defaultdict(list)
     seconds: dict = defaultdict(list)
+    dice: dict = defaultdict(list)
     organs = [organ_values(lab, names) for _, _, lab, names in cases]
     points = [{o: extreme_points_from_mask(o, v, img, lab) for o, v in org.items()}
               for (_, img, lab, _), org in zip(cases, organs)]
@@ -208,10 +210,10 @@ def leave_one_out(cases, methods, device) -> dict:
                     (box_iou(r.box, truth), box_face_distance_mm(r.box, truth, qimg.spacing))
                     if r.box is not None else (0.0, float("nan")))
                 if r.mask is not None or r.box is None:
-                    DICE[(method, r.target)].append(0.0 if r.box is None else
+                    dice[(method, r.target)].append(0.0 if r.box is None else
                                                     2 * float((r.mask & gt).sum()) / (r.mask.sum() + gt.sum()))
             print(f"  {qname} {method}: {seconds[method][-1]:.1f} s, {len(results)} targets", file=sys.stderr)
-    return scores, seconds
+    return scores, seconds, dice
 
 
 def table(title: str, scores, seconds, methods, paper: dict[str, float] | None = None) -> str:
@@ -251,20 +253,21 @@ def table(title: str, scores, seconds, methods, paper: dict[str, float] | None =
     return "\n".join(lines)
 
 
-def dice_table(title: str, methods, core=("brainstem", "parotid_right", "parotid_left", "mandible")) -> str:
+def dice_table(title: str, dice: dict, methods, core=("brainstem", "parotid_right", "parotid_left", "mandible")
+               ) -> str:
     """Dice of the localizers' fused masks (label fusion: what the default pipeline writes), contoured organs only."""
-    rows = [m for m in methods if any(mm == m for mm, _ in DICE)]
+    rows = [m for m in methods if any(mm == m for mm, _ in dice)]
     if not rows:
         return ""
     lines = [f"### {title}", "", "| organ | " + " | ".join(f"{m} mask Dice (n)" for m in rows) + " |",
              "|---|" + "---|" * len(rows)]
-    for organ in sorted({o for _, o in DICE}):
+    for organ in sorted({o for _, o in dice}):
         lines.append(f"| {organ} | " + " | ".join(
-            f"{np.mean(DICE[(m, organ)]):.3f} ({len(DICE[(m, organ)])})" if DICE.get((m, organ)) else "-"
+            f"{np.mean(dice[(m, organ)]):.3f} ({len(dice[(m, organ)])})" if dice.get((m, organ)) else "-"
             for m in rows) + " |")
     lines.append(f"| **mean of {', '.join(core)}** | " + " | ".join(
-        f"**{np.mean([np.mean(DICE[(m, o)]) for o in core if DICE.get((m, o))]):.3f}**"
-        if any(DICE.get((m, o)) for o in core) else "-" for m in rows) + " |")
+        f"**{np.mean([np.mean(dice[(m, o)]) for o in core if dice.get((m, o))]):.3f}**"
+        if any(dice.get((m, o)) for o in core) else "-" for m in rows) + " |")
     return "\n".join(lines)
 
 
@@ -332,14 +335,13 @@ def main() -> None:
     if args.protocol == "hn":
         cache: dict = {}
         for k in args.k:
-            scores, seconds = hn_protocol(args.hn_data, args.methods, device, k, args.max_queries, cache, args.weights,
-                                          args.candidates)
+            scores, seconds, dice = hn_protocol(args.hn_data, args.methods, device, k, args.max_queries, cache,
+                                                args.weights, args.candidates)
             n = len(seconds[args.methods[0]]) if seconds else 0
             print(table(f"OpenKBP head and neck, K = {k} templates per organ (train-pats), {n} validation-pats queries",
                         scores, seconds, args.methods, PAPER_IOU) + "\n", flush=True)
             print(dice_table(f"Label fusion masks, K = {k}, {n} validation-pats queries (contoured organs only)",
-                             args.methods) + "\n", flush=True)
-            DICE.clear()
+                             dice, args.methods) + "\n", flush=True)
         print(f"peak resident memory: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2:.2f} GB")
         return
     if args.protocol == "absent":
@@ -354,11 +356,10 @@ def main() -> None:
                      phantom_set(args.phantoms)))
     for title, cases in sets:
         print(f"{title}: {len(cases)} volumes", file=sys.stderr)
-        scores, seconds = leave_one_out(cases, args.methods, device)
+        scores, seconds, dice = leave_one_out(cases, args.methods, device)
         print(table(title, scores, seconds, args.methods) + "\n")
-        print(dice_table(f"{title}: label fusion masks", args.methods, ("liver", "spleen", "kidney_right",
-                                                                        "kidney_left")) + "\n")
-        DICE.clear()
+        print(dice_table(f"{title}: label fusion masks", dice, args.methods, ("liver", "spleen", "kidney_right",
+                                                                              "kidney_left")) + "\n")
 
 
 if __name__ == "__main__":
