@@ -454,6 +454,12 @@ class AtlasLocalizer:
         for tpl in templates:
             self._image(tpl.volume)
 
+    def _region_shape(self, tpl: Template) -> tuple[int, int, int]:
+        """The template's search region (its targets' box + margin), z, y, x voxels: what slides over the query."""
+        pts = np.concatenate([ep.points_mm for ep in tpl.targets])
+        lo, hi = region_index_box(self._image(tpl.volume), pts.min(0), pts.max(0), REGION_MARGIN_MM)
+        return tuple(int(v) for v in (hi - lo + 1)[::-1])
+
     def _register(self, spectrum: QuerySpectrum, tpl: Template) -> TemplateRegistration | None:
         pts = np.concatenate([ep.points_mm for ep in tpl.targets])
         try:
@@ -496,8 +502,11 @@ class AtlasLocalizer:
         t0 = time.perf_counter()
         groups = _targets_by_name(templates)
         pool_size = {name: len(pairs) for name, pairs in groups.items()}
-        spectrum = QuerySpectrum(self._image(query), (64, 64, 64))
         with one_itk_thread(), ThreadPoolExecutor(self.workers) as pool:
+            # the query's FFTs padded once for the largest template region: a region larger than the padding made
+            # every search recompute them (10-25 % of a query's time)
+            spectrum = QuerySpectrum(self._image(query), tuple(np.max(list(pool.map(self._region_shape, templates))
+                                                                      + [(64, 64, 64)], axis=0)))
             if self.max_templates and max(pool_size.values()) > self.max_templates:
                 templates = self._choose(spectrum, templates, pool)
                 groups = _targets_by_name(templates)
