@@ -26,6 +26,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import fft as sfft
 
+from .template_fusion import content_box
 from .volume import Volume
 
 log = logging.getLogger(__name__)
@@ -61,13 +62,6 @@ class AtlasImage:
         return np.array(self.image.GetOrigin()) + np.asarray(index, float) * np.array(self.image.GetSpacing())
 
 
-def _fill_value(arr: np.ndarray) -> float | None:
-    """The constant value outside a padded field of view (OpenKBP: -1000 HU everywhere out of the scan), if any."""
-    corners = [arr[z, y, x] for z in (0, -1) for y in (0, -1) for x in (0, -1)]
-    values, counts = np.unique(corners, return_counts=True)
-    return float(values[np.argmax(counts)]) if counts.max() >= 4 else None
-
-
 def atlas_image(volume: Volume, spacing: float = SPACING_MM) -> AtlasImage:
     """``volume`` resampled (linear) onto an identity-direction grid of ``spacing`` mm covering it."""
     src = volume.with_array(volume.array.astype(np.float32)).to_sitk()
@@ -85,15 +79,11 @@ def atlas_image(volume: Volume, spacing: float = SPACING_MM) -> AtlasImage:
     ref.SetSpacing((spacing,) * 3)
     image = sitk.Resample(src, ref, sitk.Transform(), sitk.sitkLinear, lo_v - 1.0, sitk.sitkFloat32)
     # content: the box of the scanned field of view; air inside the scan is content, the constant fill of a
-    # padded or cropped scan (OpenKBP: -1000 HU around the scanned box) is not
-    fill = _fill_value(arr)
+    # padded or cropped scan (OpenKBP: -1000 HU around the scanned box) is not (the box the fusion uses too)
     inside = np.zeros(arr.shape, np.uint8)
-    if fill is None:
-        inside[:] = 1
-    else:
-        nz = [np.nonzero(np.any(arr != fill, axis=tuple(b for b in range(3) if b != a)))[0] for a in range(3)]
-        if all(len(v) for v in nz):
-            inside[nz[0][0]:nz[0][-1] + 1, nz[1][0]:nz[1][-1] + 1, nz[2][0]:nz[2][-1] + 1] = 1
+    if float(np.min(arr)) != float(np.max(arr)):  # a constant image holds no scan at all (it never votes)
+        lo_x, hi_x = content_box(volume)
+        inside[lo_x[2]:hi_x[2] + 1, lo_x[1]:hi_x[1] + 1, lo_x[0]:hi_x[0] + 1] = 1
     inside_img = sitk.GetImageFromArray(inside)
     inside_img.CopyInformation(src)
     content = sitk.Resample(inside_img, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
