@@ -22,10 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from localization import DEFAULT_DATA, HN_DATA, hn_split, hn_templates_and_queries  # noqa: E402
 
-from medlsam_training.datasets import find_cases  # noqa: E402
-from medlsam_training.extreme_points import extreme_points_from_mask  # noqa: E402
-from medlsam_training.io import read_volume  # noqa: E402
-from medlsam_training.localize import MAX_SPREAD_MM, MIN_IN_SCAN, MIN_MATCH, AtlasLocalizer, Template  # noqa: E402
+from medlsam_training.localization.extreme_points import extreme_points_from_mask  # noqa: E402
+from medlsam_training.localization.localize import MAX_SPREAD_MM, MIN_IN_SCAN, MIN_MATCH, AtlasLocalizer, Template  # noqa: E402
+from medlsam_training.volumes.datasets import find_cases  # noqa: E402
+from medlsam_training.volumes.io import read_volume  # noqa: E402
 
 UNLABELLED = DEFAULT_DATA.parent / "ct_unlabelled"
 NO_HEAD = ("cmb_crc_chest", "contrast_abdomen", "midrc_ricord_chest", "lidc_chest_154677", "siemens_chest",

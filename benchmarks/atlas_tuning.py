@@ -22,12 +22,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from localization import HN_DATA, hn_split, hn_templates_and_queries  # noqa: E402
 
-from medlsam_training import localize as L  # noqa: E402
-from medlsam_training.atlas import warp_mask  # noqa: E402
-from medlsam_training.boxes import Box3D, box_from_physical  # noqa: E402
-from medlsam_training.datasets import find_cases  # noqa: E402
+from medlsam_training.localization import localize as L  # noqa: E402
+from medlsam_training.localization.atlas import warp_mask  # noqa: E402
 from medlsam_training.metrics import box_face_distance_mm, box_iou  # noqa: E402
-from medlsam_training.propagate import clean_mask, single_part_target  # noqa: E402
+from medlsam_training.segmentation.propagate import clean_mask, single_part_target  # noqa: E402
+from medlsam_training.volumes.boxes import Box3D, box_from_physical  # noqa: E402
+from medlsam_training.volumes.datasets import find_cases  # noqa: E402
 
 ORGANS = {"brainstem": 1, "spinal_cord": 2, "parotid_right": 3, "parotid_left": 4, "mandible": 7}
 CORE = ("brainstem", "parotid_right", "parotid_left", "mandible")

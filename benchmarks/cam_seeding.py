@@ -136,7 +136,7 @@ def main() -> None:
     seconds: list[float] = []
     segmenter = None
     if args.litemedsam:
-        from medlsam_training.segmenters import load_segmenter
+        from medlsam_training.segmentation.segmenters import load_segmenter
 
         segmenter = load_segmenter("litemedsam")
     t0 = time.time()
@@ -201,11 +201,11 @@ def organs_protocol(args) -> None:
 
     from medlsam_training.cam.organ import Prior, box_prior, prior_kind, seed_organ
     from medlsam_training.cam.seeding import sam_from_mask
-    from medlsam_training.localize import AtlasLocalizer
+    from medlsam_training.localization.localize import AtlasLocalizer
     from medlsam_training.metrics import dice_score
-    from medlsam_training.propagate import VolumeSegmenter
-    from medlsam_training.segmenters import load_segmenter
-    from medlsam_training.volume import orient
+    from medlsam_training.segmentation.propagate import VolumeSegmenter
+    from medlsam_training.segmentation.segmenters import load_segmenter
+    from medlsam_training.volumes.volume import orient
 
     data = Path(args.data) if args.data != "../shared/data/ct_hn_openkbp" else HN_DATA
     templates, queries = hn_templates_and_queries(data, args.k, args.max_cases or None, {})

@@ -40,9 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from session import HN_DATA, MIN_VOXELS, ORGANS, cli, make_templates, split  # noqa: E402
 
 from medlsam_training.correction import fill_between, load_votes, update_target, votes_path  # noqa: E402
-from medlsam_training.io import read_label, read_volume  # noqa: E402
 from medlsam_training.metrics import slice_contour_error, surface_dice  # noqa: E402
 from medlsam_training.options import CorrectionUpdate  # noqa: E402
+from medlsam_training.volumes.io import read_label, read_volume  # noqa: E402
 
 TOLERANCE_MM, BAR, ROUNDS = 4.0, 0.90, 25
 UPDATES = list(CorrectionUpdate)

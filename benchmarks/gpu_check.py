@@ -68,10 +68,10 @@ class Checks:
     """The inputs every check shares, read once."""
 
     def __init__(self, work: Path):
-        from medlsam_training.datasets import Case
-        from medlsam_training.extreme_points import extreme_points_from_mask
-        from medlsam_training.io import read_label, read_volume
-        from medlsam_training.localize import Template
+        from medlsam_training.localization.extreme_points import extreme_points_from_mask
+        from medlsam_training.localization.localize import Template
+        from medlsam_training.volumes.datasets import Case
+        from medlsam_training.volumes.io import read_label, read_volume
 
         self.work = work
         self.query = read_volume(DATA / "imagesTr" / f"{QUERY}_0000.nii.gz")
@@ -89,16 +89,16 @@ class Checks:
         self.cpu_checkpoint: Path | None = None
 
     def medlam(self, device: str) -> dict[str, list[int]]:
-        from medlsam_training.localize import make_localizer
+        from medlsam_training.localization.localize import make_localizer
 
         located = make_localizer("medlam", device=device).localize(self.query, self.templates)
         return {t.target: t.box.as_list() if t.box else None for t in located}
 
     def litemedsam(self, device: str) -> dict[str, np.ndarray]:
-        from medlsam_training.io import read_label
-        from medlsam_training.localize import make_localizer
-        from medlsam_training.pipeline import run_queries
-        from medlsam_training.segmenters import load_segmenter
+        from medlsam_training.localization.localize import make_localizer
+        from medlsam_training.project.pipeline import run_queries
+        from medlsam_training.segmentation.segmenters import load_segmenter
+        from medlsam_training.volumes.io import read_label
 
         self.runs += 1
         out = self.work / f"sam_{self.runs}"
@@ -130,8 +130,8 @@ class Checks:
 
     def volume_fusion(self, device: str) -> float:
         from medlsam_training.coreset.probe import slice_inputs
-        from medlsam_training.io import read_volume
         from medlsam_training.learning.train import LearnConfig, pretrain_vf
+        from medlsam_training.volumes.io import read_volume
 
         volumes = [slice_inputs(read_volume(c.image)).images for c in self.train_cases]
         return float(pretrain_vf(volumes, None, LearnConfig(steps=20), device=device).last_loss)

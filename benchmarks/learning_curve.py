@@ -27,11 +27,11 @@ import torch
 
 from medlsam_training.cam.data import labelled_cases
 from medlsam_training.coreset.probe import SliceCase, load_slice_case, slice_inputs
-from medlsam_training.datasets import find_cases
-from medlsam_training.io import read_volume
 from medlsam_training.learning.slicenet import NetSpec, n_parameters
 from medlsam_training.learning.train import LearnConfig, SliceNetPredictor, finetune, pretrain_vf
 from medlsam_training.metrics import dice_score
+from medlsam_training.volumes.datasets import find_cases
+from medlsam_training.volumes.io import read_volume
 
 TARGETS = ["brainstem", "spinal_cord", "parotid_right", "parotid_left", "mandible"]
 REQUIRED = ["brainstem", "parotid_right", "parotid_left", "mandible"]  # contoured in every training volume

@@ -27,10 +27,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from medlsam_training.boxes import Box3D  # noqa: E402
-from medlsam_training.datasets import find_cases  # noqa: E402
-from medlsam_training.extreme_points import extreme_points_from_mask  # noqa: E402
-from medlsam_training.localize import (  # noqa: E402
+from medlsam_training.localization.extreme_points import extreme_points_from_mask  # noqa: E402
+from medlsam_training.localization.localize import (
     MedLAMLocalizer,
     RefinedRegistrationLocalizer,
     RegistrationLocalizer,
@@ -40,8 +38,10 @@ from medlsam_training.localize import (  # noqa: E402
 from medlsam_training.medlam.preprocess import looks_like_ct  # noqa: E402
 from medlsam_training.metrics import box_face_distance_mm, box_iou  # noqa: E402
 from medlsam_training.options import LocalizerName  # noqa: E402
-from medlsam_training.phantom import make_phantom  # noqa: E402
-from medlsam_training.volume import Volume  # noqa: E402
+from medlsam_training.volumes.boxes import Box3D  # noqa: E402
+from medlsam_training.volumes.datasets import find_cases  # noqa: E402
+from medlsam_training.volumes.phantom import make_phantom  # noqa: E402
+from medlsam_training.volumes.volume import Volume  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct"
 MIN_VOXELS = 200  # organs smaller than this in a volume are not evaluated there

@@ -30,10 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from session import HN_DATA, make_templates, split  # noqa: E402
 
 from medlsam_training.cluster import open_engine  # noqa: E402
-from medlsam_training.datasets import Case  # noqa: E402
-from medlsam_training.localize import load_templates, make_localizer  # noqa: E402
-from medlsam_training.pipeline import run_queries  # noqa: E402
-from medlsam_training.segmenters import load_segmenter  # noqa: E402
+from medlsam_training.localization.localize import load_templates, make_localizer  # noqa: E402
+from medlsam_training.project.pipeline import run_queries  # noqa: E402
+from medlsam_training.segmentation.segmenters import load_segmenter  # noqa: E402
+from medlsam_training.volumes.datasets import Case  # noqa: E402
 
 
 def peak_rss_mb() -> float:

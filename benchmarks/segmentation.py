@@ -26,14 +26,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from medlsam_training.boxes import Box3D  # noqa: E402
-from medlsam_training.extreme_points import extreme_points_from_mask  # noqa: E402
-from medlsam_training.io import align_label_to_image  # noqa: E402
-from medlsam_training.localize import Template, make_localizer  # noqa: E402
+from medlsam_training.localization.extreme_points import extreme_points_from_mask  # noqa: E402
+from medlsam_training.localization.localize import Template, make_localizer  # noqa: E402
 from medlsam_training.metrics import binary_metrics  # noqa: E402
 from medlsam_training.options import LocalizerName  # noqa: E402
-from medlsam_training.propagate import PropagationConfig, VolumeSegmenter, box_2d, clean_mask, for_target  # noqa: E402
-from medlsam_training.segmenters import load_segmenter  # noqa: E402
+from medlsam_training.segmentation.propagate import PropagationConfig, VolumeSegmenter, box_2d, clean_mask, for_target  # noqa: E402
+from medlsam_training.segmentation.segmenters import load_segmenter  # noqa: E402
+from medlsam_training.volumes.boxes import Box3D  # noqa: E402
+from medlsam_training.volumes.io import align_label_to_image  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from localization import DEFAULT_DATA, HN_DATA, hn_templates_and_queries, load_labelled, organ_values  # noqa: E402

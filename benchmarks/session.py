@@ -45,14 +45,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from typer.testing import CliRunner  # noqa: E402
 
-from medlsam_training.atomic import write_json_atomic  # noqa: E402
 from medlsam_training.cli import app  # noqa: E402
-from medlsam_training.io import read_label, read_volume, write_mask  # noqa: E402
-from medlsam_training.localize import AtlasLocalizer  # noqa: E402
+from medlsam_training.localization.localize import AtlasLocalizer  # noqa: E402
 from medlsam_training.metrics import added_path_length, binary_metrics, pooled_apl_share  # noqa: E402
-from medlsam_training.pipeline import RESULTS_NAME  # noqa: E402
-from medlsam_training.project import Project  # noqa: E402
-from medlsam_training.propagate import PropagationConfig, clean_mask, for_target  # noqa: E402
+from medlsam_training.project.folder import Project  # noqa: E402
+from medlsam_training.project.pipeline import RESULTS_NAME  # noqa: E402
+from medlsam_training.segmentation.propagate import PropagationConfig, clean_mask, for_target  # noqa: E402
+from medlsam_training.volumes.atomic import write_json_atomic  # noqa: E402
+from medlsam_training.volumes.io import read_label, read_volume, write_mask  # noqa: E402
 
 HN_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct_hn_openkbp"
 ORGANS = {"brainstem": 1, "spinal_cord": 2, "parotid_right": 3, "parotid_left": 4, "mandible": 7}
@@ -212,8 +212,8 @@ def truth_mask(root: Path, pt: str, image) -> np.ndarray:
 
 def part_session(args) -> None:
     from medlsam_training.learning.project_loop import finetune_project, training_volumes
-    from medlsam_training.project_run import build_templates, project_network, run_project
-    from medlsam_training.segmenters import load_segmenter
+    from medlsam_training.project.run import build_templates, project_network, run_project
+    from medlsam_training.segmentation.segmenters import load_segmenter
 
     root, work = args.data, args.out
     folder = work / f"project_k{args.k}"

@@ -22,13 +22,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from medlsam_training.checkpoint import load_checkpoint  # noqa: E402
-from medlsam_training.datasets import find_cases  # noqa: E402
-from medlsam_training.io import read_image_label  # noqa: E402
+from medlsam_training.engine.checkpoint import load_checkpoint  # noqa: E402
 from medlsam_training.medlam.preprocess import looks_like_ct  # noqa: E402
 from medlsam_training.metrics import binary_metrics  # noqa: E402
-from medlsam_training.phantom import write_phantom_dataset  # noqa: E402
 from medlsam_training.vf.train import DEFAULT_CONFIG, PCTPredictor, VFConfig, finetune, pretrain_vf  # noqa: E402
+from medlsam_training.volumes.datasets import find_cases  # noqa: E402
+from medlsam_training.volumes.io import read_image_label  # noqa: E402
+from medlsam_training.volumes.phantom import write_phantom_dataset  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct"
 

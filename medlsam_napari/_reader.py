@@ -6,10 +6,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from medlsam_training.atomic import compound_suffix
-from medlsam_training.datasets import read_label_names
 from medlsam_training.interop.rtstruct import dicom_modality, structure_sets_in
-from medlsam_training.io import as_label, is_volume_path, read_volume
+from medlsam_training.volumes.atomic import compound_suffix
+from medlsam_training.volumes.datasets import read_label_names
+from medlsam_training.volumes.io import as_label, is_volume_path, read_volume
 
 from .layer_geometry import layer_kwargs
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from medlsam_training.phantom import make_phantom
+from medlsam_training.volumes.phantom import make_phantom
 
 from .layer_geometry import layer_kwargs
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from medlsam_training.io import write_mask
+from medlsam_training.volumes.io import write_mask
 
 from .layer_geometry import volume_from_layer
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from medlsam_training.localize import make_localizer
-from medlsam_training.project import Project
-from medlsam_training.segmenters import load_segmenter
+from medlsam_training.localization.localize import make_localizer
+from medlsam_training.project.folder import Project
+from medlsam_training.segmentation.segmenters import load_segmenter
 
 
 def load_models(project: Project, cache: dict[str, object]):

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from medlsam_training.volume import Geometry, Volume
+from medlsam_training.volumes.volume import Geometry, Volume
 
 GEOMETRY_KEY = "medlsam_geometry"
 #: Soft-tissue window (level 40, width 400 HU) as the default CT display.

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from medlsam_training.io import read_label, read_volume, write_mask
 from medlsam_training.medlam.preprocess import looks_like_ct
-from medlsam_training.project import Project
-from medlsam_training.volume import Volume
+from medlsam_training.project.folder import Project
+from medlsam_training.volumes.io import read_label, read_volume, write_mask
+from medlsam_training.volumes.volume import Volume
 
 from .corrections import load_itk_in_background, painted_slices
 from .label_history import apply_labels

@@ -36,12 +36,12 @@ from medlsam_napari.docking import dock_as_tab
 from medlsam_napari.label_history import apply_labels
 from medlsam_napari.layer_geometry import layer_kwargs, volume_from_layer
 from medlsam_napari.state import state_for
-from medlsam_training.atomic import write_json_atomic
 from medlsam_training.cam.classifier import load_classifier
 from medlsam_training.cam.tags import ABSENT, PRESENT, UNKNOWN, TagError, require_usable
 from medlsam_training.errors import MedLSAMError
-from medlsam_training.label_merge import merge_target
 from medlsam_training.options import POLICY_HELP, TARGET_CLASS_HELP, LabelPolicy, TargetClass
+from medlsam_training.segmentation.label_merge import merge_target
+from medlsam_training.volumes.atomic import write_json_atomic
 
 #: what each target class is seeded from (shown in the dock); why: docs/benchmarks.md section 5
 CLASSES = TARGET_CLASS_HELP
@@ -451,7 +451,7 @@ class CamSeedWidget(QWidget):
         own_ticks = ticks if np.any(ticks == PRESENT) else None
         progress, use_sam = self.job.reporter(), self.organ_sam.isChecked()
         from medlsam_training.cam.organ import seed_organ_volume
-        from medlsam_training.segmenters import load_segmenter
+        from medlsam_training.segmentation.segmenters import load_segmenter
 
         def work():
             progress(0, 2, "loading LiteMedSAM" if use_sam else "prior")
@@ -466,7 +466,7 @@ class CamSeedWidget(QWidget):
         """(warped mask or None, box or None) for the organ path; one clear line when neither is there."""
         from napari.layers import Shapes
 
-        from medlsam_training.boxes import Box3D
+        from medlsam_training.volumes.boxes import Box3D
 
         labels_name = self.labels_box.currentText()
         if labels_name and labels_name in self.viewer.layers:

@@ -29,9 +29,9 @@ from qtpy.QtWidgets import (
 from medlsam_napari.dock_job import DockJob
 from medlsam_napari.docking import dock_as_tab
 from medlsam_napari.state import state_for
-from medlsam_training.atomic import write_json_atomic
-from medlsam_training.datasets import find_cases
 from medlsam_training.errors import MedLSAMError
+from medlsam_training.volumes.atomic import write_json_atomic
+from medlsam_training.volumes.datasets import find_cases
 
 NEXT, LESS = "Annotate next (unlabelled pool)", "Train on less (labelled volumes)"
 FLAGS_FILE = "medlsam_flags.json"

@@ -27,7 +27,6 @@ from qtpy.QtWidgets import (
 from medlsam_napari.dock_job import DockJob
 from medlsam_napari.docking import dock_as_tab
 from medlsam_napari.state import state_for
-from medlsam_training.io import read_volume
 from medlsam_training.learning.project_loop import (
     finetune_project,
     pending_volumes,
@@ -38,7 +37,8 @@ from medlsam_training.learning.project_loop import (
 )
 from medlsam_training.learning.train import LearnConfig, SliceNetPredictor, fit_summary
 from medlsam_training.options import POLICY_HELP, LabelPolicy
-from medlsam_training.project import Project
+from medlsam_training.project.folder import Project
+from medlsam_training.volumes.io import read_volume
 
 
 class LossCurve(QWidget):

@@ -29,11 +29,11 @@ from medlsam_napari.dock_job import DockJob
 from medlsam_napari.docking import dock_as_tab
 from medlsam_napari.layer_geometry import volume_from_layer
 from medlsam_napari.state import state_for
-from medlsam_training.datasets import read_label_names
 from medlsam_training.errors import MedLSAMError
-from medlsam_training.io import is_volume_path
 from medlsam_training.report import Patient, Report, build_report
 from medlsam_training.report.export import write_report
+from medlsam_training.volumes.datasets import read_label_names
+from medlsam_training.volumes.io import is_volume_path
 
 COLUMNS = ("structure", "mL", "max Ø mm", "cranio-caudal mm", "mean ± SD", "complete", "verdict", "")
 #: Header values kept in layer metadata by the reader, which the report uses (modality, patient, contrast).
@@ -276,8 +276,8 @@ class ReportWidget(QWidget):
         self._saved_text = self.text.toPlainText()
         source = self.viewer.layers[self.image_box.currentText()].metadata.get("source_path")
         if source and Path(source).is_dir() and is_volume_path(source):
-            from medlsam_training.dicom_series import series_datasets
             from medlsam_training.report.dicom_sr import write_measurement_report
+            from medlsam_training.volumes.dicom_series import series_datasets
 
             try:
                 uid = self.viewer.layers[self.image_box.currentText()].metadata.get("series_uid")

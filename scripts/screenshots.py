@@ -34,8 +34,8 @@ def main() -> None:
 
     from medlsam_napari.annotator import AnnotatorWidget
     from medlsam_napari.state import PROMPT_LAYER
-    from medlsam_training.extreme_points import extreme_points_from_mask
-    from medlsam_training.io import read_image_label
+    from medlsam_training.localization.extreme_points import extreme_points_from_mask
+    from medlsam_training.volumes.io import read_image_label
 
     project = Path(tempfile.mkdtemp(prefix="medlsam-shots-"))
     (project / "template_ts_example").mkdir()

@@ -76,9 +76,9 @@ def main() -> int:
     from medlsam_plugins.coreset_dock import CoresetWidget
     from medlsam_plugins.finetune_dock import FinetuneWidget
     from medlsam_plugins.report_dock import ReportWidget
-    from medlsam_training.extreme_points import extreme_points_from_mask
-    from medlsam_training.io import read_label, read_volume
-    from medlsam_training.project import Project
+    from medlsam_training.localization.extreme_points import extreme_points_from_mask
+    from medlsam_training.project.folder import Project
+    from medlsam_training.volumes.io import read_label, read_volume
 
     folder = make_project()
     print("project:", folder)

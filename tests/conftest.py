@@ -57,7 +57,7 @@ def cli_project(tmp_path_factory) -> Path:
     from typer.testing import CliRunner
 
     from medlsam_training.cli import app
-    from medlsam_training.phantom import write_phantom_dataset
+    from medlsam_training.volumes.phantom import write_phantom_dataset
 
     root = tmp_path_factory.mktemp("cli_project") / "project"
     # the CI-sized phantom of test_pipeline_cli: clinical in-plane spacing, 20 thick slices
@@ -85,7 +85,7 @@ def hn_truth(openkbp: Path, name: str, image):
     """The patient's manual contours of HN_TARGETS on ``image``'s grid (uint8, OpenKBP's values)."""
     import numpy as np
 
-    from medlsam_training.io import read_label
+    from medlsam_training.volumes.io import read_label
 
     lab = read_label(openkbp / "labelsTr" / f"{name}.nii.gz", image).array
     return np.where(np.isin(lab, list(HN_TARGETS.values())), lab, 0).astype(np.uint8)
@@ -113,8 +113,8 @@ def hn_project(openkbp: Path, tmp_path: Path) -> HNProject:
 def make_hn_project(openkbp: Path, tmp_path: Path) -> HNProject:
     import numpy as np
 
-    from medlsam_training.io import read_volume, write_mask
-    from medlsam_training.project import Project
+    from medlsam_training.project.folder import Project
+    from medlsam_training.volumes.io import read_volume, write_mask
 
     folder = tmp_path / "project"
     folder.mkdir()

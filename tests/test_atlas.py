@@ -1,4 +1,4 @@
-"""Multi-atlas localization and label fusion (training/atlas.py, AtlasLocalizer) on real CT."""
+"""Multi-atlas localization and label fusion (training/localization/atlas.py, AtlasLocalizer) on real CT."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medlsam_training.atlas import QuerySpectrum, atlas_image, translation_search
-from medlsam_training.boxes import Box3D
-from medlsam_training.extreme_points import ExtremePoints, ExtremePointsError, extreme_points_from_mask
-from medlsam_training.io import read_image_label
-from medlsam_training.localize import AtlasLocalizer, Template, box_from_points
+from medlsam_training.localization.atlas import QuerySpectrum, atlas_image, translation_search
+from medlsam_training.localization.extreme_points import ExtremePoints, ExtremePointsError, extreme_points_from_mask
+from medlsam_training.localization.localize import AtlasLocalizer, Template, box_from_points
 from medlsam_training.metrics import box_iou
-from medlsam_training.volume import Volume
+from medlsam_training.volumes.boxes import Box3D
+from medlsam_training.volumes.io import read_image_label
+from medlsam_training.volumes.volume import Volume
 
 HN_ORGANS = {1: "brainstem", 4: "parotid_left", 7: "mandible"}
 
@@ -118,7 +118,7 @@ def test_extreme_points_keep_the_mask_they_came_from(openkbp: Path, tmp_path: Pa
 
 def test_share_in_scan_is_relative_to_what_the_scan_can_hold() -> None:
     """A 4 cm slab holds all of a liver it can; an organ placed past the scan's edge is not in it."""
-    from medlsam_training.localize import _in_scan
+    from medlsam_training.localization.localize import _in_scan
 
     liver = np.array([[-100, 0, -100], [100, 0, -100], [0, -80, 0], [0, 80, 0], [0, 0, -200], [0, 0, 0]], float)
     slab = (np.array([-250.0, -250.0, -120.0]), np.array([250.0, 250.0, -80.0]))
@@ -154,7 +154,7 @@ def test_head_and_neck_organs_are_not_found_in_an_abdomen_whatever_shares_the_te
     """Mandible and parotid templates on an abdominal CT: the mandible matched only at the scan's edge, over fat,
     and was written as 'partly outside the scan'; with brainstem templates added it was 'not found'.  The verdict
     no longer hangs on the other targets: what lies in the fused mask must look like the target."""
-    from medlsam_training.io import read_volume
+    from medlsam_training.volumes.io import read_volume
 
     values = {"brainstem": 1, "parotid_left": 4, "mandible": 7}
     templates = []

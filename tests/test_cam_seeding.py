@@ -138,8 +138,8 @@ def test_tags_from_masks_ranges_and_files(tmp_path) -> None:
 from typer.testing import CliRunner  # noqa: E402
 
 from medlsam_training.cli import app  # noqa: E402
-from medlsam_training.io import read_volume  # noqa: E402
-from medlsam_training.phantom import write_phantom_dataset  # noqa: E402
+from medlsam_training.volumes.io import read_volume  # noqa: E402
+from medlsam_training.volumes.phantom import write_phantom_dataset  # noqa: E402
 
 runner = CliRunner()
 

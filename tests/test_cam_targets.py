@@ -9,7 +9,6 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from medlsam_training.boxes import Box3D
 from medlsam_training.cam.classifier import SIZE, body_slices, prepare_slices, to_slice_grid
 from medlsam_training.cam.data import labelled_cases, load_tagged
 from medlsam_training.cam.organ import Prior, box_prior, prior_kind, seed_organ_volume, slice_boxes
@@ -17,8 +16,9 @@ from medlsam_training.cam.rvc import RES, load_net, segment_ticked, train_rvc, t
 from medlsam_training.cam.tags import ABSENT, PRESENT
 from medlsam_training.cli import app
 from medlsam_training.errors import DatasetError, MedLSAMError
-from medlsam_training.io import read_volume
 from medlsam_training.metrics import dice_score
+from medlsam_training.volumes.boxes import Box3D
+from medlsam_training.volumes.io import read_volume
 
 runner = CliRunner()
 
@@ -107,7 +107,7 @@ def organ_case(openkbp):
 
 @pytest.mark.slow
 def test_organ_seeding_from_the_localizer_mask_and_from_a_box(organ_case) -> None:
-    from medlsam_training.segmenters import load_segmenter
+    from medlsam_training.segmentation.segmenters import load_segmenter
 
     case, image, label = organ_case
     sam = load_segmenter("litemedsam")

@@ -8,7 +8,7 @@ import numpy as np
 from typer.testing import CliRunner
 
 from medlsam_training.cli import app
-from medlsam_training.io import read_volume
+from medlsam_training.volumes.io import read_volume
 
 runner = CliRunner()
 

@@ -16,9 +16,9 @@ import tomllib
 from typer.testing import CliRunner
 
 from medlsam_training.cli import app
-from medlsam_training.io import read_label, write_volume
-from medlsam_training.phantom import write_phantom_dataset
-from medlsam_training.volume import Volume
+from medlsam_training.volumes.io import read_label, write_volume
+from medlsam_training.volumes.phantom import write_phantom_dataset
+from medlsam_training.volumes.volume import Volume
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,7 +145,8 @@ def test_evaluate_on_another_grid_is_one_line_and_resamples_when_asked(phantom: 
 
 def test_a_folder_scan_asks_gdcm_nothing_when_it_holds_no_dicom(phantom: Path) -> None:
     """ITK's 'No Series were found' came on every folder of NIfTI files."""
-    code = ("from medlsam_training.datasets import find_cases; from medlsam_training.io import is_volume_path; "
+    code = ("from medlsam_training.volumes.datasets import find_cases; "
+            "from medlsam_training.volumes.io import is_volume_path; "
             f"find_cases({str(phantom.parent)!r}); assert not is_volume_path({str(phantom)!r})")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "No Series" not in r.stderr and "WARNING" not in r.stderr, r.stderr
@@ -154,7 +155,7 @@ def test_a_folder_scan_asks_gdcm_nothing_when_it_holds_no_dicom(phantom: Path) -
 @pytest.mark.slow
 def test_loading_litemedsam_and_scoring_raise_no_library_future_warnings(phantom: Path) -> None:
     code = ("import warnings; warnings.simplefilter('error', FutureWarning); import numpy as np\n"
-            "from medlsam_training.segmenters import load_litemedsam; load_litemedsam(device='cpu')\n"
+            "from medlsam_training.segmentation.segmenters import load_litemedsam; load_litemedsam(device='cpu')\n"
             "from medlsam_training.metrics import binary_metrics\n"
             "a = np.zeros((8, 8, 8), bool); a[2:6, 2:6, 2:6] = True\n"
             "print(binary_metrics(a, np.roll(a, 1, 0), (1.0, 1.0, 1.0)))")

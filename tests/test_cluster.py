@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from medlsam_training.cli import app
-from medlsam_training.pipeline import RESULTS_NAME
+from medlsam_training.project.pipeline import RESULTS_NAME
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()
@@ -21,7 +21,7 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def phantoms(tmp_path_factory) -> tuple[Path, Path]:
     """Four small phantoms and a template made from the first (its mask fused by the atlas on the others)."""
-    from medlsam_training.phantom import write_phantom_dataset
+    from medlsam_training.volumes.phantom import write_phantom_dataset
 
     root = tmp_path_factory.mktemp("cluster") / "data"
     write_phantom_dataset(root, n=4, size=(160, 128, 20), spacing=(2.0, 2.0, 6.0))
@@ -107,9 +107,9 @@ def test_two_workers_on_head_and_neck_patients_match_the_serial_run(openkbp: Pat
 
 def test_a_worker_killed_mid_run_costs_nothing_but_time(phantoms, serial, tmp_path: Path) -> None:
     from medlsam_training.cluster import open_engine
-    from medlsam_training.localize import load_templates, make_localizer
-    from medlsam_training.pipeline import query_cases, run_queries
-    from medlsam_training.segmenters import load_segmenter
+    from medlsam_training.localization.localize import load_templates, make_localizer
+    from medlsam_training.project.pipeline import query_cases, run_queries
+    from medlsam_training.segmentation.segmenters import load_segmenter
 
     root, template = phantoms
     cases = query_cases([root])
@@ -183,10 +183,10 @@ def test_the_learning_loops_presegmentation_on_two_workers_writes_the_masks_writ
     import numpy as np
 
     from medlsam_training.cluster import open_engine
-    from medlsam_training.io import read_label
     from medlsam_training.learning.project_loop import finetune_project, presegment_project
     from medlsam_training.learning.train import LearnConfig
-    from medlsam_training.project import Project
+    from medlsam_training.project.folder import Project
+    from medlsam_training.volumes.io import read_label
 
     here = Project.open(hn_project.folder)
     checkpoint = finetune_project(here, cfg=LearnConfig(steps=20), device="cpu").path

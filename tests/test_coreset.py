@@ -107,7 +107,7 @@ def test_dice_dynamics_score() -> None:
 from typer.testing import CliRunner  # noqa: E402
 
 from medlsam_training.cli import app  # noqa: E402
-from medlsam_training.phantom import write_phantom_dataset  # noqa: E402
+from medlsam_training.volumes.phantom import write_phantom_dataset  # noqa: E402
 
 runner = CliRunner()
 

@@ -11,7 +11,6 @@ import pytest
 from skimage.draw import disk
 from typer.testing import CliRunner
 
-from medlsam_training.boxes import Box3D
 from medlsam_training.cli import app
 from medlsam_training.cli.correction import parse_slices
 from medlsam_training.correction import (
@@ -25,8 +24,9 @@ from medlsam_training.correction import (
     shift_toward,
     update_target,
 )
-from medlsam_training.io import read_label, read_volume, write_mask, write_volume
-from medlsam_training.volume import Volume
+from medlsam_training.volumes.boxes import Box3D
+from medlsam_training.volumes.io import read_label, read_volume, write_mask, write_volume
+from medlsam_training.volumes.volume import Volume
 
 SHAPE = (30, 48, 48)
 
@@ -182,7 +182,7 @@ def test_correct_in_a_project_refuses_the_runs_votes_and_keeps_corrected_slices(
     not 'fill', which needs none) toward the manual contour, the corrected slices as drawn; a later run of the
     project leaves the corrected slices as they are."""
     from medlsam_training.correction import votes_path
-    from medlsam_training.project import Project
+    from medlsam_training.project.folder import Project
 
     project = Project.open(hn_segmented.folder)
     name, value = hn_segmented.pending, 4

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medlsam_training.datasets import find_cases, read_label_names
 from medlsam_training.errors import DatasetError
-from medlsam_training.io import write_volume
-from medlsam_training.volume import Volume
+from medlsam_training.volumes.datasets import find_cases, read_label_names
+from medlsam_training.volumes.io import write_volume
+from medlsam_training.volumes.volume import Volume
 
 
 def test_shared_ct_cases_with_label_names(shared_data: Path) -> None:

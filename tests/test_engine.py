@@ -9,8 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from medlsam_training.checkpoint import CheckpointError, export_weights, load_checkpoint, load_weights, save_checkpoint
-from medlsam_training.engine import LoopSpec, StepContext, fit, seeded
+from medlsam_training.engine.loop import LoopSpec, StepContext, fit, seeded
+from medlsam_training.engine.checkpoint import (
+    CheckpointError,
+    export_weights,
+    load_checkpoint,
+    load_weights,
+    save_checkpoint,
+)
 
 
 def _net() -> torch.nn.Module:

@@ -8,8 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medlsam_training.extreme_points import POINT_NAMES, ExtremePoints, ExtremePointsError, extreme_points_from_mask
-from medlsam_training.io import read_image_label
+from medlsam_training.localization.extreme_points import (
+    POINT_NAMES,
+    ExtremePoints,
+    ExtremePointsError,
+    extreme_points_from_mask,
+)
+from medlsam_training.volumes.io import read_image_label
 
 
 @pytest.fixture(scope="module")

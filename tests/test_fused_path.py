@@ -15,11 +15,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from medlsam_training.boxes import Box3D
 from medlsam_training.cli import app
-from medlsam_training.io import read_label, read_volume, write_mask
-from medlsam_training.localize import AtlasLocalizer, LocalizedTarget
-from medlsam_training.pipeline import (
+from medlsam_training.localization.localize import AtlasLocalizer, LocalizedTarget
+from medlsam_training.project.pipeline import (
     OWN_MASK,
     RESULTS_NAME,
     SOURCE_BONE,
@@ -27,7 +25,9 @@ from medlsam_training.pipeline import (
     SOURCE_OWN_MASK,
     SOURCE_SAM,
 )
-from medlsam_training.propagate import PropagationConfig, bone_in_box, clean_mask, for_target
+from medlsam_training.segmentation.propagate import PropagationConfig, bone_in_box, clean_mask, for_target
+from medlsam_training.volumes.boxes import Box3D
+from medlsam_training.volumes.io import read_label, read_volume, write_mask
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()
@@ -52,7 +52,7 @@ class SpyLocalizer(AtlasLocalizer):
 @pytest.fixture()
 def spy(monkeypatch) -> SpyLocalizer:
     localizer = SpyLocalizer()
-    import medlsam_training.localize as localize
+    import medlsam_training.localization.localize as localize
 
     monkeypatch.setattr(localize, "make_localizer", lambda *a, **k: localizer)
     return localizer
@@ -112,8 +112,8 @@ def linked_project(openkbp: Path, folder: Path, reviewed: tuple[str, ...], pendi
                    clicked: tuple[str, ...]):
     """A project of OpenKBP volumes linked in (never copied): the ``reviewed`` ones with their contours of TARGETS as
     masks, the ``clicked`` ones templates with their six points taken from those contours."""
-    from medlsam_training.extreme_points import extreme_points_from_mask
-    from medlsam_training.project import Project
+    from medlsam_training.localization.extreme_points import extreme_points_from_mask
+    from medlsam_training.project.folder import Project
 
     folder.mkdir()
     for pt in (*reviewed, *pending):
@@ -168,14 +168,14 @@ def test_segment_project_fuses_around_a_locked_target(openkbp: Path, tmp_path: P
 
 def test_annotators_run_job_fuses_the_reviewed_templates_masks(openkbp: Path, tmp_path: Path, monkeypatch) -> None:
     """What 'Localize & segment all' runs in its worker: the project's models, templates and run."""
-    import medlsam_training.project_run as project_run
-    from medlsam_training.project import Project
+    import medlsam_training.project.run as project_run
+    from medlsam_training.project.folder import Project
 
     project, hand = hn_project(openkbp, tmp_path / "project")
     project.existing = "keep"
     project.save()
     spy = SpyLocalizer()
-    monkeypatch.setattr("medlsam_training.localize.make_localizer", lambda *a, **k: spy)
+    monkeypatch.setattr("medlsam_training.localization.localize.make_localizer", lambda *a, **k: spy)
     from medlsam_napari.jobs import load_models  # imports make_localizer by name: patch it there too
 
     monkeypatch.setattr("medlsam_napari.jobs.make_localizer", lambda *a, **k: spy)
@@ -191,10 +191,10 @@ def test_annotators_run_job_fuses_the_reviewed_templates_masks(openkbp: Path, tm
 def test_a_fallback_is_recorded_per_target_and_said_once(openkbp: Path, tmp_path: Path, caplog) -> None:
     """Templates without masks: the atlas mode cannot fuse; SAM segments from the box, and the run says so once
     and records it on every volume (not a silent change of method)."""
-    from medlsam_training.extreme_points import extreme_points_from_mask
-    from medlsam_training.localize import Template
-    from medlsam_training.pipeline import query_cases, run_queries
-    from medlsam_training.segmenters import load_segmenter
+    from medlsam_training.localization.extreme_points import extreme_points_from_mask
+    from medlsam_training.localization.localize import Template
+    from medlsam_training.project.pipeline import query_cases, run_queries
+    from medlsam_training.segmentation.segmenters import load_segmenter
 
     templates = []
     for pt in TEMPLATES:
@@ -202,7 +202,7 @@ def test_a_fallback_is_recorded_per_target_and_said_once(openkbp: Path, tmp_path
         label = read_label(openkbp / "labelsTr" / f"{pt}.nii.gz", image)
         templates.append(Template(image, [extreme_points_from_mask(n, v, image, label) for n, v in TARGETS.items()]))
     queries = [openkbp / "imagesTr" / f"{pt}_0000.nii.gz" for pt in ("pt_201", QUERY)]
-    with caplog.at_level("WARNING", logger="medlsam_training.pipeline"):
+    with caplog.at_level("WARNING", logger="medlsam_training.project.pipeline"):
         results = list(run_queries(query_cases(queries), templates, AtlasLocalizer(), load_segmenter("litemedsam"),
                                    tmp_path / "masks", cache_dir=tmp_path / "cache"))
     summary = json.loads((tmp_path / "masks" / RESULTS_NAME).read_text())
@@ -227,8 +227,8 @@ def test_project_pool_and_network_make_the_pending_masks(openkbp: Path, tmp_path
     voxel, the run summary saying so."""
     from medlsam_training.learning.project_loop import finetune_project
     from medlsam_training.learning.train import LearnConfig, SliceNetPredictor
-    from medlsam_training.pipeline import SOURCE_COMBINED, combine
-    from medlsam_training.project import Project
+    from medlsam_training.project.folder import Project
+    from medlsam_training.project.pipeline import SOURCE_COMBINED, combine
 
     folder = tmp_path / "project"
     reviewed, pending = ("pt_1", "pt_2", "pt_4"), ("pt_202", "pt_209")
@@ -236,7 +236,7 @@ def test_project_pool_and_network_make_the_pending_masks(openkbp: Path, tmp_path
     linked_project(openkbp, folder, reviewed=reviewed, pending=pending, clicked=("pt_1",))
 
     spy = SpyLocalizer(max_templates=2)  # a pool of 3 per target: the choice is exercised
-    monkeypatch.setattr("medlsam_training.localize.make_localizer", lambda *a, **k: spy)
+    monkeypatch.setattr("medlsam_training.localization.localize.make_localizer", lambda *a, **k: spy)
     args = ["segment", "--project", str(folder), "--device", "cpu", "--cache", str(tmp_path / "cache")]
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output

@@ -12,10 +12,10 @@ import slicerio
 from typer.testing import CliRunner
 
 from medlsam_training.cli import app
-from medlsam_training.datasets import read_label_names
 from medlsam_training.interop.dicom_seg import export_dicom_seg, import_dicom_seg
 from medlsam_training.interop.seg_nrrd import read_seg_nrrd, write_seg_nrrd
-from medlsam_training.io import read_label, read_volume
+from medlsam_training.volumes.datasets import read_label_names
+from medlsam_training.volumes.io import read_label, read_volume
 
 runner = CliRunner()
 SLICER_FILE = Path(slicerio.__file__).parent / "data" / "Segmentation.seg.nrrd"  # written by 3D Slicer itself

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from medlsam_training import io as vio
 from medlsam_training.errors import (
     CorruptFileError,
     DimensionError,
@@ -20,9 +19,10 @@ from medlsam_training.errors import (
     VolumeReadError,
     VolumeTooLargeError,
 )
-from medlsam_training.io import read_image_label, read_label, read_volume, write_mask, write_volume
-from medlsam_training.resample import resample_to_reference, resample_to_spacing
-from medlsam_training.volume import Volume
+from medlsam_training.volumes import io as vio
+from medlsam_training.volumes.io import read_image_label, read_label, read_volume, write_mask, write_volume
+from medlsam_training.volumes.resample import resample_to_reference, resample_to_spacing
+from medlsam_training.volumes.volume import Volume
 
 
 def _rotation(axis: np.ndarray, angle: float) -> np.ndarray:

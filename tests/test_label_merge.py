@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medlsam_training.label_merge import LockedTargetError, merge_target
+from medlsam_training.segmentation.label_merge import LockedTargetError, merge_target
 
 # a row of five voxels: target 1 on [0, 1], target 2 on [2, 3], empty at 4; the new target-1 mask covers [1, 2, 4]
 BEFORE = np.array([1, 1, 2, 2, 0], np.uint8)

@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from medlsam_training.checkpoint import load_checkpoint
 from medlsam_training.cli import app
+from medlsam_training.engine.checkpoint import load_checkpoint
 from medlsam_training.errors import DatasetError
-from medlsam_training.io import read_label, read_volume
 from medlsam_training.learning.project_loop import (
     finetune_project,
     pending_volumes,
@@ -21,7 +20,8 @@ from medlsam_training.learning.project_loop import (
     training_volumes,
 )
 from medlsam_training.learning.train import KIND_SEG, LearnConfig, fit_summary
-from medlsam_training.project import Project
+from medlsam_training.project.folder import Project
+from medlsam_training.volumes.io import read_label, read_volume
 
 TARGETS = {"brainstem": 1, "parotid_right": 3, "parotid_left": 4, "mandible": 7}  # the hn_project fixture's
 REVIEWED, PARTLY, PENDING = ("pt_1", "pt_2"), "pt_4", "pt_9"

@@ -7,10 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medlsam_training.boxes import Box3D
-from medlsam_training.extreme_points import extreme_points_from_mask
-from medlsam_training.io import read_image_label, read_volume
-from medlsam_training.localize import (
+from medlsam_training.localization.extreme_points import extreme_points_from_mask
+from medlsam_training.localization.localize import (
     LocalizationError,
     MedLAMLocalizer,
     RefinedRegistrationLocalizer,
@@ -22,8 +20,10 @@ from medlsam_training.localize import (
 )
 from medlsam_training.medlam.preprocess import ModalityError
 from medlsam_training.metrics import box_iou
-from medlsam_training.phantom import make_phantom
-from medlsam_training.volume import Volume
+from medlsam_training.volumes.boxes import Box3D
+from medlsam_training.volumes.io import read_image_label, read_volume
+from medlsam_training.volumes.phantom import make_phantom
+from medlsam_training.volumes.volume import Volume
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def test_default_statuses_are_right_on_the_demo_and_on_a_real_slab(liver_templat
                                                                     ct_dicom: Path) -> None:
     """A warning that always fires teaches users to ignore it: on the README demo's phantoms the liver lies inside
     the scan (found) while the spine runs through it (partly outside); on a real 40 mm slab the liver is cut."""
-    from medlsam_training.localize import make_localizer
+    from medlsam_training.localization.localize import make_localizer
     from medlsam_training.options import LocalizerName
 
     localizer = make_localizer(LocalizerName.ATLAS)
@@ -162,8 +162,8 @@ def test_a_reused_localizer_gives_the_boxes_of_fresh_ones(openkbp: Path, hn_temp
 
 
 def test_template_faces_cut_by_the_scan_edge_are_flagged_and_not_used() -> None:
-    from medlsam_training.template_fusion import edge_faces, fuse_points
-    from medlsam_training.volume import Geometry
+    from medlsam_training.localization.template_fusion import edge_faces, fuse_points
+    from medlsam_training.volumes.volume import Geometry
 
     geometry = Geometry((50, 50, 40), (2.0, 2.0, 3.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
     organ = np.array([[20, 50, 60], [60, 50, 60], [40, 30, 60], [40, 70, 60], [40, 50, 0], [40, 50, 90]], float)
@@ -179,7 +179,7 @@ def test_template_faces_cut_by_the_scan_edge_are_flagged_and_not_used() -> None:
 
 
 def test_one_wild_template_is_outvoted() -> None:
-    from medlsam_training.template_fusion import fuse_points
+    from medlsam_training.localization.template_fusion import fuse_points
 
     base = np.array([[20, 50, 60], [60, 50, 60], [40, 30, 60], [40, 70, 60], [40, 50, 30], [40, 50, 90]], float)
     estimates = [base + d for d in (0.0, 2.0, -2.0, 1.0)] + [base + 150.0]
@@ -209,8 +209,8 @@ def test_registration_survives_a_query_that_covers_less(openkbp: Path, hn_templa
 
 
 def test_points_on_the_last_slice_are_in_view_and_one_voxel_beyond_is_clipped() -> None:
-    from medlsam_training.template_fusion import FOUND, NOT_FOUND, PARTLY_OUTSIDE, box_status
-    from medlsam_training.volume import Geometry
+    from medlsam_training.localization.template_fusion import FOUND, NOT_FOUND, PARTLY_OUTSIDE, box_status
+    from medlsam_training.volumes.volume import Geometry
 
     g = Geometry((10, 12, 8), (2.0, 2.0, 3.0), (5.0, -3.0, 100.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
     corner_lo, corner_hi = g.index_to_physical([0, 0, 0]), g.index_to_physical([9, 11, 7])
@@ -251,7 +251,7 @@ def _first_train_patients_with(openkbp: Path, value: int, k: int) -> list[str]:
 def held_out(openkbp: Path) -> tuple[Volume, Volume, dict]:
     """pt_201 (the first recommended validation-pats patient) localized by the default localizer with the
     protocol's templates: the first five train-pats patients holding each organ, with their masks."""
-    from medlsam_training.localize import make_localizer
+    from medlsam_training.localization.localize import make_localizer
     from medlsam_training.options import LocalizerName
 
     templates: dict[str, Template] = {}

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from medlsam_training.checkpoint import load_checkpoint
+from medlsam_training.engine.checkpoint import load_checkpoint
 from medlsam_training.medlam.losses import mss_loss, rdr_loss
 from medlsam_training.medlam.network import MedLAMNet
 from medlsam_training.medlam.sampling import sample_batch

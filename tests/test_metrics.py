@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from medlsam_training.boxes import Box3D
 from medlsam_training.errors import EmptyLabelError
 from medlsam_training.metrics import added_path_length, binary_metrics, box_face_distance_mm, box_iou, label_metrics
+from medlsam_training.volumes.boxes import Box3D
 
 
 def _cube(shape, lo, hi) -> np.ndarray:

@@ -11,7 +11,7 @@ from medlsam_napari._reader import get_reader
 from medlsam_napari._sample_data import make_phantom_sample
 from medlsam_napari._writer import write_labels
 from medlsam_napari.layer_geometry import GEOMETRY_KEY
-from medlsam_training.io import read_label, read_volume, write_volume
+from medlsam_training.volumes.io import read_label, read_volume, write_volume
 
 
 def test_manifest_commands_resolve() -> None:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medlsam_training.datasets import find_cases
-from medlsam_training.phantom import LABEL_NAMES, make_phantom, write_phantom_dataset
+from medlsam_training.volumes.datasets import find_cases
+from medlsam_training.volumes.phantom import LABEL_NAMES, make_phantom, write_phantom_dataset
 
 
 def test_same_seed_same_phantom_other_seed_other_patient() -> None:

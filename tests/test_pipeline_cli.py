@@ -10,9 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from medlsam_training.cli import app
-from medlsam_training.io import read_label, read_volume
 from medlsam_training.metrics import binary_metrics
-from medlsam_training.phantom import write_phantom_dataset
+from medlsam_training.volumes.io import read_label, read_volume
+from medlsam_training.volumes.phantom import write_phantom_dataset
 
 runner = CliRunner()
 

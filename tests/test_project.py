@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from medlsam_training.extreme_points import ExtremePointsError
-from medlsam_training.io import read_volume
-from medlsam_training.phantom import write_phantom_dataset
-from medlsam_training.project import SESSION_FILE, Project, ProjectError
+from medlsam_training.localization.extreme_points import ExtremePointsError
+from medlsam_training.project.folder import SESSION_FILE, Project, ProjectError
+from medlsam_training.volumes.io import read_volume
+from medlsam_training.volumes.phantom import write_phantom_dataset
 
 
 @pytest.fixture()
@@ -117,8 +117,8 @@ def test_review_hint_names_the_least_confident_target(folder: Path) -> None:
 def test_a_project_of_symlinked_volumes_offers_names_stores_links_and_moves(openkbp: Path, tmp_path: Path) -> None:
     """Volumes linked into the folder (not copied): the folder's dataset.json names are offered, paths are kept
     relative to the folder as the user sees it (never the links' targets), and the folder can move."""
-    from medlsam_training.extreme_points import extreme_points_from_mask
-    from medlsam_training.io import read_label, read_volume
+    from medlsam_training.localization.extreme_points import extreme_points_from_mask
+    from medlsam_training.volumes.io import read_label, read_volume
 
     folder = tmp_path / "project"
     folder.mkdir()

@@ -13,12 +13,12 @@ import pytest
 from typer.testing import CliRunner
 
 from medlsam_training.cli import app, expand_list_options
-from medlsam_training.extreme_points import ExtremePoints, extreme_points_from_mask
-from medlsam_training.io import read_image_label, read_label, read_volume, write_mask
+from medlsam_training.localization.extreme_points import ExtremePoints, extreme_points_from_mask
 from medlsam_training.metrics import binary_metrics
-from medlsam_training.phantom import write_phantom_dataset
-from medlsam_training.project import SESSION_FILE, Project
-from medlsam_training.project_run import build_templates
+from medlsam_training.project.folder import SESSION_FILE, Project
+from medlsam_training.project.run import build_templates
+from medlsam_training.volumes.io import read_image_label, read_label, read_volume, write_mask
+from medlsam_training.volumes.phantom import write_phantom_dataset
 
 runner = CliRunner()
 
@@ -221,7 +221,7 @@ def test_segment_project_says_which_targets_have_no_template(cli_project: Path, 
     from typer.testing import CliRunner
 
     from medlsam_training.cli import app
-    from medlsam_training.project import Project
+    from medlsam_training.project.folder import Project
 
     folder = tmp_path / "project"
     shutil.copytree(cli_project, folder)

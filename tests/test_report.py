@@ -11,10 +11,10 @@ import SimpleITK as sitk
 from typer.testing import CliRunner
 
 from medlsam_training.cli import app
-from medlsam_training.datasets import find_cases, read_label_names
-from medlsam_training.io import read_label, read_volume
 from medlsam_training.report import build_report
 from medlsam_training.report.draft import MARK
+from medlsam_training.volumes.datasets import find_cases, read_label_names
+from medlsam_training.volumes.io import read_label, read_volume
 
 runner = CliRunner()
 

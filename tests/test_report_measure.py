@@ -11,7 +11,7 @@ from medlsam_training.report import Patient, build_report, load_references, meas
 from medlsam_training.report.anatomy import lookup
 from medlsam_training.report.draft import parse_dicom_age
 from medlsam_training.report.references import Reference, judge, judge_all
-from medlsam_training.volume import Volume
+from medlsam_training.volumes.volume import Volume
 
 SPACING = (0.7, 0.9, 2.5)          # x, y, z: anisotropic on purpose
 DIRECTION = (-1, 0, 0, 0, -1, 0, 0, 0, 1)  # LPS-flipped in-plane, as many scanners store it

@@ -14,9 +14,9 @@ from scipy import ndimage
 from typer.testing import CliRunner
 
 from medlsam_training.cli import app
-from medlsam_training.datasets import read_label_names
 from medlsam_training.interop.rtstruct import RTSTRUCT_SOP_CLASS, export_rtstruct, import_rtstruct
-from medlsam_training.io import read_label, read_volume
+from medlsam_training.volumes.datasets import read_label_names
+from medlsam_training.volumes.io import read_label, read_volume
 
 runner = CliRunner()
 

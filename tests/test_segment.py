@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from medlsam_training.boxes import Box3D
-from medlsam_training.embedding_cache import content_key
 from medlsam_training.errors import DimensionError
-from medlsam_training.io import read_image_label
 from medlsam_training.metrics import binary_metrics
-from medlsam_training.propagate import PropagationConfig, VolumeSegmenter
-from medlsam_training.segmenters import CheckpointError, load_segmenter
-from medlsam_training.volume import Volume
+from medlsam_training.segmentation.embedding_cache import content_key
+from medlsam_training.segmentation.propagate import PropagationConfig, VolumeSegmenter
+from medlsam_training.segmentation.segmenters import CheckpointError, load_segmenter
+from medlsam_training.volumes.boxes import Box3D
+from medlsam_training.volumes.io import read_image_label
+from medlsam_training.volumes.volume import Volume
 
 
 @pytest.fixture(scope="module")

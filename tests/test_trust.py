@@ -13,14 +13,20 @@ import pytest
 import SimpleITK as sitk
 from typer.testing import CliRunner
 
-from medlsam_training.atomic import write_json_atomic
 from medlsam_training.cli import app, expand_list_options
 from medlsam_training.errors import NaNVoxelsError
-from medlsam_training.io import read_volume, write_volume
-from medlsam_training.pipeline import query_cases
-from medlsam_training.propagate import PropagationConfig, bone_target, clean_mask, for_target, single_part_target
+from medlsam_training.project.pipeline import query_cases
+from medlsam_training.segmentation.propagate import (
+    PropagationConfig,
+    bone_target,
+    clean_mask,
+    for_target,
+    single_part_target,
+)
 from medlsam_training.vf.train import lateral_swap
-from medlsam_training.volume import Volume
+from medlsam_training.volumes.atomic import write_json_atomic
+from medlsam_training.volumes.io import read_volume, write_volume
+from medlsam_training.volumes.volume import Volume
 
 runner = CliRunner()
 
@@ -168,7 +174,7 @@ def test_a_dicom_series_with_a_missing_slice_is_refused(ct_dicom: Path, tmp_path
 def test_dicom_files_without_extension_are_found_in_a_dataset(ct_dicom: Path, tmp_path: Path) -> None:
     import shutil
 
-    from medlsam_training.datasets import find_cases
+    from medlsam_training.volumes.datasets import find_cases
 
     patient = tmp_path / "data" / "patient_7"
     shutil.copytree(ct_dicom / "dicom", patient)
@@ -180,7 +186,7 @@ def test_dicom_files_without_extension_are_found_in_a_dataset(ct_dicom: Path, tm
 def test_slice_preparation_matches_the_references_on_a_non_square_slice() -> None:
     import torch
 
-    from medlsam_training.segmenters import Segmenter, _minmax, _sam_normalize
+    from medlsam_training.segmentation.segmenters import Segmenter, _minmax, _sam_normalize
 
     rng = np.random.default_rng(0)
     slice_unit = rng.uniform(0.3, 0.9, (100, 160)).astype(np.float32)  # no pixel at 0: padding must not matter
@@ -223,8 +229,8 @@ def test_the_embedding_cache_is_bounded_on_disk_and_in_memory(tmp_path: Path, mo
 
     import torch
 
-    from medlsam_training.embedding_cache import SliceEmbeddings, prune_cache
-    from medlsam_training.segmenters import Segmenter, _minmax
+    from medlsam_training.segmentation.embedding_cache import SliceEmbeddings, prune_cache
+    from medlsam_training.segmentation.segmenters import Segmenter, _minmax
 
     class TinyEncoder(torch.nn.Module):  # a real encoder's interface, small enough for a unit test
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -345,7 +351,7 @@ def test_template_files_work_from_any_folder_and_errors_name_them(tmp_path: Path
 
 def test_ctrl_c_on_segment_says_how_far_it_got_and_how_to_resume(tmp_path: Path, monkeypatch) -> None:
     """Ctrl-C during the second volume: exit 130, the first mask kept, one line saying what to do."""
-    import medlsam_training.localize as localize
+    import medlsam_training.localization.localize as localize
 
     blob = np.zeros((4, 8, 8))
     blob[1:3, 2:6, 2:6] = 1

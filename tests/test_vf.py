@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from medlsam_training.datasets import Case, find_cases
 from medlsam_training.errors import DatasetError, GeometryMismatchError
-from medlsam_training.io import read_label, read_volume, write_mask, write_volume
 from medlsam_training.metrics import binary_metrics
-from medlsam_training.phantom import write_phantom_dataset
-from medlsam_training.segmenters import CheckpointError
+from medlsam_training.segmentation.segmenters import CheckpointError
 from medlsam_training.vf.fusion import FusionConfig, fuse, fusion_sample
 from medlsam_training.vf.pctnet import PCTNet
 from medlsam_training.vf.train import PCTPredictor, VFConfig, finetune, load_matching, pretrain_vf
+from medlsam_training.volumes.datasets import Case, find_cases
+from medlsam_training.volumes.io import read_label, read_volume, write_mask, write_volume
+from medlsam_training.volumes.phantom import write_phantom_dataset
 
 TINY = dict(spacing=6.0, crop=[16, 32, 32], channels=[4, 8, 16, 32, 64], heads=[1, 2, 4], window=2, batch=2,
             save_every=5, lr=2e-3)

@@ -19,7 +19,7 @@ from monai.metrics import compute_dice, compute_hausdorff_distance, compute_surf
 from scipy.spatial import cKDTree
 from skimage.measure import find_contours
 
-from .boxes import Box3D
+from .volumes.boxes import Box3D
 
 
 def _onehot(mask: np.ndarray) -> torch.Tensor:

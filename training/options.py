@@ -55,7 +55,8 @@ MODE_HELP = {
 
 
 class LabelPolicy(StrEnum):
-    """What writing a target into a label map does to the labels already there (training/label_merge.py)."""
+    """What writing a target into a label map does to the labels already there
+    (training/segmentation/label_merge.py)."""
 
     KEEP = "keep"
     OVERWRITE = "overwrite"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from qtpy.QtWidgets import QComboBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
-from medlsam_training.extreme_points import POINT_NAMES, POINT_PROMPTS
-from medlsam_training.project import ProjectError
+from medlsam_training.localization.extreme_points import POINT_NAMES, POINT_PROMPTS
+from medlsam_training.project.folder import ProjectError
 
 from ..state import AnnotatorState
 from ._messages import show_error

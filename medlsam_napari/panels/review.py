@@ -1,15 +1,15 @@
 """Review: move through volumes, re-prompt SAM on the current slice from cached embeddings, re-propagate,
 lock a finished target, mark the volume reviewed.  Paint/erase corrections use napari's own Labels tools; every
 accepted change autosaves.  SAM's new voxels go into the one label map by the project's policy for existing labels
-(``training/label_merge.py``); locked targets are never changed."""
+(``training/segmentation/label_merge.py``); locked targets are never changed."""
 
 from __future__ import annotations
 
 import numpy as np
 from qtpy.QtWidgets import QGridLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
-from medlsam_training.label_merge import merge_target
-from medlsam_training.propagate import PropagationConfig, VolumeSegmenter
+from medlsam_training.segmentation.label_merge import merge_target
+from medlsam_training.segmentation.propagate import PropagationConfig, VolumeSegmenter
 
 from ..dock_job import DockJob
 from ..jobs import load_models
@@ -196,7 +196,7 @@ class ReviewPanel(QWidget):
         name = self.state.volume_name
         if name not in self.state.volume_segmenters:
             _, segmenter = load_models(self.state.project, self.state.segmenter_cache)
-            from medlsam_training.embedding_cache import default_cache_dir
+            from medlsam_training.segmentation.embedding_cache import default_cache_dir
 
             self.state.volume_segmenters[name] = VolumeSegmenter(self.state.volume, segmenter,
                                                                  cache_dir=default_cache_dir())

@@ -5,7 +5,7 @@ from __future__ import annotations
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
-from medlsam_training.project_run import build_templates, run_project, untemplated_targets
+from medlsam_training.project.run import build_templates, run_project, untemplated_targets
 
 from ..dock_job import DockJob
 from ..jobs import load_models

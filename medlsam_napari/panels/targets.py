@@ -17,7 +17,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from medlsam_training.project import ProjectError
+from medlsam_training.project.folder import ProjectError
 
 from ..state import AnnotatorState
 from ._messages import show_error

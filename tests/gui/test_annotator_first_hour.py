@@ -16,9 +16,9 @@ if not os.environ.get("DISPLAY"):
                 allow_module_level=True)
 
 from medlsam_napari.annotator import AnnotatorWidget, project_summary  # noqa: E402
-from medlsam_training.extreme_points import extreme_points_from_mask  # noqa: E402
-from medlsam_training.io import read_image_label, read_label, write_mask  # noqa: E402
-from medlsam_training.phantom import write_phantom_dataset  # noqa: E402
+from medlsam_training.localization.extreme_points import extreme_points_from_mask  # noqa: E402
+from medlsam_training.volumes.io import read_image_label, read_label, write_mask  # noqa: E402
+from medlsam_training.volumes.phantom import write_phantom_dataset  # noqa: E402
 
 
 @pytest.fixture()

@@ -15,10 +15,10 @@ if not os.environ.get("DISPLAY"):
 
 from medlsam_napari.annotator import AnnotatorWidget  # noqa: E402
 from medlsam_napari.state import PROMPT_LAYER  # noqa: E402
-from medlsam_training.extreme_points import extreme_points_from_mask  # noqa: E402
-from medlsam_training.io import read_image_label  # noqa: E402
+from medlsam_training.localization.extreme_points import extreme_points_from_mask  # noqa: E402
 from medlsam_training.metrics import binary_metrics  # noqa: E402
-from medlsam_training.project import Project  # noqa: E402
+from medlsam_training.project.folder import Project  # noqa: E402
+from medlsam_training.volumes.io import read_image_label  # noqa: E402
 
 
 @pytest.fixture()
@@ -129,9 +129,9 @@ def test_only_the_box_drawn_on_the_current_slice_is_its_prompt(make_napari_viewe
 def test_review_without_models_loads_no_network(make_napari_viewer, qtbot, project_dir, ct_dicom, monkeypatch) -> None:
     """Opening a project to correct and accept masks never loads a localizer or a segmenter."""
     import medlsam_napari.jobs as jobs
-    import medlsam_training.localize as localize
-    import medlsam_training.segmenters as segmenters
-    from medlsam_training.io import read_volume, write_mask
+    import medlsam_training.localization.localize as localize
+    import medlsam_training.segmentation.segmenters as segmenters
+    from medlsam_training.volumes.io import read_volume, write_mask
 
     def refuse(*_a, **_k):
         raise AssertionError("a network was loaded during review")
@@ -153,7 +153,7 @@ def test_review_without_models_loads_no_network(make_napari_viewer, qtbot, proje
     state.mask_layer.data = corrected
     widget.review.mark_reviewed()
     assert state.project.entry("query").status == "reviewed"
-    from medlsam_training.io import read_label
+    from medlsam_training.volumes.io import read_label
 
     saved = read_label(project_dir / "masks" / "query.nii.gz", image, allow_empty=True).array
     assert np.array_equal(saved, corrected)
@@ -182,8 +182,8 @@ def test_cli_made_project_opens_in_the_annotator(make_napari_viewer, qtbot, cli_
     import shutil
 
     from medlsam_napari.state import BOX_LAYER, POINTS_LAYER
-    from medlsam_training.extreme_points import ExtremePoints
-    from medlsam_training.io import read_label
+    from medlsam_training.localization.extreme_points import ExtremePoints
+    from medlsam_training.volumes.io import read_label
 
     folder = shutil.copytree(cli_project, tmp_path / "p")
     viewer = make_napari_viewer()

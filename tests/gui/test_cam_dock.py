@@ -16,8 +16,8 @@ if not os.environ.get("DISPLAY"):
 from medlsam_napari.layer_geometry import layer_kwargs  # noqa: E402
 from medlsam_plugins.cam_dock import CamSeedWidget  # noqa: E402
 from medlsam_training.cam.tags import ABSENT, PRESENT, UNKNOWN  # noqa: E402
-from medlsam_training.io import read_label, read_volume  # noqa: E402
-from medlsam_training.phantom import write_phantom_dataset  # noqa: E402
+from medlsam_training.volumes.io import read_label, read_volume  # noqa: E402
+from medlsam_training.volumes.phantom import write_phantom_dataset  # noqa: E402
 
 
 def test_cam_dock_tags_trains_seeds_and_accepts(make_napari_viewer, qtbot, tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ if not os.environ.get("DISPLAY"):
                 allow_module_level=True)
 
 from medlsam_napari.annotator import AnnotatorWidget  # noqa: E402
-from medlsam_training.project import Project  # noqa: E402
+from medlsam_training.project.folder import Project  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,7 @@ if not os.environ.get("DISPLAY"):
                 allow_module_level=True)
 
 from medlsam_plugins.coreset_dock import FLAGS_FILE, LESS, CoresetWidget  # noqa: E402
-from medlsam_training.phantom import write_phantom_dataset  # noqa: E402
+from medlsam_training.volumes.phantom import write_phantom_dataset  # noqa: E402
 
 
 def test_coreset_dock_values_opens_and_flags(make_napari_viewer, qtbot, tmp_path: Path) -> None:

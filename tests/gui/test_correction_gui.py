@@ -16,8 +16,8 @@ if not os.environ.get("DISPLAY"):
 
 from medlsam_napari.annotator import AnnotatorWidget  # noqa: E402
 from medlsam_napari.state import CHANGES_LAYER  # noqa: E402
-from medlsam_training.io import read_label  # noqa: E402
-from medlsam_training.project import Project  # noqa: E402
+from medlsam_training.project.folder import Project  # noqa: E402
+from medlsam_training.volumes.io import read_label  # noqa: E402
 
 pytestmark = pytest.mark.slow
 TARGET, VALUE = "parotid_left", 4

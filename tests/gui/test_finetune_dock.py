@@ -14,9 +14,9 @@ if not os.environ.get("DISPLAY"):
                 allow_module_level=True)
 
 from medlsam_plugins.finetune_dock import FinetuneWidget  # noqa: E402
-from medlsam_training.io import read_label  # noqa: E402
 from medlsam_training.options import LabelPolicy  # noqa: E402
-from medlsam_training.project import Project  # noqa: E402
+from medlsam_training.project.folder import Project  # noqa: E402
+from medlsam_training.volumes.io import read_label  # noqa: E402
 
 
 def _sha(path) -> str:

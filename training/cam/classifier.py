@@ -12,12 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..augment import random_affine
-from ..checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
-from ..engine import LoopSpec, StepContext, fit, seeded
+from ..engine.augment import random_affine
+from ..engine.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
+from ..engine.loop import LoopSpec, StepContext, fit, seeded
 from ..errors import MedLSAMError
 from ..progress import ProgressFn
-from ..volume import Volume, orient
+from ..volumes.volume import Volume, orient
 from .tags import ABSENT, PRESENT
 
 SIZE = 128                                  # in-plane size of the classifier's input

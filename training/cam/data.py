@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..datasets import Case, find_cases, split_members
 from ..errors import DatasetError
 from ..progress import ProgressFn
 from ..report.measure import guess_modality
-from ..volume import orient
+from ..volumes.datasets import Case, find_cases, split_members
+from ..volumes.volume import orient
 from .classifier import PreparedSlices, prepare_slices
 from .tags import UNKNOWN, tags_from_mask, tags_from_ranges
 

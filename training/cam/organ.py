@@ -10,10 +10,10 @@ from enum import StrEnum
 import numpy as np
 from scipy import ndimage
 
-from ..boxes import Box3D
 from ..errors import MedLSAMError
-from ..propagate import PropagationConfig, VolumeSegmenter, mask_box_2d
-from ..volume import Volume, orient
+from ..segmentation.propagate import PropagationConfig, VolumeSegmenter, mask_box_2d
+from ..volumes.boxes import Box3D
+from ..volumes.volume import Volume, orient
 from .gse import largest_component
 from .tags import PRESENT
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..io import align_label_to_image, write_volume
 from ..progress import ProgressFn
-from ..volume import Volume, orient
+from ..volumes.io import align_label_to_image, write_volume
+from ..volumes.volume import Volume, orient
 from .classifier import SliceClassifier, prepare_slices, train_classifier
 from .data import labelled_cases, load_tagged
 from .seeding import TargetSeeds, sam_from_mask, seed_target
@@ -105,7 +105,7 @@ def pseudo_label_dataset(model: SliceClassifier, model_targets: list[str], targe
 
 
 def _cases_with_tags(data, tag_file: dict):
-    from ..datasets import find_cases
+    from ..volumes.datasets import find_cases
 
     cases = [c for c in find_cases(data) if c.name in tag_file]
     if not cases:
@@ -127,7 +127,7 @@ def seed_volume(model: SliceClassifier, model_targets: list[str], volume: Volume
     seeds, sam = {}, {}
     vs = None
     if segmenter is not None:
-        from ..propagate import VolumeSegmenter
+        from ..segmentation.propagate import VolumeSegmenter
 
         vs = VolumeSegmenter(prep.canonical, segmenter)
     for i, (name, tags) in enumerate(own_tags.items()):

@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from monai.networks.nets import UNet
 
-from ..augment import random_affine
-from ..checkpoint import load_checkpoint, load_weights, save_checkpoint
-from ..engine import LoopSpec, StepContext, fit, seeded
+from ..engine.augment import random_affine
+from ..engine.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from ..engine.loop import LoopSpec, StepContext, fit, seeded
 from ..progress import ProgressFn
 from .classifier import SIZE, PreparedSlices, crop_to_input, to_slice_grid
 from .gse import largest_component

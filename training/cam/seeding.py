@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from monai.visualize.class_activation_maps import ModelWithHooks
 
 from ..metrics import dice_score
-from ..propagate import PropagationConfig, VolumeSegmenter, mask_box_2d
+from ..segmentation.propagate import PropagationConfig, VolumeSegmenter, mask_box_2d
 from .classifier import PreparedSlices, SliceClassifier, body_slices, to_slice_grid
 from .fusion import mean_fusion, um_fusion
 from .gse import best_threshold, gse_refine, largest_component

@@ -8,9 +8,9 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from ..datasets import read_label_names
 from ..errors import MedLSAMError
 from ..options import LOCALIZER_HELP, MODE_HELP, LocalizerName, PropagationMode
+from ..volumes.datasets import read_label_names
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="MedLSAM annotation tools: volume I/O, localization, SAM segmentation, training.")
@@ -81,7 +81,7 @@ def _parse_device(device: Optional[str]):
 
 
 def _segmenter(segmenter: str, device: Optional[str]):
-    from ..segmenters import load_segmenter
+    from ..segmentation.segmenters import load_segmenter
 
     return load_segmenter(segmenter, device=_parse_device(device))
 

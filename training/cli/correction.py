@@ -47,12 +47,12 @@ def correct(
     """Update the rest of a target from the axial slices drawn or fixed: corrected slices never change."""
     import numpy as np
 
-    from ..atomic import keep_previous
     from ..correction import correct_label_map, load_votes, votes_path
     from ..correction.in_project import correct_in_project
-    from ..datasets import file_stem, label_names_near
-    from ..io import read_label, read_volume, write_mask
-    from ..project import Project
+    from ..project.folder import Project
+    from ..volumes.atomic import keep_previous
+    from ..volumes.datasets import file_stem, label_names_near
+    from ..volumes.io import read_label, read_volume, write_mask
 
     try:
         how = choose(method, CorrectionUpdate, "correction update")

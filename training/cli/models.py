@@ -8,8 +8,8 @@ from typing import Optional
 import typer
 
 from ..errors import MedLSAMError
-from ..io import read_volume
 from ..options import POLICY_HELP, LabelPolicy
+from ..volumes.io import read_volume
 from ._app import _fail, _parse_device, _RichProgress, app, console, plural
 
 
@@ -79,9 +79,9 @@ def pretrain_vf_cmd(
 
 def _pretrain_slicenet(data: list[Path], out: Path, steps: Optional[int], split: Optional[str]):
     from ..coreset.probe import slice_inputs
-    from ..datasets import find_cases, split_members
     from ..learning.train import LearnConfig, pretrain_vf
     from ..medlam.preprocess import looks_like_ct
+    from ..volumes.datasets import find_cases, split_members
 
     volumes = []
     for folder in data:
@@ -142,9 +142,9 @@ def finetune(
     if project is not None:
         _finetune_project(project, out, init, steps, targets, presegment, policy, device, workers, scheduler)
         return
-    from ..datasets import find_cases
     from ..vf.train import DEFAULT_CONFIG, VFConfig
     from ..vf.train import finetune as run_finetune
+    from ..volumes.datasets import find_cases
 
     try:
         if data is None or labels is None or out is None:
@@ -170,10 +170,10 @@ def _finetune_project(folder: Path, out: Optional[Path], init: Optional[Path], s
                       targets: Optional[str], presegment: bool, policy: str, device: Optional[str],
                       workers: Optional[int] = None, scheduler: Optional[str] = None) -> None:
     from ..cluster import open_engine
-    from ..label_merge import check_policy
     from ..learning.project_loop import finetune_project, presegment_project, training_volumes
     from ..learning.train import LearnConfig, fit_summary
-    from ..project import Project
+    from ..project.folder import Project
+    from ..segmentation.label_merge import check_policy
 
     dev = _parse_device(device)
     try:
@@ -218,9 +218,9 @@ def predict(
     device: Optional[str] = typer.Option(None, help="cpu, cuda (default: CUDA when present)."),
 ) -> None:
     """Pre-segment volumes with a fine-tuned PCT-Net (sliding window), masks overlaying their images exactly."""
-    from ..io import write_mask
-    from ..pipeline import query_cases
+    from ..project.pipeline import query_cases
     from ..vf.train import PCTPredictor
+    from ..volumes.io import write_mask
 
     try:
         predictor = PCTPredictor(checkpoint, _parse_device(device))

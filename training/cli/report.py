@@ -7,9 +7,9 @@ from typing import Optional
 
 import typer
 
-from ..datasets import label_names_near
 from ..errors import MedLSAMError
-from ..io import read_label, read_volume
+from ..volumes.datasets import label_names_near
+from ..volumes.io import read_label, read_volume
 from ._app import _fail, _names_option, app, console, err_console
 
 
@@ -50,8 +50,8 @@ def report(
         console.print(f"  {line}", highlight=False, soft_wrap=True)
     console.print(f"wrote {', '.join(map(str, written))}")
     if image.is_dir() and sr:
-        from ..dicom_series import series_datasets
         from ..report.dicom_sr import write_measurement_report
+        from ..volumes.dicom_series import series_datasets
 
         try:
             path = write_measurement_report(result, series_datasets(image, vol.meta.get("series_uid")),

@@ -8,10 +8,10 @@ from typing import Optional
 import numpy as np
 import typer
 
-from ..datasets import label_names_near
 from ..errors import MedLSAMError
-from ..io import align_label_to_image, read_label, read_volume, write_volume
 from ..options import SegmenterName
+from ..volumes.datasets import label_names_near
+from ..volumes.io import align_label_to_image, read_label, read_volume, write_volume
 from ._app import _fail, _RichProgress, _segmenter, _targets_arg, app, console, err_console
 
 cam_app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -108,8 +108,8 @@ def cam_run(
     from ..cam.classifier import load_classifier
     from ..cam.run import seed_volume, write_seeds
     from ..cam.tags import read_tags, tags_from_mask, tags_from_ranges
-    from ..datasets import Case, find_cases
     from ..report.measure import guess_modality
+    from ..volumes.datasets import Case, find_cases
 
     failed = 0
     try:
@@ -187,7 +187,7 @@ def cam_organ(
     ticked slice (organs share their slices, so tags alone cannot place them)."""
     from ..cam.organ import seed_organ_volume
     from ..cam.tags import read_tags, tags_from_ranges
-    from ..pipeline import parse_box
+    from ..project.pipeline import parse_box
 
     try:
         volume = read_volume(image)

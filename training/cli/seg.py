@@ -8,9 +8,9 @@ from typing import Optional
 import numpy as np
 import typer
 
-from ..datasets import label_names_near
 from ..errors import MedLSAMError
-from ..io import align_label_to_image, read_label, read_volume, write_volume
+from ..volumes.datasets import label_names_near
+from ..volumes.io import align_label_to_image, read_label, read_volume, write_volume
 from ._app import _fail, _names_option, app, console, plural
 
 SEG_FORMATS = ("seg-nrrd", "dicom-seg", "rtstruct")
@@ -76,10 +76,10 @@ def seg_import(
                                          "their series folder)."),
 ) -> None:
     """Import a segmentation file as one label map on its image's grid, with a labels.json of segment names."""
-    from ..atomic import keep_previous, write_json_atomic
     from ..interop.dicom_seg import import_dicom_seg
     from ..interop.rtstruct import dicom_modality, import_rtstruct
     from ..interop.seg_nrrd import read_seg_nrrd
+    from ..volumes.atomic import keep_previous, write_json_atomic
 
     try:
         if src.name.lower().endswith(".seg.nrrd"):

@@ -11,8 +11,8 @@ import typer
 from rich.table import Table
 
 from ..errors import MedLSAMError
-from ..io import read_label, read_volume
 from ..options import POLICY_HELP, ExistingMaps, LabelPolicy, LocalizerName, PropagationMode, SegmenterName
+from ..volumes.io import read_label, read_volume
 from ._app import (
     _LOCALIZER_HELP,
     _MODE_HELP,
@@ -40,10 +40,10 @@ def localize(
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help=_SCHEDULER_HELP),
 ) -> None:
     """Find every template target in every query volume; write boxes (voxels) and points (mm)."""
-    from ..atomic import write_json_atomic
     from ..cluster import open_engine
-    from ..localize import load_templates, make_localizer
-    from ..pipeline import localize_case, query_cases
+    from ..localization.localize import load_templates, make_localizer
+    from ..project.pipeline import localize_case, query_cases
+    from ..volumes.atomic import write_json_atomic
 
     try:
         tpls = load_templates(templates)
@@ -104,11 +104,11 @@ def segment(
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help=_SCHEDULER_HELP),
 ) -> None:
     """The MedLSAM pipeline: localize every target in every query, segment it slice by slice, write masks."""
-    from ..embedding_cache import default_cache_dir
-    from ..label_merge import check_policy
-    from ..localize import load_templates, make_localizer
-    from ..pipeline import OWN_MASK, OWN_POINTS, query_cases, run_queries
-    from ..propagate import PropagationConfig
+    from ..localization.localize import load_templates, make_localizer
+    from ..project.pipeline import OWN_MASK, OWN_POINTS, query_cases, run_queries
+    from ..segmentation.embedding_cache import default_cache_dir
+    from ..segmentation.label_merge import check_policy
+    from ..segmentation.propagate import PropagationConfig
 
     try:
         check_policy(existing, rerun=True)  # options first: a typo must not cost a model load
@@ -116,8 +116,8 @@ def segment(
             if templates or queries or out:
                 raise ValueError("--project takes its templates, queries and output folder from the project; "
                                  "leave out -t, -q and --out (put extra template files in its templates/)")
-            from ..project import Project
-            from ..project_run import build_templates, run_project
+            from ..project.folder import Project
+            from ..project.run import build_templates, run_project
 
             proj = Project.open(project)
             for message in proj.messages:
@@ -131,7 +131,7 @@ def segment(
         loc = make_localizer(localizer, device=_parse_device(device))
         network = None
         if project is not None:
-            from ..project_run import project_network, untemplated_targets
+            from ..project.run import project_network, untemplated_targets
 
             tpls = build_templates(proj)  # the clicked templates and the reviewed volumes (the pool)
             network = project_network(proj) if mode == PropagationMode.ATLAS else None
@@ -219,10 +219,10 @@ def segment_box(
     device: Optional[str] = typer.Option(None, help="cpu, cuda (default: CUDA when present)."),
 ) -> None:
     """Segment one volume from a 3D box you already have."""
-    from ..embedding_cache import default_cache_dir
-    from ..io import write_mask
-    from ..pipeline import box_from_mm, parse_box
-    from ..propagate import PropagationConfig, VolumeSegmenter
+    from ..project.pipeline import box_from_mm, parse_box
+    from ..segmentation.embedding_cache import default_cache_dir
+    from ..segmentation.propagate import PropagationConfig, VolumeSegmenter
+    from ..volumes.io import write_mask
 
     if (box is None) == (box_mm is None):
         _fail(ValueError("give exactly one of --box (voxels) or --box-mm (mm)"))
@@ -256,10 +256,10 @@ def evaluate(
 ) -> None:
     """Dice, HD95, NSD and the added path length (APL: mm of true contour to redraw, and its share of the whole
     true contour) per organ and volume, with the mean per organ."""
-    from ..atomic import compound_suffix
     from ..errors import GeometryMismatchError
     from ..metrics import label_metrics, pooled_apl_share
-    from ..resample import resample_to_reference
+    from ..volumes.atomic import compound_suffix
+    from ..volumes.resample import resample_to_reference
 
     try:
         for path, what in ((pred, "--pred"), (gt, "--gt")):
@@ -322,9 +322,9 @@ def evaluate(
 
 def _ground_truth(gt: Path) -> dict:
     """Case name -> labelled case: a dataset folder, or a folder of label maps alone (nnU-Net's labelsTr/)."""
-    from ..datasets import Case, find_cases, label_names_near
     from ..errors import DatasetError
-    from ..io import is_volume_path
+    from ..volumes.datasets import Case, find_cases, label_names_near
+    from ..volumes.io import is_volume_path
 
     try:
         return {c.name: c for c in find_cases(gt, require_labels=True)}
@@ -338,8 +338,8 @@ def _ground_truth(gt: Path) -> dict:
 
 def _run_label_names(pred: Path) -> dict[int, str]:
     """The target names the run wrote beside its masks (labels.json), when the ground truth names none."""
-    from ..datasets import read_label_names
-    from ..pipeline import LABELS_NAME
+    from ..project.pipeline import LABELS_NAME
+    from ..volumes.datasets import read_label_names
 
     path = (pred if pred.is_dir() else pred.parent) / LABELS_NAME
     try:

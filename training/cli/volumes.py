@@ -9,9 +9,9 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from ..datasets import label_names_near, read_label_names
 from ..errors import MedLSAMError
-from ..io import as_label, read_label, read_volume, write_volume
+from ..volumes.datasets import label_names_near, read_label_names
+from ..volumes.io import as_label, read_label, read_volume, write_volume
 from ._app import _fail, app, console
 
 
@@ -88,7 +88,7 @@ def phantom(
     seed: int = typer.Option(0, help="Seed of the first phantom."),
 ) -> None:
     """Generate SYNTHETIC abdominal CT phantoms with known labels (the bundled sample data)."""
-    from ..phantom import write_phantom_dataset
+    from ..volumes.phantom import write_phantom_dataset
 
     for folder in write_phantom_dataset(out, n=n, first_seed=seed):
         console.print(f"wrote {folder}")
@@ -105,7 +105,7 @@ def extreme_points(
     slabs: int = typer.Option(0, help="Also store per-z-slab points for SPL mode (e.g. 4)."),
 ) -> None:
     """Derive a target's six extreme points from a template's mask (for users who have masks)."""
-    from ..extreme_points import extreme_points_from_mask
+    from ..localization.extreme_points import extreme_points_from_mask
 
     try:
         vol = read_volume(image)

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..datasets import Case
 from ..errors import MedLSAMError
+from ..volumes.datasets import Case
 
 log = logging.getLogger(__name__)
 #: seconds to wait for a scheduler given by address
@@ -49,7 +49,7 @@ class ClusterEngine:
             locked: Mapping[str, Collection[str]], network, corrected: Mapping[str, Collection[int]],
             cancelled: Callable[[], bool] | None = None) -> Iterator[tuple[Any, bool]]:
         """Each case as a task; yields (result, had a mask before) as tasks finish."""
-        from ..pipeline import QueryResult
+        from ..project.pipeline import QueryResult
         from .worker import segment_task
 
         shared = self.client.scatter({"templates": templates, "network": network}, broadcast=True, hash=False)

@@ -16,7 +16,7 @@ def _localizer(localizer: str, device: str | None, threads: int):
     if key not in _MODELS:
         import torch
 
-        from ..localize import make_localizer
+        from ..localization.localize import make_localizer
         from ..options import LOCALIZER_ALIASES, LocalizerName, choose
 
         if "OMP_NUM_THREADS" not in os.environ:  # one thread per worker unless set: workers share the cores
@@ -30,7 +30,7 @@ def _models(localizer: str, segmenter: str, device: str | None, threads: int) ->
     """The localizer and segmenter of this worker, each built once."""
     key = ("segmenter", segmenter, device)
     if key not in _MODELS:
-        from ..segmenters import load_segmenter
+        from ..segmentation.segmenters import load_segmenter
 
         _MODELS[key] = load_segmenter(segmenter, device=device)
     return _localizer(localizer, device, threads), _MODELS[key]
@@ -38,7 +38,7 @@ def _models(localizer: str, segmenter: str, device: str | None, threads: int) ->
 
 def localize_task(case, cwd: Path, templates, localizer: str, device: str | None, threads: int) -> dict:
     """One volume's ``medlsam localize`` record, as ``pipeline.localize_case`` makes it in one process."""
-    from ..pipeline import localize_case
+    from ..project.pipeline import localize_case
 
     return localize_case(_localizer(localizer, device, threads), replace(case, image=Path(cwd) / case.image),
                          templates)
@@ -48,7 +48,7 @@ def segment_task(case, cwd: Path, templates, network, localizer: str, segmenter:
                  out_dir: Path, config, cache_dir, existing: str, locked: list[str], corrected: list[int]):
     """One volume, as ``pipeline.segment_case`` does it in one process (a relative path read from the client's
     folder ``cwd``); the result travels back without its arrays (the mask is on disk)."""
-    from ..pipeline import segment_case
+    from ..project.pipeline import segment_case
 
     loc, seg = _models(localizer, segmenter, device, threads)
     result, had_mask = segment_case(replace(case, image=Path(cwd) / case.image), templates, loc, seg, Path(out_dir),

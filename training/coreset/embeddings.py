@@ -7,10 +7,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..localize import load_medlam
+from ..localization.localize import load_medlam
 from ..medlam.matching import volume_features
 from ..medlam.preprocess import prepare_ct
-from ..volume import Volume
+from ..volumes.volume import Volume
 
 
 class MedLAMEmbedder:

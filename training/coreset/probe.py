@@ -21,12 +21,12 @@ import torch
 from monai.networks.nets import UNet
 from scipy import ndimage
 
-from ..datasets import Case
-from ..engine import LoopSpec, StepContext, fit
+from ..engine.loop import LoopSpec, StepContext, fit
 from ..errors import DatasetError
 from ..progress import ProgressFn
-from ..resample import resample_to_reference, resample_to_spacing
-from ..volume import Geometry, Volume, orient
+from ..volumes.datasets import Case
+from ..volumes.resample import resample_to_reference, resample_to_spacing
+from ..volumes.volume import Geometry, Volume, orient
 from .valuation import data_si_values, gradnorm_values, per_sample_gradients
 
 CROP = 64                    # pixels per side of a crop

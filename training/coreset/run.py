@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import atomic_path, write_json_atomic
-from ..checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
-from ..datasets import Case, find_cases, split_members
+from ..engine.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
 from ..errors import MedLSAMError
 from ..progress import ProgressFn
+from ..volumes.atomic import atomic_path, write_json_atomic
+from ..volumes.datasets import Case, find_cases, split_members
 from .kcenter import k_center_greedy
 from .probe import (
     CHANNELS,

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..options import CorrectionUpdate
-from ..project import Project, ProjectError
+from ..project.folder import Project, ProjectError
 from .update import UpdateResult, correct_label_map
 from .votes import load_votes, votes_path
 

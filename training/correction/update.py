@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from ..boxes import Box3D
 from ..options import CorrectionUpdate
+from ..volumes.boxes import Box3D
 from .constraints import keep_corrected
 from .votes import TemplateVotes
 
@@ -225,7 +225,7 @@ def auto_method(target: str | None) -> CorrectionUpdate:
     """What measured best for the target's class on train-pats (docs/benchmarks.md, section 9): bones on CT, whose
     edges the image shows, grow their boundary from seeds after the shift (mandible 2.2 slices against 4.2); soft
     tissue does not (brainstem 10.0 against 5.5, parotids 7-9 against 4-6)."""
-    from ..propagate import bone_target
+    from ..segmentation.propagate import bone_target
 
     return CorrectionUpdate.REFUSE_SHIFT_GROW if target and bone_target(target) else CorrectionUpdate.REFUSE_SHIFT
 
@@ -271,7 +271,7 @@ def _work_box(mask: np.ndarray, votes: TemplateVotes | None, spacing_zyx: Sequen
 
 def _update_local(mask: np.ndarray, zs: list[int], method: str | CorrectionUpdate, votes: TemplateVotes | None,
                   spacing_zyx: Sequence[float], target: str | None, image: np.ndarray | None) -> UpdateResult:
-    from ..propagate import clean_mask, single_part_target
+    from ..segmentation.propagate import clean_mask, single_part_target
 
     method = CorrectionUpdate(method)
     if method == CorrectionUpdate.AUTO:

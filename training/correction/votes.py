@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_path
-from ..boxes import Box3D
+from ..volumes.atomic import atomic_path
+from ..volumes.boxes import Box3D
 
 VOTES_DIR = ".votes"
 

@@ -10,12 +10,12 @@ import numpy as np
 import pydicom
 from pydicom.sr.codedict import codes
 
-from ..atomic import atomic_path
-from ..dicom_series import series_datasets
 from ..errors import GeometryMismatchError, MedLSAMError
-from ..io import read_volume
 from ..report.anatomy import lookup
-from ..volume import Volume
+from ..volumes.atomic import atomic_path
+from ..volumes.dicom_series import series_datasets
+from ..volumes.io import read_volume
+from ..volumes.volume import Volume
 
 _ORGAN = hd.sr.CodedConcept("123037004", "SCT", "Anatomical Structure")
 _ALTERED = hd.sr.CodedConcept("49755003", "SCT", "Morphologically Altered Structure")

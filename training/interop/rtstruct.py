@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 import pydicom
 
-from ..atomic import atomic_path
-from ..dicom_series import series_datasets
 from ..errors import GeometryMismatchError, MedLSAMError
-from ..io import dicom_series_ids, read_volume
-from ..volume import Volume
+from ..volumes.atomic import atomic_path
+from ..volumes.dicom_series import series_datasets
+from ..volumes.io import dicom_series_ids, read_volume
+from ..volumes.volume import Volume
 from .colours import colour_for
 
 log = logging.getLogger(__name__)

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import slicerio
 
-from ..atomic import atomic_path
 from ..errors import CorruptFileError, MedLSAMError
-from ..volume import Volume
+from ..volumes.atomic import atomic_path
+from ..volumes.volume import Volume
 from .colours import colour_for
 
 log = logging.getLogger(__name__)

@@ -3,8 +3,8 @@
 Training set: every volume with a mask that is reviewed (all its targets locked) or has locked targets; a volume
 teaches only its locked targets that its mask holds (a target it has no voxels of is unknown, never background).
 Pre-segmentation: every volume that is not reviewed, each predicted target merged into its label map by the label
-policy (``training/label_merge.py``); locked targets are never changed, the previous mask is kept as a copy and the
-write is atomic.
+policy (``training/segmentation/label_merge.py``); locked targets are never changed, the previous mask is kept as a
+copy and the write is atomic.
 """
 
 from __future__ import annotations
@@ -17,17 +17,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import keep_previous
-from ..checkpoint import CheckpointError, load_checkpoint
 from ..coreset.probe import SliceCase, load_slice_case
-from ..datasets import Case
-from ..engine import FitResult
+from ..engine.checkpoint import CheckpointError, load_checkpoint
+from ..engine.loop import FitResult
 from ..errors import DatasetError
-from ..io import read_label, read_volume, write_mask
-from ..label_merge import check_policy, merge_target
 from ..progress import CancelledFn, ProgressFn
-from ..project import Project
-from ..volume import Volume
+from ..project.folder import Project
+from ..segmentation.label_merge import check_policy, merge_target
+from ..volumes.atomic import keep_previous
+from ..volumes.datasets import Case
+from ..volumes.io import read_label, read_volume, write_mask
+from ..volumes.volume import Volume
 from .train import KIND_SEG, LearnConfig, SliceNetPredictor, finetune
 
 MODELS_DIR = "models"

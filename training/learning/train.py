@@ -14,16 +14,16 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from ..augment import random_affine
-from ..checkpoint import CheckpointError, load_checkpoint, load_weights
 from ..coreset.probe import SliceCase, probe_loss, slice_inputs, uncrop_to
-from ..engine import FitResult, LoopSpec, StepContext, fit, seeded
+from ..engine.augment import random_affine
+from ..engine.checkpoint import CheckpointError, load_checkpoint, load_weights
+from ..engine.loop import FitResult, LoopSpec, StepContext, fit, seeded
 from ..errors import DatasetError
 from ..progress import CancelledFn, ProgressFn
-from ..resample import resample_to_reference
 from ..vf.fusion import FusionConfig, fuse
 from ..vf.train import lateral_swap
-from ..volume import Volume
+from ..volumes.resample import resample_to_reference
+from ..volumes.volume import Volume
 from .slicenet import NetSpec, stack
 
 KIND_VF = "slicenet-vf"

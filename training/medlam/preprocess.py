@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import MedLSAMError
-from ..resample import resample_to_spacing
-from ..volume import Geometry, Volume, orient
+from ..volumes.resample import resample_to_spacing
+from ..volumes.volume import Geometry, Volume, orient
 
 SPACING_MM = 3.0
 PATCH = 64

@@ -14,12 +14,12 @@ from typing import Any
 
 import torch
 
-from .. import distributed
-from ..checkpoint import export_weights as checkpoint_export
-from ..config_file import load_config
-from ..datasets import find_cases, split_members
-from ..engine import LoopSpec, StepContext, fit, seeded
-from ..io import read_volume
+from ..engine import distributed
+from ..engine.checkpoint import export_weights as checkpoint_export
+from ..engine.config_file import load_config
+from ..engine.loop import LoopSpec, StepContext, fit, seeded
+from ..volumes.datasets import find_cases, split_members
+from ..volumes.io import read_volume
 from .losses import mss_loss, rdr_loss
 from .network import MedLAMNet
 from .preprocess import PreparedCT, looks_like_ct, prepare_ct

@@ -9,8 +9,8 @@ import highdicom as hd
 import pydicom
 from pydicom.sr.codedict import codes
 
-from ..atomic import atomic_path
 from ..errors import MedLSAMError
+from ..volumes.atomic import atomic_path
 from .draft import Report
 
 _ML = hd.sr.CodedConcept("ml", "UCUM", "milliliter")

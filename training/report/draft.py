@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 
 from ..progress import ProgressFn
-from ..volume import Volume
+from ..volumes.volume import Volume
 from .anatomy import ANATOMY, SECTIONS
 from .measure import StructureMeasurement, axial_axis, guess_modality, measure_structures
 from .phase import Phase, estimate_phase

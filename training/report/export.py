@@ -8,7 +8,7 @@ import json
 import os
 from pathlib import Path
 
-from ..atomic import atomic_path, keep_previous, write_json_atomic
+from ..volumes.atomic import atomic_path, keep_previous, write_json_atomic
 from .draft import Report
 
 

@@ -14,9 +14,9 @@ from scipy.spatial.distance import pdist
 from skimage.measure import find_contours, marching_cubes
 
 from ..errors import DimensionError, EmptyLabelError, GeometryMismatchError
+from ..localization.template_fusion import content_box
 from ..progress import ProgressFn
-from ..template_fusion import content_box
-from ..volume import Volume
+from ..volumes.volume import Volume
 from .anatomy import Anatomy, lookup
 
 #: TotalSegmentator's completeness rule: a mask within 3 voxels of the scan's border is incompletely imaged.

@@ -20,16 +20,16 @@ import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 from monai.losses import DiceCELoss
 
-from ..checkpoint import CheckpointError, load_checkpoint, load_weights
-from ..config_file import load_config
-from ..datasets import Case
-from ..engine import LoopSpec, StepContext, fit, seeded
+from ..engine.checkpoint import CheckpointError, load_checkpoint, load_weights
+from ..engine.config_file import load_config
+from ..engine.loop import LoopSpec, StepContext, fit, seeded
 from ..errors import DatasetError
-from ..io import read_image_label, read_volume
 from ..medlam.preprocess import HU_KNOTS, UNIT_KNOTS, looks_like_ct
 from ..progress import ProgressFn
-from ..resample import resample_to_reference, resample_to_spacing
-from ..volume import Geometry, Volume, orient
+from ..volumes.datasets import Case
+from ..volumes.io import read_image_label, read_volume
+from ..volumes.resample import resample_to_reference, resample_to_spacing
+from ..volumes.volume import Geometry, Volume, orient
 from .fusion import FusionConfig, fusion_sample
 from .pctnet import PCTNet
 
@@ -123,7 +123,7 @@ def _loop(model: torch.nn.Module, cfg: VFConfig, out: Path, kind: str, labels: l
 def pretrain_vf(cfg: VFConfig, folders: list[str | os.PathLike[str]], out: str | os.PathLike[str],
                 progress: ProgressFn | None = None) -> Path:
     """Volume Fusion pretraining on every volume under ``folders`` (labels never read)."""
-    from ..datasets import find_cases
+    from ..volumes.datasets import find_cases
 
     volumes = []
     for folder in folders:

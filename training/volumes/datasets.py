@@ -17,8 +17,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import DatasetError
 from .atomic import compound_suffix
-from .errors import DatasetError
 from .io import READ_SUFFIXES, dicom_series_ids, read_image_label, read_volume
 from .volume import Volume
 

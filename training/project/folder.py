@@ -35,15 +35,15 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import write_json_atomic
-from .datasets import find_cases, label_names_near, read_label_names
-from .errors import DatasetError, MedLSAMError
-from .extreme_points import POINT_NAMES, ExtremePoints, point_conflict, template_volume_path
-from .io import probe_volume
-from .label_merge import check_policy
-from .options import LOCALIZER_ALIASES, LocalizerName, PropagationMode, choose
+from ..errors import DatasetError, MedLSAMError
+from ..localization.extreme_points import POINT_NAMES, ExtremePoints, point_conflict, template_volume_path
+from ..options import LOCALIZER_ALIASES, LocalizerName, PropagationMode, choose
+from ..segmentation.label_merge import check_policy
+from ..volumes.atomic import write_json_atomic
+from ..volumes.datasets import find_cases, label_names_near, read_label_names
+from ..volumes.io import probe_volume
+from ..volumes.volume import Geometry, Volume
 from .pipeline import LABELS_NAME, RESULTS_NAME, target_confidence, write_label_names
-from .volume import Geometry, Volume
 
 SESSION_FILE = "medlsam_project.json"
 TEMPLATES_DIR = "templates"
@@ -89,7 +89,7 @@ class Project:
     segmenter: str = "litemedsam"
     device: str = "auto"
     mode: str = PropagationMode.ATLAS.value
-    existing: str = "keep"  # what re-segmenting a target does to labels already there (training/label_merge.py)
+    existing: str = "keep"  # what re-segmenting a target does to labels there (training/segmentation/label_merge.py)
     output_dir: str = "masks"
     scheduler: str = ""  # a Dask scheduler's address for the annotator's runs ("" : this process, as always)
     point_files: dict[str, dict[str, str]] = field(default_factory=dict)  # volume -> target -> templates/ file

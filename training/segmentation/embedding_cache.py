@@ -12,14 +12,17 @@ import shutil
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from .atomic import atomic_path
-from .progress import ProgressFn
-from .segmenters import Segmenter
+from ..progress import ProgressFn
+from ..volumes.atomic import atomic_path
 from .slice_prep import SliceFrame
+
+if TYPE_CHECKING:  # the cache is handed a segmenter; it never builds one (segmenters imports this module)
+    from .segmenters import Segmenter
 
 
 def default_cache_dir() -> Path:

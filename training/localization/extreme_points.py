@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import write_json_atomic
-from .errors import EmptyLabelError, MedLSAMError
-from .volume import Geometry, Volume, orient
+from ..errors import EmptyLabelError, MedLSAMError
+from ..volumes.atomic import write_json_atomic
+from ..volumes.volume import Geometry, Volume, orient
 
 FORMAT = "medlsam-extreme-points"
 VERSION = 1

@@ -4,10 +4,11 @@ Localizers share one interface (:class:`Localizer`):
     * ``medlam``       -- MedLAM: coarse relative-distance step, then multi-scale similarity refinement
                           in features computed once per volume (:mod:`medlsam_training.medlam.matching`).
     * ``registration`` -- SimpleITK affine (optionally + B-spline) registration of each template to the
-                          query after a field-of-view-proof start (:mod:`medlsam_training.registration`).
+                          query after a field-of-view-proof start (:mod:`medlsam_training.localization.registration`).
     * ``medlam+reg``   -- registration's points refined by MedLAM's similarity step.
-Each template gives its own estimate; they are fused face by face (:mod:`medlsam_training.template_fusion`),
-and every target carries a status (found / partly outside the scan / not found) and a confidence.
+Each template gives its own estimate; they are fused face by face
+(:mod:`medlsam_training.localization.template_fusion`), and every target carries a status (found / partly outside
+the scan / not found) and a confidence.
 Boxes come back in the query's own voxel indices.
 """
 
@@ -25,6 +26,17 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from ..correction.votes import TemplateVotes
+from ..errors import MedLSAMError
+from ..medlam.matching import COARSE_RADIUS, PointKernel, VolumeFeatures, match_point, point_kernel, volume_features
+from ..medlam.network import MedLAMNet
+from ..medlam.preprocess import PreparedCT, crop, looks_like_ct, prepare_ct
+from ..options import LOCALIZER_ALIASES, LocalizerName, choose
+from ..segmentation.propagate import clean_mask, single_part_target
+from ..segmentation.segmenters import default_device, load_state_dict
+from ..volumes.boxes import Box3D, box_from_physical
+from ..volumes.identity_cache import IdentityCache
+from ..volumes.volume import Volume
 from .atlas import (
     REGION_MARGIN_MM,
     AtlasImage,
@@ -39,18 +51,8 @@ from .atlas import (
     translation_search,
     warp_mask,
 )
-from .boxes import Box3D, box_from_physical
-from .correction.votes import TemplateVotes
-from .errors import MedLSAMError
 from .extreme_points import POINT_NAMES, ExtremePoints, template_volume_path, validate_points
-from .identity_cache import IdentityCache
-from .medlam.matching import COARSE_RADIUS, PointKernel, VolumeFeatures, match_point, point_kernel, volume_features
-from .medlam.network import MedLAMNet
-from .medlam.preprocess import PreparedCT, crop, looks_like_ct, prepare_ct
-from .options import LOCALIZER_ALIASES, LocalizerName, choose
-from .propagate import clean_mask, single_part_target
 from .registration import RegistrationImage, register, registration_image
-from .segmenters import default_device, load_state_dict
 from .template_fusion import (
     FOUND,
     MIN_OUTLIER_MM,
@@ -61,7 +63,6 @@ from .template_fusion import (
     edge_faces,
     fuse_points,
 )
-from .volume import Volume
 
 log = logging.getLogger(__name__)
 SHIPPED_WEIGHTS = "medlam_ct_3mm.pt"
@@ -424,7 +425,7 @@ CONTENT_MARGIN_HU = 150.0
 
 
 class AtlasLocalizer:
-    """Multi-atlas localization and label fusion (:mod:`medlsam_training.atlas`).
+    """Multi-atlas localization and label fusion (:mod:`medlsam_training.localization.atlas`).
 
     Each template is registered into the query once for all its targets (translation search over the whole
     query, regional affine, demons), then once per target on the target's own neighbourhood (``per_target``).
@@ -643,7 +644,7 @@ def make_localizer(name: str, device: torch.device | str | None = None, **kwargs
 
 def load_templates(paths: list[str | os.PathLike[str]]) -> list[Template]:
     """Extreme-point files -> templates, grouping targets that share a template volume."""
-    from .io import read_label, read_volume
+    from ..volumes.io import read_label, read_volume
 
     by_volume: dict[str, Template] = {}
     for p in paths:

@@ -16,8 +16,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from .resample import resample_to_spacing
-from .volume import Volume, orient
+from ..volumes.resample import resample_to_spacing
+from ..volumes.volume import Volume, orient
 
 log = logging.getLogger(__name__)
 BODY_HU = -500.0

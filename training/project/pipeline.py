@@ -19,26 +19,33 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from .atomic import keep_previous, write_json_atomic
-from .boxes import Box3D, box_from_physical
-from .correction.constraints import keep_corrected
-from .correction.votes import load_votes, save_votes, votes_path
-from .datasets import Case, find_cases, read_label_names
-from .errors import MedLSAMError
-from .extreme_points import POINT_NAMES, ExtremePoints
-from .io import is_volume_path, read_label, read_volume, write_mask
-from .label_merge import check_policy, merge_target
-from .localize import VOTE, LocalizedTarget, Localizer, Template, sub_boxes_in_view
-from .medlam.preprocess import looks_like_ct
-from .options import PropagationMode
-from .progress import ProgressFn
-from .propagate import PropagationConfig, VolumeSegmenter, bone_in_box, bone_target, clean_mask, for_target
-from .segmenters import Segmenter
-from .template_fusion import PARTLY_OUTSIDE, box_status, edge_faces
-from .volume import Volume
+from ..correction.constraints import keep_corrected
+from ..correction.votes import load_votes, save_votes, votes_path
+from ..errors import MedLSAMError
+from ..localization.extreme_points import POINT_NAMES, ExtremePoints
+from ..localization.localize import VOTE, LocalizedTarget, Localizer, Template, sub_boxes_in_view
+from ..localization.template_fusion import PARTLY_OUTSIDE, box_status, edge_faces
+from ..medlam.preprocess import looks_like_ct
+from ..options import PropagationMode
+from ..progress import ProgressFn
+from ..segmentation.label_merge import check_policy, merge_target
+from ..segmentation.propagate import (
+    PropagationConfig,
+    VolumeSegmenter,
+    bone_in_box,
+    bone_target,
+    clean_mask,
+    for_target,
+)
+from ..segmentation.segmenters import Segmenter
+from ..volumes.atomic import keep_previous, write_json_atomic
+from ..volumes.boxes import Box3D, box_from_physical
+from ..volumes.datasets import Case, find_cases, read_label_names
+from ..volumes.io import is_volume_path, read_label, read_volume, write_mask
+from ..volumes.volume import Volume
 
 if TYPE_CHECKING:
-    from .cluster import ClusterEngine
+    from ..cluster import ClusterEngine
 
 log = logging.getLogger(__name__)
 #: the method of a template volume's own targets (``LocalizedTarget.method``): no localization was needed
@@ -188,9 +195,9 @@ def segment_query(
     """Localize every template target in ``query`` and segment it -> (label map [z, y, x], targets).
 
     With ``existing`` (the volume's label map so far) each target is merged into it under ``policy``
-    (``training/label_merge.py``); ``locked`` targets are neither localized nor changed.  With a ``network`` (the
-    learning loop's, mode ``atlas``), a found target it knows is the average of the atlas vote and its probability
-    (:func:`combine`), or its probability alone where the templates have no masks.
+    (``training/segmentation/label_merge.py``); ``locked`` targets are neither localized nor changed.  With a
+    ``network`` (the learning loop's, mode ``atlas``), a found target it knows is the average of the atlas vote and
+    its probability (:func:`combine`), or its probability alone where the templates have no masks.
     """
     config = config or PropagationConfig(mode=PropagationMode.ATLAS)  # the product's default, as the CLI's
     labels = target_labels(templates)

@@ -16,8 +16,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from .atomic import atomic_path, compound_suffix
-from .errors import (
+from ..errors import (
     CorruptFileError,
     DimensionError,
     EmptyLabelError,
@@ -27,6 +26,7 @@ from .errors import (
     VolumeReadError,
     VolumeTooLargeError,
 )
+from .atomic import atomic_path, compound_suffix
 from .volume import Volume
 
 log = logging.getLogger(__name__)

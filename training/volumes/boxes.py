@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import EmptyLabelError
+from ..errors import EmptyLabelError
 from .volume import Geometry
 
 

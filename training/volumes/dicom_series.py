@@ -9,7 +9,7 @@ from pathlib import Path
 import pydicom
 import SimpleITK as sitk
 
-from .errors import MedLSAMError
+from ..errors import MedLSAMError
 from .io import dicom_series_ids
 
 _REQUIRED = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")

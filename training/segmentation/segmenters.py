@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .atomic import atomic_path
-from .checkpoint import CheckpointError, load_checkpoint  # noqa: F401 - CheckpointError re-exported
+from ..engine.checkpoint import CheckpointError, load_checkpoint  # noqa: F401 - CheckpointError re-exported
+from ..volumes.atomic import atomic_path
+from .embedding_cache import default_cache_dir
 from .slice_prep import SliceFrame
 
 log = logging.getLogger(__name__)
@@ -119,8 +120,6 @@ class Segmenter:
             self._onnx = False
             n_params = sum(p.numel() for p in self.model.image_encoder.parameters())
             if self.encoder_backend == "auto" and self.device.type == "cpu" and n_params <= self.ONNX_MAX_PARAMS:
-                from .embedding_cache import default_cache_dir
-
                 path = default_cache_dir().parent / "onnx" / f"{self.cache_id}-encoder.onnx"
                 try:
                     self._onnx = OnnxEncoder(self.model.image_encoder, self.input_size, path)

@@ -18,8 +18,8 @@ from collections.abc import Collection
 
 import numpy as np
 
-from .errors import MedLSAMError
-from .options import ExistingMaps, LabelPolicy, choose
+from ..errors import MedLSAMError
+from ..options import ExistingMaps, LabelPolicy, choose
 
 
 class LockedTargetError(MedLSAMError, ValueError):

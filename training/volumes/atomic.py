@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .errors import OutputFolderError
+from ..errors import OutputFolderError
 
 
 def compound_suffix(path: Path) -> str:

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .boxes import Box3D, box_from_physical
+from ..volumes.boxes import Box3D, box_from_physical
+from ..volumes.identity_cache import IdentityCache
+from ..volumes.volume import Geometry, Volume
 from .extreme_points import POINT_NAMES
-from .identity_cache import IdentityCache
-from .volume import Geometry, Volume
 
 #: a face value this far (mm) from the median is an outlier when the templates otherwise agree
 MIN_OUTLIER_MM = 10.0

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import DimensionError, GeometryMismatchError, NaNVoxelsError
+from ..errors import DimensionError, GeometryMismatchError, NaNVoxelsError
 
 Vec3 = tuple[float, float, float]
 

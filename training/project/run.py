@@ -7,17 +7,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .datasets import Case
-from .embedding_cache import default_cache_dir
-from .errors import MedLSAMError
-from .extreme_points import extreme_points_from_mask
-from .io import read_label, read_volume
-from .localize import Template
+from ..errors import MedLSAMError
+from ..localization.extreme_points import extreme_points_from_mask
+from ..localization.localize import Template
+from ..progress import ProgressFn
+from ..segmentation.embedding_cache import default_cache_dir
+from ..segmentation.propagate import PropagationConfig
+from ..volumes.datasets import Case
+from ..volumes.io import read_label, read_volume
+from ..volumes.volume import Volume
+from .folder import Project, ProjectError
 from .pipeline import ProbabilitySource, QueryResult, run_queries
-from .progress import ProgressFn
-from .project import Project, ProjectError
-from .propagate import PropagationConfig
-from .volume import Volume
 
 
 def build_templates(project: Project, pool: bool = True) -> list[Template]:
@@ -83,8 +83,8 @@ MIN_TEMPLATE_VOXELS = 20
 def project_network(project: Project) -> ProbabilitySource | None:
     """The project's fine-tuned network (``medlsam finetune --project``, the Learn dock) once its training finished;
     the pipeline combines it with the atlas vote.  None without one."""
-    from .learning.project_loop import trained_model
-    from .learning.train import SliceNetPredictor
+    from ..learning.project_loop import trained_model
+    from ..learning.train import SliceNetPredictor
 
     path = trained_model(project)
     if path is None:

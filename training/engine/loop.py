@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..progress import CancelledFn, ProgressFn
 from . import distributed
 from .checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
 from .lr_schedule import polynomial, set_lr, warmup_cosine
-from .progress import CancelledFn, ProgressFn
 
 log = logging.getLogger(__name__)
 

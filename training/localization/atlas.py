@@ -26,8 +26,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import fft as sfft
 
+from ..volumes.volume import Volume
 from .template_fusion import content_box
-from .volume import Volume
 
 log = logging.getLogger(__name__)
 

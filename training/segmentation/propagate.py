@@ -21,15 +21,15 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from .boxes import Box3D, box_from_physical
+from ..errors import GeometryMismatchError
+from ..options import PropagationMode, choose, listed
+from ..progress import ProgressFn
+from ..volumes.boxes import Box3D, box_from_physical
+from ..volumes.io import align_label_to_image
+from ..volumes.volume import Volume, orient
 from .embedding_cache import SliceEmbeddings
-from .errors import GeometryMismatchError
-from .io import align_label_to_image
-from .options import PropagationMode, choose, listed
-from .progress import ProgressFn
 from .segmenters import Prediction, Segmenter
 from .slice_prep import Window, scale_to_unit, window_for_modality
-from .volume import Volume, orient
 
 log = logging.getLogger(__name__)
 #: how a localized target becomes a mask: training/options.py, with each mode's help

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .atomic import atomic_path, write_json_atomic
-from .errors import MedLSAMError
+from ..errors import MedLSAMError
+from ..volumes.atomic import atomic_path, write_json_atomic
 
 FORMAT = 1
 _STATE_KEYS = ("model", "state_dict", "model_state_dict")
