@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from medlsam_training.engine.loop import LoopSpec, StepContext, fit, seeded
 from medlsam_training.engine.checkpoint import (
     CheckpointError,
     export_weights,
@@ -17,6 +16,7 @@ from medlsam_training.engine.checkpoint import (
     load_weights,
     save_checkpoint,
 )
+from medlsam_training.engine.loop import LoopSpec, StepContext, fit, seeded
 
 
 def _net() -> torch.nn.Module:
