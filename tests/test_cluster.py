@@ -206,3 +206,19 @@ def test_the_learning_loops_presegmentation_on_two_workers_writes_the_masks_writ
     r = runner.invoke(app, ["finetune", "--project", str(there_folder), "--steps", "5", "--scheduler",
                             "tcp://127.0.0.1:9"])
     assert r.exit_code == 2 and "tcp://127.0.0.1:9" in r.output and "checkpoint" not in r.output
+
+
+def test_evaluate_on_two_workers_prints_the_serial_table(phantoms, serial) -> None:
+    """``medlsam evaluate --workers 2``: every volume scored as one task, the table of a run in one process (the
+    rows in the pairs' order, whichever task finished first)."""
+    root, _ = phantoms
+
+    def table(*extra: str) -> list[str]:
+        r = runner.invoke(app, ["evaluate", "--pred", str(serial), "--gt", str(root), *extra])
+        assert r.exit_code == 0, r.output
+        assert ("Dask cluster of 2 workers" in r.output) == bool(extra)  # the path taken
+        return [line for line in r.output.splitlines() if "│" in line or "|" in line]
+
+    here = table()
+    there = table("--workers", "2")
+    assert there == here and any("phantom_001" in line for line in here)

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from ..errors import MedLSAMError
 from ..options import POLICY_HELP, ExistingMaps, LabelPolicy, LocalizerName, PropagationMode, SegmenterName
-from ..volumes.io import read_label, read_volume
+from ..volumes.io import read_volume
 from ._app import (
     _LOCALIZER_HELP,
     _MODE_HELP,
@@ -253,13 +253,15 @@ def evaluate(
                                  "this from the predicted one, slice by slice, is contour to redraw."),
     resample: bool = typer.Option(False, "--resample", help="Resample a prediction that is not on its ground "
                                   "truth's voxel grid onto it (nearest neighbour) instead of refusing it."),
+    workers: Optional[int] = typer.Option(None, "--workers", help=_WORKERS_HELP),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help=_SCHEDULER_HELP),
 ) -> None:
     """Dice, HD95, NSD and the added path length (APL: mm of true contour to redraw, and its share of the whole
     true contour) per organ and volume, with the mean per organ."""
-    from ..errors import GeometryMismatchError
-    from ..metrics import label_metrics, pooled_apl_share
+    from ..cluster import open_engine
+    from ..metrics import pooled_apl_share
+    from ..project.evaluation import score_pair
     from ..volumes.atomic import compound_suffix
-    from ..volumes.resample import resample_to_reference
 
     try:
         for path, what in ((pred, "--pred"), (gt, "--gt")):
@@ -289,24 +291,18 @@ def evaluate(
         for col in ("case", "label", "name", "Dice", "HD95", f"NSD@{nsd_mm:g}", f"APL@{apl_mm:g}", "APL share"):
             table.add_column(col, justify="right", no_wrap=col in ("case", "name"), overflow="fold")
         per_label: dict[int, list[dict[str, float]]] = {}
-        for case, p, g, names in pairs:
-            ref = read_label(g, allow_empty=True)
-            try:
-                prd = read_label(p, ref, allow_empty=True)
-            except GeometryMismatchError as exc:
-                if not resample:
-                    raise GeometryMismatchError(f"{exc}; pass --resample to resample it onto the ground truth") \
-                        from exc
-                prd = resample_to_reference(read_label(p, allow_empty=True), ref, is_label=True)
-            # an organ the run missed entirely must count (Dice 0), so never only the predicted labels
-            predicted = {int(v) for v in np.unique(prd.array) if v}
-            if labels:
-                values = [int(v) for v in labels.split(",")]
-            elif case in targeted:
-                values = sorted(targeted[case] | predicted)
+        asked = [int(v) for v in labels.split(",")] if labels else None
+        jobs = [(p, g, asked, sorted(targeted[case]) if case in targeted else None, nsd_mm, apl_mm, resample)
+                for case, p, g, _ in pairs]
+        with open_engine(workers, scheduler, "atlas", "litemedsam") as engine:
+            if engine is None:
+                scores = [score_pair(*job) for job in jobs]
             else:
-                values = sorted(predicted | {int(v) for v in np.unique(ref.array) if v})
-            for v, m in label_metrics(prd.array, ref.array, ref.spacing_zyx, values, nsd_mm, apl_mm).items():
+                console.print(f"on a Dask cluster of {plural(engine.workers, 'worker')}: one volume per task",
+                              soft_wrap=True, highlight=False)
+                scores = engine.each(score_pair, jobs)  # in the order of the pairs, whatever order they finished
+        for (case, _, _, names), metrics in zip(pairs, scores):
+            for v, m in metrics.items():
                 per_label.setdefault(v, []).append(m)
                 table.add_row(case, str(v), names.get(v, ""), f"{m['dice']:.3f}", f"{m['hd95']:.1f}", f"{m['nsd']:.3f}",
                               f"{m['apl_mm']:.0f}", _share(m["apl_share"]))

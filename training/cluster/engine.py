@@ -105,6 +105,16 @@ class ClusterEngine:
                 raise MedLSAMError(f"{job.name}: pre-segmentation failed on the cluster: {error}")
             yield job, value
 
+    def each(self, fn: Callable, jobs: list[tuple]) -> list:
+        """``[fn(*job) for job in jobs]``, one task per job (a volume), results in the jobs' order; a job whose
+        every try failed raises its error (light work needs no shared state: nothing is scattered)."""
+        futures = self.client.map(lambda job: fn(*job), jobs, retries=self.retries, pure=False)
+        try:
+            return self.client.gather(futures)
+        except KeyboardInterrupt:
+            self.client.cancel(futures)
+            raise
+
     def _finished(self, futures: dict, cancelled: Callable[[], bool] | None,
                   cleanup: Callable[[Case], None] | None = None) -> Iterator[tuple[Case, Any, str | None]]:
         """(case, the task's value, None) or (case, None, why every try failed) as tasks finish; on Ctrl-C or
