@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,16 +22,9 @@ sys.path.insert(0, str(ROOT))
 def main() -> None:
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "docs" / "screenshots"
     out.mkdir(parents=True, exist_ok=True)
-    import importlib.util
-    import os
-
-    if "QT_API" not in os.environ and importlib.util.find_spec("PyQt6") is not None:
-        os.environ["QT_API"] = "pyqt6"  # as the launcher: napari's recommended binding (no deprecation toast)
-    import napari
+    from annotator_window import AnnotatorWindow  # first: it chooses the Qt binding
     from qtpy.QtCore import Qt
-    from qtpy.QtWidgets import QApplication
 
-    from medlsam_napari.annotator import AnnotatorWidget
     from medlsam_napari.state import PROMPT_LAYER
     from medlsam_training.localization.extreme_points import extreme_points_from_mask
     from medlsam_training.volumes.io import read_image_label
@@ -43,22 +35,11 @@ def main() -> None:
     (project / "query_ts_dicom").mkdir()
     (project / "query_ts_dicom" / "dicom").symlink_to(SHARED / "ts_dicom_abdomen" / "dicom", target_is_directory=True)
 
-    viewer = napari.Viewer(title="MedLSAM annotator", show=True)
-    viewer.window.resize(1366, 768)  # the smallest common laptop screen: the dock must fit without scrolling sideways
-    widget = AnnotatorWidget(viewer, project)
-    viewer.window.add_dock_widget(widget, name="MedLSAM annotator", area="right")
-    app = QApplication.instance()
-
-    def settle(seconds: float = 0.5) -> None:
-        end = time.time() + seconds
-        while time.time() < end:
-            app.processEvents()
-            time.sleep(0.02)
+    session = AnnotatorWindow(project, out)
+    viewer, widget, settle = session.viewer, session.widget, session.settle
 
     def shot(name: str) -> None:
-        settle()
-        viewer.screenshot(str(out / name), canvas_only=False)
-        print("saved", out / name)
+        print("saved", session.shot(name))
 
     def go_to_slice(z: int) -> None:
         viewer.dims.set_point(0, widget.state.image_layer.data_to_world([z, 0, 0])[0])

@@ -62,15 +62,13 @@ def make_project() -> Path:
 def main() -> int:
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp(prefix="medlsam-walk-shots-"))
     out.mkdir(parents=True, exist_ok=True)
-    import importlib.util
-
-    if "QT_API" not in os.environ and importlib.util.find_spec("PyQt6") is not None:
-        os.environ["QT_API"] = "pyqt6"  # as the launcher
-    import napari
+    from annotator_window import AnnotatorWindow  # first: it chooses the Qt binding
     from qtpy.QtCore import Qt
-    from qtpy.QtWidgets import QApplication, QDockWidget
+    from qtpy.QtWidgets import QDockWidget
 
-    from medlsam_napari.annotator import AnnotatorWidget
+    folder = make_project()
+    print("project:", folder)
+    session = AnnotatorWindow(folder, out)
     from medlsam_napari.docking import VerticalScroll
     from medlsam_plugins.cam_dock import CamSeedWidget
     from medlsam_plugins.coreset_dock import CoresetWidget
@@ -80,26 +78,8 @@ def main() -> int:
     from medlsam_training.project.folder import Project
     from medlsam_training.volumes.io import read_label, read_volume
 
-    folder = make_project()
-    print("project:", folder)
-    viewer = napari.Viewer(title="MedLSAM annotator", show=True)
-    window = viewer.window._qt_window
-    window.showNormal()
-    window.resize(1366, 768)
-    widget = AnnotatorWidget(viewer, folder)
-    viewer.window.add_dock_widget(widget, name="MedLSAM annotator", area="right")
-    app = QApplication.instance()
+    viewer, window, widget, settle, shot = session.viewer, session.window, session.widget, session.settle, session.shot
     state = widget.state
-
-    def settle(seconds: float = 0.4) -> None:
-        end = time.time() + seconds
-        while time.time() < end:
-            app.processEvents()
-            time.sleep(0.02)
-
-    def shot(name: str) -> None:
-        settle()
-        viewer.screenshot(str(out / name), canvas_only=False)
 
     def wait(busy, limit: float = 900.0) -> None:
         end = time.time() + limit
