@@ -222,3 +222,18 @@ def test_evaluate_on_two_workers_prints_the_serial_table(phantoms, serial) -> No
     here = table()
     there = table("--workers", "2")
     assert there == here and any("phantom_001" in line for line in here)
+
+
+def test_value_reads_the_volumes_on_two_workers_and_values_them_as_here(phantoms, tmp_path: Path) -> None:
+    """``medlsam value --workers 2``: each volume read and cropped as one task; the probe trained here on them
+    values and selects exactly as when this process read them."""
+    root, _ = phantoms
+
+    def value(out: Path, *extra: str) -> dict[str, bytes]:
+        r = runner.invoke(app, ["value", "--data", str(root), "--targets", "liver,spleen", "--out", str(out),
+                                "--budget", "0.5", "--steps", "8", "--value-every", "4", *extra])
+        assert r.exit_code == 0, r.output
+        assert ("Dask cluster of 2 workers" in r.output) == bool(extra)  # the path taken
+        return {name: (out / name).read_bytes() for name in ("values.csv", "selection.json", "suspicious.csv")}
+
+    assert value(tmp_path / "cluster", "--workers", "2") == value(tmp_path / "here")

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from ..errors import MedLSAMError
-from ._app import _fail, _RichProgress, _targets_arg, app, console
+from ._app import _fail, _RichProgress, _targets_arg, app, console, plural
 
 
 @app.command()
@@ -22,16 +22,24 @@ def value(
                               "CPU-s each on one core)."),
     value_every: int = typer.Option(100, min=1, help="Value every volume every this many steps."),
     seed: int = typer.Option(0),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Read and crop the volumes on a local Dask "
+                                          "cluster of N worker processes (the probe trains here)."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Read and crop the volumes on an existing "
+                                            "Dask cluster, e.g. tcp://host:8786 (the data shared with it)."),
 ) -> None:
     """'Train on less' and suspicious labels: a CPU probe trains on the volumes while each one is valued (loss per
     target, Dice with its own label, GradNorm, Data-SI); coresets by each rule and a ranking of labels that look
     wrong, with the reason."""
+    from ..cluster import open_engine
     from ..coreset.run import SUSPICIOUS_CSV, value_dataset
 
     try:
-        with _RichProgress("valuing") as bar:
+        with open_engine(workers, scheduler, "atlas", "litemedsam") as engine, _RichProgress("valuing") as bar:
+            if engine is not None:
+                console.print(f"reading the volumes on a Dask cluster of {plural(engine.workers, 'worker')}",
+                              soft_wrap=True, highlight=False)
             v = value_dataset(data, _targets_arg(targets), out, budget=budget, split=split, steps=steps,
-                              value_every=value_every, seed=seed, progress=bar)
+                              value_every=value_every, seed=seed, progress=bar, engine=engine)
     except MedLSAMError as exc:
         _fail(exc)
     for rule, names in v.selections.items():

@@ -190,15 +190,21 @@ def select(checkpoints: list[Checkpoint], cases: list[SliceCase], k: int, seed: 
 def value_dataset(data: str | os.PathLike[str], targets: list[str], out: str | os.PathLike[str], *,
                   budget: float = 0.3, split: str | None = None, steps: int = 2000, seed: int = 0,
                   value_every: int = 100, progress: ProgressFn | None = None,
-                  cancelled: Callable[[], bool] | None = None) -> Valuation:
-    """Train the probe on every labelled volume while valuing each one at checkpoints, then select and rank."""
+                  cancelled: Callable[[], bool] | None = None, engine=None) -> Valuation:
+    """Train the probe on every labelled volume while valuing each one at checkpoints, then select and rank.
+
+    ``engine``: a Dask cluster (:class:`medlsam_training.cluster.ClusterEngine`) reads and crops the volumes, one
+    per task; the probe's training and the valuation run here (they take every volume at once)."""
     cases = labelled(data, split)
     k = budget_count(budget, len(cases), str(data))
-    slices = []
-    for i, c in enumerate(cases):
-        slices.append(load_slice_case(c, targets))
-        if progress:
-            progress(i + 1, len(cases), f"reading {c.name}")
+    if engine is not None:
+        slices = engine.each(load_slice_case, [(c, targets) for c in cases])
+    else:
+        slices = []
+        for i, c in enumerate(cases):
+            slices.append(load_slice_case(c, targets))
+            if progress:
+                progress(i + 1, len(cases), f"reading {c.name}")
     if not any(s.contoured.any() for s in slices):
         raise CoresetError(f"{data}: no volume has a voxel of {', '.join(targets)}")
     run = train_probe(slices, len(targets), steps=steps, seed=seed, value_every=value_every,
