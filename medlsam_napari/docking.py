@@ -10,7 +10,7 @@ from __future__ import annotations
 import weakref
 
 from qtpy.QtCore import QEvent, QObject, QSize, Qt, QTimer
-from qtpy.QtWidgets import QComboBox, QDockWidget, QMainWindow, QScrollArea, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QComboBox, QDockWidget, QFormLayout, QMainWindow, QScrollArea, QVBoxLayout, QWidget
 
 #: QDockWidgets holding a MedLSAM dock, in the order they were first shown
 _DOCKS: "weakref.WeakValueDictionary[int, QDockWidget]" = weakref.WeakValueDictionary()
@@ -53,6 +53,18 @@ def join_medlsam_tabs(widget: QWidget) -> None:
     dock.raise_()
 
 
+def fit_narrow(body: QWidget) -> None:
+    """Rows that ask for no more width than a dock column of a 1366-pixel screen leaves (the canvas keeps 600):
+    form rows put their field under the label when both do not fit side by side (under PyQt5's wider font the
+    rows' sum widened the column and the canvas fell to 594 pixels), and a combo box asks for
+    ``COMBO_CHARACTERS`` characters, not for its longest item (a policy's whole sentence; the open list shows it)."""
+    for form in body.findChildren(QFormLayout):
+        form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
+    for combo in body.findChildren(QComboBox):
+        combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        combo.setMinimumContentsLength(COMBO_CHARACTERS)
+
+
 class VerticalScroll(QScrollArea):
     """Scrolls vertically only, and asks for the width its content needs, so that a dock never squeezes its rows
     under their minimum (which would clip them on the right)."""
@@ -65,7 +77,13 @@ class VerticalScroll(QScrollArea):
         width = body.minimumSizeHint().width() + self.verticalScrollBar().sizeHint().width() + 2 * self.frameWidth()
         return QSize(width, hint.height())
 
+    def sizeHint(self) -> QSize:  # noqa: N802 - Qt's name
+        # as wide as the rows need, no wider: the dock column takes its docks' preferred width, and a preferred
+        # width of the rows' natural sizes left the canvas 595 pixels at 1366 x 768 (PyQt5's wider font)
+        return QSize(self.minimumSizeHint().width(), super().sizeHint().height())
+
     def setWidget(self, widget: QWidget) -> None:  # noqa: N802 - Qt's name
+        fit_narrow(widget)
         super().setWidget(widget)
         widget.installEventFilter(self)
 
@@ -86,11 +104,6 @@ def scroll_vertically(widget: QWidget) -> None:
         return
     body = QWidget()
     body.setLayout(layout)  # the layout and its widgets move into the scrolled body
-    for combo in body.findChildren(QComboBox):
-        # a combo box asks for the width of its longest item (a policy's whole sentence): one such box widened the
-        # dock column until the canvas shrank below 600 pixels at 1366 x 768; the open list still shows it whole
-        combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
-        combo.setMinimumContentsLength(COMBO_CHARACTERS)
     scroll = VerticalScroll()
     scroll.setWidgetResizable(True)
     scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)

@@ -107,15 +107,19 @@ class FinetuneWidget(QWidget):
         layout.addWidget(open_btn)
         for title, w in (("Reviewed volumes to learn from (locked targets)", self.train_list),
                          ("Targets to learn", self.target_list)):
-            layout.addWidget(QLabel(title))
+            heading = QLabel(title)
+            heading.setWordWrap(True)  # a narrow dock column wraps it rather than widening the column
+            layout.addWidget(heading)
             layout.addWidget(w)
         row = QHBoxLayout()
         row.addWidget(self.init)
         row.addWidget(browse)
         layout.addLayout(row)
-        row = QHBoxLayout()
+        row = QHBoxLayout()  # two rows: side by side they widened the dock column past the canvas (PyQt5)
         row.addWidget(QLabel("steps"))
         row.addWidget(self.steps)
+        layout.addLayout(row)
+        row = QHBoxLayout()
         row.addWidget(self.train_btn)
         row.addWidget(self.cancel_btn)
         layout.addLayout(row)

@@ -6,7 +6,7 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-_MODELS: dict[tuple, tuple] = {}
+_MODELS: dict[tuple, object] = {}  # what this worker built: localizers, segmenters, networks
 
 
 def _localizer(localizer: str, device: str | None, threads: int):
