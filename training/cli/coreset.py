@@ -34,7 +34,7 @@ def value(
     from ..coreset.run import SUSPICIOUS_CSV, value_dataset
 
     try:
-        with open_engine(workers, scheduler, "atlas", "litemedsam") as engine, _RichProgress("valuing") as bar:
+        with open_engine(workers, scheduler) as engine, _RichProgress("valuing") as bar:
             if engine is not None:
                 console.print(f"reading the volumes on a Dask cluster of {plural(engine.workers, 'worker')}",
                               soft_wrap=True, highlight=False)

@@ -185,8 +185,8 @@ def _finetune_project(folder: Path, out: Optional[Path], init: Optional[Path], s
         cfg = LearnConfig() if steps is None else LearnConfig(steps=steps)
         used = training_volumes(proj, chosen)
         # the cluster reached (or started) before training: a wrong address must not cost a training either
-        with open_engine(workers if presegment else None, scheduler if presegment else None, "atlas", "litemedsam",
-                         device) as engine:
+        with open_engine(workers if presegment else None, scheduler if presegment else None,
+                         device=device) as engine:
             with _RichProgress("fine-tuning the slice network") as bar:
                 result = finetune_project(proj, targets=chosen, cfg=cfg, init=init, out=out, progress=bar,
                                           device=dev)

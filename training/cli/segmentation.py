@@ -48,7 +48,7 @@ def localize(
     try:
         tpls = load_templates(templates)
         cases = query_cases(queries, exclude={t.volume.path for t in tpls if t.volume.path})
-        with open_engine(workers, scheduler, localizer, SegmenterName.LITEMEDSAM.value, device) as engine:
+        with open_engine(workers, scheduler, localizer, device=device) as engine:
             if engine is None:
                 loc = make_localizer(localizer, device=_parse_device(device))
                 records = ((case, localize_case(loc, case, tpls)) for case in cases)
@@ -294,7 +294,7 @@ def evaluate(
         asked = [int(v) for v in labels.split(",")] if labels else None
         jobs = [(p, g, asked, sorted(targeted[case]) if case in targeted else None, nsd_mm, apl_mm, resample)
                 for case, p, g, _ in pairs]
-        with open_engine(workers, scheduler, "atlas", "litemedsam") as engine:
+        with open_engine(workers, scheduler) as engine:
             if engine is None:
                 scores = [score_pair(*job) for job in jobs]
             else:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MedLSAMError
+from ..options import LocalizerName, SegmenterName
 from ..volumes.datasets import Case
 
 log = logging.getLogger(__name__)
@@ -149,10 +150,12 @@ def remove_partial_writes(out_dir: Path, name: str) -> None:
 
 
 @contextmanager
-def open_engine(workers: int | None, scheduler: str | None, localizer: str, segmenter: str,
-                device: str | None = None) -> Iterator[ClusterEngine | None]:
+def open_engine(workers: int | None, scheduler: str | None, localizer: str = LocalizerName.ATLAS.value,
+                segmenter: str = SegmenterName.LITEMEDSAM.value, device: str | None = None
+                ) -> Iterator[ClusterEngine | None]:
     """``--workers N``: a local cluster of N worker processes (one thread each); ``--scheduler ADDRESS``: the
-    cluster behind it; neither: None (this process does the work, as always)."""
+    cluster behind it; neither: None (this process does the work, as always).  ``localizer`` and ``segmenter``
+    name the models a worker builds for ``segment`` and ``localize`` (the product's defaults unless given)."""
     if workers and scheduler:
         raise ClusterError("give --workers (a cluster on this machine) or --scheduler (an existing one), not both")
     if not workers and not scheduler:

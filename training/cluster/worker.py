@@ -9,18 +9,23 @@ from pathlib import Path
 _MODELS: dict[tuple, object] = {}  # what this worker built: localizers, segmenters, networks
 
 
+def _one_torch_thread() -> None:
+    """One torch thread per worker unless OMP_NUM_THREADS says otherwise: the workers share the cores."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        import torch
+
+        torch.set_num_threads(1)
+
+
 def _localizer(localizer: str, device: str | None, threads: int):
     """This worker's localizer, built on its first task (the same for every later one, so the localizer's caches
     of the templates' images hold across tasks); ``threads`` for the atlas's registrations."""
     key = ("localizer", localizer, device, threads)
     if key not in _MODELS:
-        import torch
-
         from ..localization.localize import make_localizer
         from ..options import LOCALIZER_ALIASES, LocalizerName, choose
 
-        if "OMP_NUM_THREADS" not in os.environ:  # one thread per worker unless set: workers share the cores
-            torch.set_num_threads(1)
+        _one_torch_thread()
         atlas = choose(localizer, LocalizerName, "localizer", LOCALIZER_ALIASES) == LocalizerName.ATLAS
         _MODELS[key] = make_localizer(localizer, device=device, **({"workers": threads} if atlas else {}))
     return _MODELS[key]
@@ -66,9 +71,6 @@ def presegment_task(job, state: dict, tag: str, policy: str, device: str | None)
 
     key = ("slicenet", tag, device)
     if key not in _MODELS:
-        import torch
-
-        if "OMP_NUM_THREADS" not in os.environ:
-            torch.set_num_threads(1)
+        _one_torch_thread()
         _MODELS[key] = SliceNetPredictor(state, device)
     return run_presegment_job(job, _MODELS[key], policy)
