@@ -7,7 +7,7 @@ folder: one process with one thread (for the registrations and the network), one
 run goes through ``pipeline.run_queries``, the function ``medlsam segment`` calls, and must write the same masks
 byte for byte.
 
-    .venv/bin/python benchmarks/scale.py --volumes 8           # ~20 min on 2 cores
+    .venv/bin/python benchmarks/scale.py --volumes 10          # ~25 min on 2 cores
 
 Prints volumes per minute, the speed-up against the one-thread process, the peak resident memory of each worker
 process (from the operating system), and the cluster's overhead on one worker.
