@@ -23,6 +23,7 @@ from medlsam_training.correction import (
     save_votes,
     shift_toward,
     update_target,
+    with_probability,
 )
 from medlsam_training.volumes.boxes import Box3D
 from medlsam_training.volumes.io import read_label, read_volume, write_mask, write_volume
@@ -131,6 +132,42 @@ def test_votes_round_trip(tmp_path) -> None:
     assert load_votes(tmp_path / "none.npz") == {}
 
 
+def cone(centre_yx=(24, 24), z=(5, 24), shape=SHAPE, radius=12.0) -> np.ndarray:
+    """A network-like probability: 1 on the axis, falling linearly to 0 at ``radius`` pixels, on slices ``z``."""
+    yy, xx = np.mgrid[:shape[1], :shape[2]]
+    p2d = np.clip(1.0 - np.hypot(yy - centre_yx[0], xx - centre_yx[1]) / radius, 0.0, 1.0)
+    p = np.zeros(shape, np.float32)
+    p[z[0]:z[1] + 1] = p2d
+    return p
+
+
+def test_the_networks_probability_is_one_more_voter_and_is_re_thresholded(tmp_path) -> None:
+    """Where the learning loop's network made the mask, an update re-thresholds its probability (issue 33, item 3):
+    alone, and combined with the atlas's votes as the pipeline combines them; the stored file says which."""
+    p = cone()
+    alone = with_probability(None, p, 1.0, 0.5)
+    assert alone.network and alone.box == Box3D((13, 13, 5), (35, 35, 24))  # where p >= MIN_PROBABILITY
+    mask = np.zeros(SHAPE, bool)
+    mask[alone.box.slices] = alone.vote() >= 0.5  # what the pipeline wrote: p >= 0.5
+    assert np.array_equal(mask, p >= 0.5)
+    truth = p >= 0.3  # the organ is larger than the network's half-way contour
+    mask[12] = truth[12]
+    r = update_target(mask, [12], "refuse", alone, (2.0, 1.0, 1.0), "brainstem")
+    assert r.network and r.describe() == "refuse (atlas + network)"
+    assert np.array_equal(r.mask, truth)  # every slice follows the level the corrected slice shows
+
+    atlas = TemplateVotes(Box3D((16, 16, 5), (31, 31, 24)), np.stack([cylinder(radius=5)] * 2)[:, 5:25, 16:32, 16:32]
+                          .astype(np.float32), np.array([0.3, 0.7]), 0.4)
+    both = with_probability(atlas, p, 0.5, 0.45)
+    assert both.box == alone.box and len(both.warped) == 3 and both.threshold == 0.45
+    atlas_vote = np.zeros(SHAPE, np.float32)
+    atlas_vote[atlas.box.slices] = atlas.vote()
+    assert np.allclose(both.vote(), (0.5 * p + 0.5 * atlas_vote)[both.box.slices], atol=1e-6)  # pipeline.combine
+    back = load_votes(save_votes({"brainstem": both, "mandible": atlas}, tmp_path / "case.npz"))
+    assert back["brainstem"].network and not back["mandible"].network
+    assert not update_target(mask, [12], "refuse", atlas, (2.0, 1.0, 1.0), "brainstem").network
+
+
 def test_parse_slices() -> None:
     assert parse_slices("12, 18,30") == [12, 18, 30]
     assert parse_slices("12-14,30") == [12, 13, 14, 30]
@@ -211,3 +248,29 @@ def test_correct_in_a_project_refuses_the_runs_votes_and_keeps_corrected_slices(
     assert r.exit_code == 0, r.output
     rerun = read_label(project.mask_path(name), image, allow_empty=True).array
     assert np.array_equal(rerun[picks], drawn[picks])
+
+
+@pytest.mark.slow
+def test_the_segmenter_carries_a_corrected_slice_on_a_fine_grid(ct_dicom) -> None:
+    """Item 4 of issue 33 on the real 1 mm upper-abdomen CT: the slices next to a corrected liver slice are
+    re-segmented by LiteMedSAM from it, toward the manual contour; the corrected slices stay voxel for voxel, and
+    beyond the outermost corrected slice the update stops where its prediction no longer agrees with the mask."""
+    from medlsam_training.correction.sam import sam_from_corrected
+    from medlsam_training.segmentation.propagate import VolumeSegmenter
+    from medlsam_training.segmentation.segmenters import load_segmenter
+
+    image = read_volume(ct_dicom / "dicom")
+    truth = read_label(ct_dicom / "label.nii.gz", image).array == 5  # liver (labels.json)
+    zs = np.nonzero(truth.any(axis=(1, 2)))[0]
+    assert len(zs) >= 12
+    start = np.roll(truth, 12, axis=2)  # the pre-segmentation 12 mm off to one side on every slice
+    top = int(zs[-1]) - 2
+    start[top:] = False  # and missing on the top slices: nothing there agrees with a prediction
+    mask = start.copy()
+    a, b = int(zs[3]), int(zs[3]) + 4
+    mask[[a, b]] = truth[[a, b]]  # two corrected slices
+    out = sam_from_corrected(VolumeSegmenter(image, load_segmenter("litemedsam", device="cpu")), mask, [a, b])
+    assert np.array_equal(out[[a, b]], mask[[a, b]])
+    for z in (a - 1, a + 1, a + 2, b - 1, b + 1):  # between and next to them: toward the truth
+        assert (out[z] != truth[z]).sum() < (start[z] != truth[z]).sum(), z
+    assert np.array_equal(out[top:], mask[top:])  # the prediction stopped agreeing: left as it was

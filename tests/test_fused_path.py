@@ -225,10 +225,11 @@ def test_project_pool_and_network_make_the_pending_masks(openkbp: Path, tmp_path
     (points from their masks, no clicks), the atlas registers the best-matching of the pool, and once the project
     has a fine-tuned network the pending masks are the combination of the atlas vote and the network, voxel for
     voxel, the run summary saying so."""
+    from medlsam_training.correction import load_votes, votes_path
     from medlsam_training.learning.project_loop import finetune_project
     from medlsam_training.learning.train import LearnConfig, SliceNetPredictor
     from medlsam_training.project.folder import Project
-    from medlsam_training.project.pipeline import SOURCE_COMBINED, combine
+    from medlsam_training.project.pipeline import NETWORK_WEIGHT, SOURCE_COMBINED, combine
 
     folder = tmp_path / "project"
     reviewed, pending = ("pt_1", "pt_2", "pt_4"), ("pt_202", "pt_209")
@@ -267,3 +268,14 @@ def test_project_pool_and_network_make_the_pending_masks(openkbp: Path, tmp_path
             expected = clean_mask(combine(located[name], probs[name]),
                                   for_target(PropagationConfig(), name).largest_component, fill_holes=False)
             assert np.array_equal(written == value, expected), f"{pt}: {name} is not the combination"
+        # a correction re-thresholds what made the mask: the stored votes hold the network's probability and
+        # vote as the pipeline combined (to the stored uint8 precision)
+        votes = load_votes(votes_path(folder / "masks", pt))
+        for name in TARGETS:
+            v = votes[name]
+            assert v.network and len(v.warped) >= 2  # the templates' warped masks and the network's probability
+            assert np.isclose(v.weights[-1], v.weights[:-1].sum() * NETWORK_WEIGHT / (1 - NETWORK_WEIGHT))
+            stored = np.zeros(image.array.shape, bool)
+            stored[v.box.slices] = v.vote() >= v.threshold
+            combined = combine(located[name], probs[name])
+            assert (stored != combined).sum() <= 0.01 * combined.sum(), name

@@ -148,7 +148,7 @@ class ReviewPanel(QWidget):
             merged[take] = new[take]
             n = self.state.set_mask(merged)  # one undo step; saved
             self.state.show_changes(take)
-            self.status.setText(f"{target}: '{result.method}' from {len(zs)} corrected slices changed {n} voxels "
+            self.status.setText(f"{target}: '{result.describe()}' from {len(zs)} corrected slices changed {n} voxels "
                                 "(layer 'changed by update'); Ctrl+Z undoes it.")
 
         self._run(lambda: correct_in_project(p, name, target, snapshot, volume.array, volume.spacing_zyx), apply)

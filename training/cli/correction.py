@@ -87,5 +87,5 @@ def correct(
         write_mask(new.astype(np.uint16 if new.max() > 255 else np.uint8), image, target_out)
     except (MedLSAMError, ValueError, KeyError) as exc:
         _fail(exc)
-    console.print(f"{name}: update '{result.method}' changed {result.changed} voxels in {result.seconds:.2f} s; "
+    console.print(f"{name}: update '{result.describe()}' changed {result.changed} voxels in {result.seconds:.2f} s; "
                   f"wrote {target_out}", highlight=False)

@@ -4,7 +4,8 @@ update can re-fuse them without registering again (:mod:`.votes`)."""
 
 from .constraints import keep_corrected
 from .update import UpdateResult, correct_label_map, fill_between, refuse, shift_toward, update_target
-from .votes import TemplateVotes, load_votes, save_votes, votes_path
+from .votes import TemplateVotes, load_votes, save_votes, votes_path, with_probability
 
 __all__ = ["TemplateVotes", "UpdateResult", "correct_label_map", "fill_between", "keep_corrected", "load_votes",
-           "refuse", "save_votes", "shift_toward", "update_target", "votes_path"]
+           "refuse", "save_votes", "shift_toward", "update_target", "votes_path",
+           "with_probability"]

@@ -4,7 +4,9 @@ voxel, the others follow them.
 - :func:`fill_between`: ITK's morphological contour interpolation between the corrected slices (Albu et al. 2008,
   Zukić et al.; the algorithm of 3D Slicer's "Fill between slices"); slices beyond them are left as they are.
 - :func:`refuse`: the atlas's warped template masks (:mod:`.votes`) fused again at the vote level whose mask agrees
-  best with the corrected slices (each template can also be re-weighed by its Dice with them: :data:`AGREEMENT_POWER`).
+  best with the corrected slices (each template can also be re-weighed by its Dice with them: :data:`AGREEMENT_POWER`);
+  where the learning loop's network took part in the mask, its probability is one of the votes, so the combination
+  is re-thresholded (issue 33's item 3).
 - :func:`shift_toward`: each corrected slice's change (the difference of the in-plane signed distances of the
   annotator's contour and the fused one) carried to the slices between corrected ones by linear interpolation,
   and faded out beyond the last corrected slice over :data:`REACH_MM`.
@@ -46,6 +48,11 @@ class UpdateResult:
     method: str  # what ran (a CorrectionUpdate value)
     changed: int  # voxels that changed
     seconds: float
+    network: bool = False  # the re-fusion held the learning loop's network's probability (votes.with_probability)
+
+    def describe(self) -> str:
+        """What ran, as the dock and the CLI say it."""
+        return f"{self.method} (atlas + network)" if self.network else self.method
 
 
 def _corrected(corrected: Sequence[int], depth: int) -> list[int]:
@@ -252,7 +259,7 @@ def update_target(mask: np.ndarray, corrected: Sequence[int], method: str | Corr
                           None if image is None else np.asarray(image)[sl])
     new = mask.copy()
     new[sl] = inner.mask  # corrected slices as drawn: _update_local keeps them
-    return UpdateResult(new, inner.method, int((new != mask).sum()), time.perf_counter() - t0)
+    return UpdateResult(new, inner.method, int((new != mask).sum()), time.perf_counter() - t0, inner.network)
 
 
 def _work_box(mask: np.ndarray, votes: TemplateVotes | None, spacing_zyx: Sequence[float]) -> Box3D | None:
@@ -284,7 +291,7 @@ def _update_local(mask: np.ndarray, zs: list[int], method: str | CorrectionUpdat
     new = keep_corrected(mask, _candidate(method, mask, zs, votes, spacing_zyx, image), zs)
     if target is None or single_part_target(target):
         new = keep_corrected(mask, clean_mask(new, True, fill_holes=False), zs)
-    return UpdateResult(new, method.value, 0, 0.0)
+    return UpdateResult(new, method.value, 0, 0.0, method != CorrectionUpdate.FILL and bool(votes.network))
 
 
 def correct_label_map(label_map: np.ndarray, value: int, corrected: Sequence[int], method: str | CorrectionUpdate,

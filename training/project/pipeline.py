@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from ..correction.constraints import keep_corrected
-from ..correction.votes import load_votes, save_votes, votes_path
+from ..correction.votes import load_votes, save_votes, votes_path, with_probability
 from ..errors import MedLSAMError
 from ..localization.extreme_points import POINT_NAMES, ExtremePoints
 from ..localization.localize import VOTE, LocalizedTarget, Localizer, Template, sub_boxes_in_view
@@ -227,6 +227,9 @@ def segment_query(
             mask = clean_mask(combine(t, learned[t.target]), for_target(config, t.target).largest_component,
                               fill_holes=False)
             if mask.any():
+                # a correction re-thresholds what made this mask: the atlas's votes and the network's probability
+                t.template_votes = with_probability(t.template_votes, learned[t.target],
+                                                    *combination_share(t.vote is not None))
                 label_map = merge_target(label_map, mask, labels[t.target], policy, locked_values)
                 continue
             t.source = ""  # nothing above the threshold: the atlas alone decides below
@@ -255,14 +258,21 @@ def segment_query(
     return label_map, located
 
 
+def combination_share(with_vote: bool, weight: float = NETWORK_WEIGHT) -> tuple[float, float]:
+    """(the other source's share, the threshold) of a combination: with the atlas vote, the same mix of each
+    one's own threshold (atlas VOTE, argmax ~0.5); without, the probability alone above 0.5."""
+    return (weight, weight * 0.5 + (1 - weight) * VOTE) if with_vote else (1.0, 0.5)
+
+
 def combine(t: LocalizedTarget, probability: np.ndarray, weight: float = NETWORK_WEIGHT) -> np.ndarray:
     """The target's mask from the atlas vote (inside its box; 0 elsewhere) and another source's probability:
     their weighted mean above the same mix of each one's own threshold; the probability alone without a vote."""
-    if t.vote is None or t.vote_box is None:
-        return probability >= 0.5
-    p = weight * probability
-    p[t.vote_box.slices] += (1 - weight) * t.vote
-    return p >= weight * 0.5 + (1 - weight) * VOTE
+    share, threshold = combination_share(t.vote is not None and t.vote_box is not None, weight)
+    if share == 1.0:
+        return probability >= threshold
+    p = share * probability
+    p[t.vote_box.slices] += (1 - share) * t.vote
+    return p >= threshold
 
 
 def atlas_fallback_reason(t: LocalizedTarget, templates: list[Template]) -> str:
@@ -413,12 +423,13 @@ def segment_case(case: Case, templates: list[Template], localizer: Localizer, se
 
 
 def keep_votes(out_dir: Path, case: str, targets: list[LocalizedTarget]) -> Path | None:
-    """The atlas's per-template warped masks of the targets whose written mask they made, beside the masks
-    (``.votes/<case>.npz``): a correction re-fuses them in milliseconds (training/correction/).  Targets not re-run
-    keep the votes stored before; a re-run target that no longer has votes loses its old ones."""
+    """The atlas's per-template warped masks (and the network's probability where it took part) of the targets whose
+    written mask they made, beside the masks (``.votes/<case>.npz``): a correction re-fuses them in milliseconds
+    (training/correction/).  Targets not re-run keep the votes stored before; a re-run target that no longer has
+    votes loses its old ones."""
     path = votes_path(out_dir, case)
     fresh = {t.target: t.template_votes for t in targets
-             if t.template_votes is not None and t.source in (SOURCE_FUSED, SOURCE_COMBINED)}
+             if t.template_votes is not None and t.source in (SOURCE_FUSED, SOURCE_COMBINED, SOURCE_NETWORK)}
     rerun = {t.target for t in targets}
     kept = {name: v for name, v in load_votes(path).items() if name not in rerun} if path.is_file() else {}
     if not fresh and not kept:
