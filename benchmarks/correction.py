@@ -34,7 +34,7 @@ A fine in-plane grid (part ``sam``, issue 33's item 4): the 1 mm upper-abdomen C
 series, 512 x 512 x 20 at 0.98 x 0.98 x 2 mm), every labelled organ on at least 5 slices.  Start: the product's
 segmentation from the organ's six extreme points (``VolumeSegmenter.propagate`` from their box, as ``medlsam
 segment`` runs a template's target on its own volume).  Robots: brush, fill between corrected slices, the segmenter
-prompted from the corrected slices (``correction.sam_from_corrected``), scratch+fill.  The robots work on the organ's
+prompted from the corrected slices (``sam_update.sam_from_corrected``), scratch+fill.  The robots work on the organ's
 box + 16 pixels in-plane (every slice); the segmenter sees whole slices.
 
     .venv/bin/python benchmarks/correction.py --part sam            # ~15 min on 2 cores
@@ -155,7 +155,8 @@ MIN_SLICES = 5
 
 def part_sam(args) -> None:
     """The fine-grid robots (module docstring, part ``sam``)."""
-    from medlsam_training.correction.sam import sam_from_corrected
+    from sam_update import sam_from_corrected
+
     from medlsam_training.segmentation.propagate import PropagationConfig, VolumeSegmenter, for_target
     from medlsam_training.segmentation.segmenters import load_segmenter
     from medlsam_training.volumes.boxes import Box3D

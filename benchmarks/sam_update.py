@@ -1,10 +1,12 @@
-"""An update from corrected slices by the slice segmenter (LiteMedSAM) on fine in-plane grids (issue 33, item 4).
+"""An update from corrected slices by the slice segmenter (LiteMedSAM) on fine in-plane grids (issue 33, item 4):
+measured by ``benchmarks/correction.py --part sam`` and not offered in the product (on the 1 mm abdomen CT it needed
+more slices than filling between them, at seconds per update against milliseconds: docs/benchmarks.md section 9).
 
 From each corrected slice, the next slice is prompted with the box of the slice before it (its mask's box + a
 margin), slice after slice: between two corrected slices each half from its nearer end, beyond the outermost ones
 while the prediction still agrees with the mask it would replace (Dice >= :data:`AGREE`; where it stops agreeing
 the organ has ended or the model has leaked, and the slices from there keep what they had).  Measured against
-filling between slices on a 1 mm CT (``benchmarks/correction.py --part sam``, docs/benchmarks.md section 9).
+filling between slices.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..segmentation.propagate import VolumeSegmenter, mask_box_2d
-from .constraints import keep_corrected
+from medlsam_training.correction.constraints import keep_corrected
+from medlsam_training.segmentation.propagate import VolumeSegmenter, mask_box_2d
 
 #: beyond the outermost corrected slices a prediction replaces a slice only while its Dice with it reaches this
 AGREE = 0.5
