@@ -125,7 +125,7 @@ class Checks:
     def slicenet_prediction(self, device: str) -> dict[str, np.ndarray]:
         from medlsam_training.learning.train import SliceNetPredictor
 
-        label = SliceNetPredictor(self.cpu_checkpoint, device).predict(self.query)
+        label = SliceNetPredictor(self.cpu_checkpoint, device, every_class=True).predict(self.query)  # 40 steps
         return {t: label == v for t, v in TARGETS.items()}
 
     def volume_fusion(self, device: str) -> float:

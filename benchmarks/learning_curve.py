@@ -91,7 +91,7 @@ def evaluate(predictor: SliceNetPredictor, cases, volumes) -> tuple[dict[str, li
             g = label.array == value
             if not g.any():
                 continue
-            per[t].append(dice_score(pred == predictor.values[predictor.targets.index(t)], g))
+            per[t].append(dice_score(pred == dict(zip(predictor.classes, predictor.values))[t], g))
     return per, (time.process_time() - cpu) / max(len(cases), 1)
 
 
@@ -147,7 +147,7 @@ def cmd_curve(args) -> None:
                 res = finetune(training_set(pool, k, seed), TARGETS, None, cfg, init=init,
                                progress=_printer(f"{arm} k={k} seed={seed}"))
                 predictor = SliceNetPredictor({"meta": {"targets": TARGETS, "net": cfg.net.to_meta()}},
-                                              device="cpu", model=res.model)
+                                              device="cpu", model=res.model, every_class=True)
                 per, seconds = evaluate(predictor, val_cases, volumes)
                 row = {"kind": "curve", "arm": arm, "k": k, "seed": seed, "steps": args.steps, "head": args.head,
                        "dice_on_absent": args.dice_on_absent,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qtpy.QtCore import QPointF, Qt
+from qtpy.QtCore import QPointF, Qt, QTimer
 from qtpy.QtGui import QPainter, QPen
 from qtpy.QtWidgets import (
     QComboBox,
@@ -31,11 +31,13 @@ from medlsam_training.learning.project_loop import (
     finetune_project,
     pending_volumes,
     presegment_volume,
+    project_predictor,
     trained_model,
+    training_set,
     training_volumes,
     write_presegmentation,
 )
-from medlsam_training.learning.train import LearnConfig, SliceNetPredictor, fit_summary
+from medlsam_training.learning.train import LearnConfig, fit_summary
 from medlsam_training.options import POLICY_HELP, LabelPolicy
 from medlsam_training.project.folder import Project
 from medlsam_training.volumes.io import read_volume
@@ -82,7 +84,6 @@ class FinetuneWidget(QWidget):
         # the one project state: read whenever the dock opens, followed as volumes are reviewed or targets change
         self.state.on_change(lambda what: self.refresh()
                              if what in ("project", "status", "targets") and self.project else None)
-        self.checkpoint: Path | None = None
         open_btn = QPushButton("Open project folder…")
         open_btn.clicked.connect(self._choose)
         self.train_list, self.target_list, self.predict_list = QListWidget(), QListWidget(), QListWidget()
@@ -129,6 +130,8 @@ class FinetuneWidget(QWidget):
         self.job = DockJob("learning", status=self.status, bar=self.bar,
                            buttons=(self.train_btn, self.predict_btn), on_progress=self._on_progress)
         self.cancel_btn.clicked.connect(self.job.cancel)
+        # no buttons: the dock stays usable while it reads
+        self.scan, self._rescan = DockJob("reading the reviewed masks", on_idle=self._scanned), False
         if project_dir is not None:
             self.open_project(project_dir)
         elif self.project is not None:  # opened from Plugins after the annotator opened a project
@@ -163,15 +166,42 @@ class FinetuneWidget(QWidget):
             self._add(self.predict_list, f"{name} [{p.entry(name).status}]", name)
         for t in p.targets:
             self._add(self.target_list, f"{t.name} ({t.label})", t.name)
-        # a model trained in an earlier session pre-segments without retraining
-        self.checkpoint = self.checkpoint or trained_model(p)
+        self._scan()
+
+    def _scan(self) -> None:
+        """Which targets the reviewed masks hold: read off the GUI thread (a mask each), then marked in the list; a
+        change while a read runs reads again once it ends."""
+        p = self.project
+        self._rescan = not self.scan.start(lambda: training_set(p), lambda found: self._mark_held(p, found))
+
+    def _scanned(self) -> None:
+        if self._rescan and self.project is not None:
+            QTimer.singleShot(0, self._scan)  # after the finished job has let go of its worker
+
+    def _mark_held(self, p: Project, found) -> None:
+        """A target no reviewed volume holds cannot be learned: listed, unchecked, not offered."""
+        if p is not self.project or self._rescan:
+            return
+        for i in range(self.target_list.count()):
+            item = self.target_list.item(i)
+            name = item.data(Qt.UserRole)
+            if name in found.untrained and item.flags() & Qt.ItemIsEnabled:
+                item.setText(f"{item.text()} — no reviewed volume holds it")
+                item.setCheckState(Qt.Unchecked)
+                item.setFlags(item.flags() & ~Qt.ItemIsEnabled)
+
+    @property
+    def checkpoint(self) -> Path | None:
+        """The open project's finished network (never another project's): what *Pre-segment pending* uses."""
+        return trained_model(self.project) if self.project is not None else None
 
     @staticmethod
-    def _add(lst: QListWidget, text: str, name: str) -> None:
+    def _add(lst: QListWidget, text: str, name: str) -> QListWidgetItem:
         item = QListWidgetItem(text)
         item.setData(Qt.UserRole, name)
         item.setCheckState(Qt.Checked)
         lst.addItem(item)
+        return item
 
     @staticmethod
     def _checked(lst: QListWidget) -> list[str]:
@@ -182,17 +212,17 @@ class FinetuneWidget(QWidget):
         p = self.project
         if p is None or self.job.busy:
             return
-        targets = self._checked(self.target_list)
-        if not self._checked(self.train_list) or not targets:
+        targets, volumes = self._checked(self.target_list), self._checked(self.train_list)
+        if not volumes or not targets:
             self.status.setText("Review some volumes first, and pick at least one target.")
             return
         cfg = LearnConfig(steps=self.steps.value())
         init = self.init.text().strip() or None
         self.curve.values.clear()
         progress = self.job.reporter("training cancelled; the last checkpoint is kept and resumes on the next run")
-        self.job.start(lambda: finetune_project(p, targets=targets, cfg=cfg, init=init, progress=progress,
-                                                cancelled=self.job.cancelled), self._trained,
-                       message=f"training on {self.train_list.count()} reviewed volume(s), {len(targets)} target(s)…",
+        self.job.start(lambda: finetune_project(p, targets=targets, volumes=volumes, cfg=cfg, init=init,
+                                                progress=progress, cancelled=self.job.cancelled), self._trained,
+                       message=f"training on {len(volumes)} reviewed volume(s), {len(targets)} target(s)…",
                        on_error=lambda exc: self.status.setText(f"Training stopped: {exc}"))
 
     def _on_progress(self, done: int, total: int, message: str) -> None:
@@ -202,10 +232,11 @@ class FinetuneWidget(QWidget):
             self.curve.add(float(message.split()[1]))
 
     def _trained(self, result) -> None:
-        self.checkpoint = result.path
         start = self.init.text().strip() or "scratch"
-        self.status.setText(f"trained: {result.path.name} ({result.steps} steps, {result.cpu_seconds / 60:.1f} "
-                            f"CPU-min, from {start}). {fit_summary(result.scores)}. Pre-segment the pending "
+        left = "".join(f" {name} left out: {why}." for name, why in result.left_out.items())
+        self.status.setText(f"trained: {result.path.name} on {len(result.volumes)} volume(s) ({result.steps} steps, "
+                            f"{result.cpu_seconds / 60:.1f} CPU-min, from {start}). "
+                            f"{fit_summary(result.scores, result.untrained)}.{left} Pre-segment the pending "
                             "volumes next")
 
     # --- pre-segmentation ---------------------------------------------------------------------
@@ -217,7 +248,9 @@ class FinetuneWidget(QWidget):
             self.policy.currentData()
 
         def work():
-            predictor = SliceNetPredictor(ckpt)
+            predictor = project_predictor(p, ckpt)  # its learned targets, by the project's names
+            if not predictor.targets:
+                raise ValueError(predictor.note or "the network learned none of the project's targets")
             for name in names:
                 if self.job.cancelled():
                     return
@@ -229,12 +262,12 @@ class FinetuneWidget(QWidget):
                        on_error=lambda exc: self.status.setText(f"Pre-segmentation failed: {exc}"))
 
     def _write(self, item) -> None:
-        name, volume, label_map = item
+        name, volume, merged = item
         p = self.project
-        if label_map is None:
-            self.status.setText(f"{name}: every target is locked; nothing written")
+        if merged is None:
+            self.status.setText(f"{name}: every target the network learned is locked; nothing written")
             return
-        backup = write_presegmentation(p, name, volume, label_map)
+        backup = write_presegmentation(p, name, volume, merged)
         note = f"; the previous mask is in {backup.parent.name}/" if backup else ""
         if name == self.state.volume_name:  # open in the annotator: replaced there as one undo step
             self.state.reload_mask()

@@ -158,3 +158,26 @@ def hn_segmented(hn_segmented_once: HNProject, tmp_path: Path) -> HNProject:
     folder = tmp_path / "segmented"
     shutil.copytree(hn_segmented_once.folder, folder, symlinks=True)
     return HNProject(folder, hn_segmented_once.openkbp)
+
+
+@pytest.fixture(scope="session")
+def hn_trained_once(openkbp: Path, tmp_path_factory) -> HNProject:
+    """The head-and-neck project of ``hn_project`` with its network trained (300 steps: the mandible is learned,
+    docs/benchmarks.md; what else is learned is recorded in the checkpoint).  Built once; tests get a copy."""
+    from medlsam_training.learning.project_loop import finetune_project
+    from medlsam_training.learning.train import LearnConfig
+    from medlsam_training.project.folder import Project
+
+    hn = make_hn_project(openkbp, tmp_path_factory.mktemp("hn_trained"))
+    finetune_project(Project.open(hn.folder), cfg=LearnConfig(steps=300), device="cpu")
+    return hn
+
+
+@pytest.fixture()
+def hn_trained(hn_trained_once: HNProject, tmp_path: Path) -> HNProject:
+    """A copy of the trained head-and-neck project, this test's own."""
+    import shutil
+
+    folder = tmp_path / "trained"
+    shutil.copytree(hn_trained_once.folder, folder, symlinks=True)
+    return HNProject(folder, hn_trained_once.openkbp)

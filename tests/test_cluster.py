@@ -189,7 +189,7 @@ def test_the_learning_loops_presegmentation_on_two_workers_writes_the_masks_writ
     from medlsam_training.volumes.io import read_label
 
     here = Project.open(hn_project.folder)
-    checkpoint = finetune_project(here, cfg=LearnConfig(steps=20), device="cpu").path
+    checkpoint = finetune_project(here, cfg=LearnConfig(steps=300), device="cpu").path  # learns the mandible
     there_folder = shutil.copytree(hn_project.folder, tmp_path / "there", symlinks=True)
     there = Project.open(there_folder)
     mandible_before = read_label(there.mask_path(hn_project.partly)).array == 7

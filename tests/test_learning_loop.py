@@ -80,7 +80,8 @@ def test_fine_tune_and_presegment_keep_reviewed_work_and_locks(hn_project) -> No
 
 def test_a_target_the_network_lost_is_said_not_hidden() -> None:
     line = fit_summary({"brainstem": 0.0, "mandible": 0.84})
-    assert "brainstem 0.00" in line and "NOT LEARNED: brainstem (" in line and "mandible" not in line.split("NOT")[1]
+    assert "brainstem 0.00" in line and "NOT LEARNED (never written): brainstem (" in line
+    assert "mandible" not in line.split("NOT")[1] and "more steps" in line and "fewer steps" not in line
     assert "NOT LEARNED" not in fit_summary({"brainstem": 0.7})
 
 
@@ -104,10 +105,14 @@ def test_nothing_to_learn_from_is_one_clear_error(tmp_path: Path, openkbp: Path)
 def test_cli_trains_from_reviewed_and_presegments_pending(hn_project) -> None:
     result = runner.invoke(app, ["finetune", "--project", str(hn_project.folder), "--steps", "20", "--policy", "keep"])
     assert result.exit_code == 0, result.output
-    assert "3 volume(s)" in result.output and f"{PENDING}: pre-segmented" in result.output
+    assert "3 volumes (pt_1, pt_2, pt_4)" in result.output
     assert "Dice on its training volumes: brainstem" in result.output
+    # 20 steps learn nothing: every target is said by name and nothing is written
+    assert "NOT LEARNED (never written): brainstem, parotid_right, parotid_left, mandible" in \
+        result.output.replace("\n", " ")
+    assert "nothing pre-segmented" in result.output and "pre-segmented (" not in result.output
     project = Project.open(hn_project.folder)
-    assert project.entry(PENDING).status == "segmented" and project.mask_path(PENDING).is_file()
+    assert project.entry(PENDING).status == "pending" and not project.mask_path(PENDING).is_file()
     assert load_checkpoint(hn_project.folder / "models" / "slicenet.pt", KIND_SEG)["step"] == 20
     # Volume Fusion on slices of unlabelled CT, then a second run from it: a new model, the finished one kept as a
     # copy (not resumed), the pretrained body loaded under the new head

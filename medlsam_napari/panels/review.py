@@ -146,8 +146,13 @@ class ReviewPanel(QWidget):
             take = (new != snapshot) & (current == snapshot)  # a voxel painted meanwhile stays the annotator's
             merged = current.copy()
             merged[take] = new[take]
-            n = self.state.set_mask(merged)  # one undo step; saved
+            n = self.state.set_mask(merged)  # one undo step; saved (none when nothing changed)
             self.state.show_changes(take)
+            if n == 0:  # no step was added: Ctrl+Z would undo the annotator's own last stroke, so none is offered
+                self.status.setText(f"{target}: '{result.describe()}' from {len(zs)} corrected "
+                                    f"slice{'s' if len(zs) != 1 else ''} changed nothing"
+                                    f"{nothing_changed_why(result, len(zs))}; no undo step was added.")
+                return
             self.status.setText(f"{target}: '{result.describe()}' from {len(zs)} corrected slices changed {n} voxels "
                                 "(layer 'changed by update'); Ctrl+Z undoes it.")
 
@@ -269,3 +274,14 @@ class ReviewPanel(QWidget):
 
         config = PropagationConfig(mode="mask")
         self._run(lambda: self._volume_segmenter().repropagate_from_slice(z, seed, z_range, config), apply)
+
+
+def nothing_changed_why(result, corrected: int) -> str:
+    """Why an update changed no voxel, when the reason is known: what the annotator can do next."""
+    if result.method == "fill":
+        votes = "" if result.network else " (no atlas votes for it: the run did not fuse template masks here)"
+        return (f": filling between slices{votes} needs two corrected slices holding the target" if corrected < 2
+                else f": the corrected slices already agree with the slices between them{votes}")
+    if result.method == "none":
+        return ": the target has no voxels and no votes to update from"
+    return ": the other slices already agree with the corrected ones"

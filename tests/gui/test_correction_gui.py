@@ -72,3 +72,29 @@ def test_update_the_rest_follows_painted_slices_keeps_them_and_is_one_undo(make_
     assert np.array_equal(saved, updated)  # autosaved
     layer.undo()
     assert np.array_equal(layer.data, drawn)  # one Ctrl+Z: the whole update taken back
+
+
+def test_an_update_that_changes_nothing_offers_no_undo(make_napari_viewer, qtbot, hn_project) -> None:
+    """No atlas votes (nothing was run) and one corrected slice: filling between slices has nothing to fill.  The
+    dock says so and why, and does not offer Ctrl+Z (which would undo the annotator's own stroke)."""
+    viewer = make_napari_viewer()
+    widget = AnnotatorWidget(viewer, hn_project.folder)
+    state, name = widget.state, hn_project.pending
+    state.project.active_target = "brainstem"
+    state.changed("active_target")
+    widget.volumes.open(name)
+    layer = state.mask_layer
+    truth = hn_project.truth(name, state.volume)
+    zs = np.nonzero((truth == 1).any(axis=(1, 2)))[0]
+    z = int(zs[len(zs) // 2])
+    yx = np.nonzero(truth[z] == 1)
+    layer._begin_stroke()
+    layer.data_setitem((np.full(yx[0].size, z), *yx), 1)
+    layer._commit_stroke()
+    assert state.project.corrected_slices(name, "brainstem") == [z]
+    painted = np.array(layer.data, copy=True)
+    widget.review.buttons["Update the rest ⟳"].click()
+    qtbot.waitUntil(lambda: not widget.review.job.busy, timeout=120_000)
+    text = widget.review.status.text()
+    assert "changed nothing" in text and "two corrected slices" in text and "Ctrl+Z" not in text, text
+    assert np.array_equal(layer.data, painted)

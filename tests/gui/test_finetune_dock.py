@@ -29,11 +29,11 @@ def test_dock_trains_from_reviewed_and_presegments_pending(make_napari_viewer, q
     dock = FinetuneWidget(viewer, folder)
     assert dock.train_list.count() == 3 and dock.predict_list.count() == 2  # reviewed + a locked mandible; pending
     assert "mandible" in dock.train_list.item(2).text()
-    dock.steps.setValue(40)
+    dock.steps.setValue(300)  # enough to learn the mandible (only learned targets are written)
     dock.start_training()
-    qtbot.waitUntil(lambda: dock.worker is None, timeout=300_000)
+    qtbot.waitUntil(lambda: dock.worker is None, timeout=600_000)
     assert dock.checkpoint is not None and dock.checkpoint.is_file(), dock.status.text()
-    assert len(dock.curve.values) == 40 and dock.bar.value() == 40
+    assert len(dock.curve.values) == 300 and dock.bar.value() == 300
     assert "Dice on its training volumes: brainstem" in dock.status.text()
 
     # the volume with the locked mandible is open in the annotator (same project object)
@@ -89,3 +89,35 @@ def test_dock_opened_after_the_project_sees_it_and_follows_reviews(make_napari_v
     row = next(dock.train_list.item(i).text() for i in range(3) if dock.train_list.item(i).text().startswith(partly))
     assert all(t in row for t in hn_project.targets), row
     assert dock.predict_list.count() == 1
+
+
+def test_dock_never_carries_a_network_to_another_project_and_trains_on_the_checked_volumes(
+        make_napari_viewer, qtbot, hn_trained, hn_project) -> None:
+    from qtpy.QtCore import Qt
+
+    from medlsam_training.engine.checkpoint import load_checkpoint
+
+    viewer = make_napari_viewer()
+    dock = FinetuneWidget(viewer, hn_trained.folder)
+    assert dock.checkpoint is not None and hn_trained.folder in dock.checkpoint.parents
+    dock.open_project(hn_project.folder)  # another project, never trained
+    assert dock.checkpoint is None
+    dock.start_prediction()
+    assert dock.worker is None and "Train from reviewed volumes first" in dock.status.text()
+    assert not Project.open(hn_project.folder).mask_path(hn_project.pending).is_file()  # A's network wrote nothing
+
+    dock.project.add_target("spinal_cord", 2)  # no reviewed volume holds it: listed, not offered
+    dock.state.changed("targets")
+    qtbot.waitUntil(lambda: not dock.scan.busy and not dock._rescan, timeout=60_000)
+    row = next(dock.target_list.item(i) for i in range(dock.target_list.count())
+               if dock.target_list.item(i).data(Qt.UserRole) == "spinal_cord")
+    assert "no reviewed volume holds it" in row.text() and row.checkState() == Qt.Unchecked
+    assert not row.flags() & Qt.ItemIsEnabled
+    for i in range(dock.train_list.count()):  # the user unchecks pt_2
+        if dock.train_list.item(i).data(Qt.UserRole) == "pt_2":
+            dock.train_list.item(i).setCheckState(Qt.Unchecked)
+    dock.steps.setValue(3)
+    dock.start_training()
+    qtbot.waitUntil(lambda: dock.worker is None, timeout=300_000)
+    meta = load_checkpoint(hn_project.folder / "models" / "slicenet.pt")["meta"]
+    assert meta["volumes"] == ["pt_1", hn_project.partly] and "spinal_cord" not in meta["targets"]

@@ -45,14 +45,13 @@ def correct(
                                            "corrections, votes and mask."),
 ) -> None:
     """Update the rest of a target from the axial slices drawn or fixed: corrected slices never change."""
-    import numpy as np
 
     from ..correction import correct_label_map, load_votes, votes_path
     from ..correction.in_project import correct_in_project
     from ..project.folder import Project
-    from ..volumes.atomic import keep_previous
+    from ..project.guard import WriteGuard, unchanged_slices, write_automatic
     from ..volumes.datasets import file_stem, label_names_near
-    from ..volumes.io import read_label, read_volume, write_mask
+    from ..volumes.io import read_label, read_volume
 
     try:
         how = choose(method, CorrectionUpdate, "correction update")
@@ -64,9 +63,14 @@ def correct(
             mask = mask or p.mask_path(volume)
             label_map = read_label(mask, image, allow_empty=True).array
             if slices:
-                p.add_corrected(volume, target, slices)
+                # a slice as the last automatic write left it was not drawn or fixed: recording it would freeze it
+                same = unchanged_slices(mask, label_map, p.target(target).label, slices)
+                if same:
+                    console.print(f"[yellow]{target}: slice(s) {', '.join(map(str, same))} are as the last "
+                                  "automatic write left them: not recorded as corrected[/]", highlight=False)
+                p.add_corrected(volume, target, [z for z in slices if z not in same])
             new, result = correct_in_project(p, volume, target, label_map, image.array, image.spacing_zyx, how)
-            name = target
+            name, guard = target, WriteGuard.for_project(p, volume, [target])
         else:
             if mask is None or not slices:
                 raise ValueError("give --mask and --corrected (or --project)")
@@ -81,10 +85,9 @@ def correct(
             found = load_votes(votes or votes_path(mask.parent, file_stem(mask)))
             new, result = correct_label_map(label_map, value, slices, how, found.get(name), image.spacing_zyx, name,
                                             image=image.array)
+            guard = WriteGuard.of(file_stem(mask), [value], corrected=slices)
         target_out = out or mask
-        if target_out == mask:
-            keep_previous(mask)
-        write_mask(new.astype(np.uint16 if new.max() > 255 else np.uint8), image, target_out)
+        write_automatic(target_out, image, label_map, new, guard)
     except (MedLSAMError, ValueError, KeyError) as exc:
         _fail(exc)
     console.print(f"{name}: update '{result.describe()}' changed {result.changed} voxels in {result.seconds:.2f} s; "

@@ -170,7 +170,7 @@ def _finetune_project(folder: Path, out: Optional[Path], init: Optional[Path], s
                       targets: Optional[str], presegment: bool, policy: str, device: Optional[str],
                       workers: Optional[int] = None, scheduler: Optional[str] = None) -> None:
     from ..cluster import open_engine
-    from ..learning.project_loop import finetune_project, presegment_project, training_volumes
+    from ..learning.project_loop import finetune_project, presegment_project
     from ..learning.train import LearnConfig, fit_summary
     from ..project.folder import Project
     from ..segmentation.label_merge import check_policy
@@ -183,17 +183,21 @@ def _finetune_project(folder: Path, out: Optional[Path], init: Optional[Path], s
         for t in chosen or []:
             proj.target(t)  # an unknown target is one line
         cfg = LearnConfig() if steps is None else LearnConfig(steps=steps)
-        used = training_volumes(proj, chosen)
         # the cluster reached (or started) before training: a wrong address must not cost a training either
         with open_engine(workers if presegment else None, scheduler if presegment else None,
                          device=device) as engine:
             with _RichProgress("fine-tuning the slice network") as bar:
+                said: list[str] = []
                 result = finetune_project(proj, targets=chosen, cfg=cfg, init=init, out=out, progress=bar,
-                                          device=dev)
-            console.print(f"checkpoint {result.path}: {len(used)} volume(s) ({', '.join(v.name for v in used)}), "
+                                          device=dev, say=said.append)
+            for line in said:
+                if " left out of the training: " in line:
+                    console.print(f"[yellow]{line}[/]", soft_wrap=True, highlight=False)
+            console.print(f"checkpoint {result.path}: {plural(len(result.volumes), 'volume')} "
+                          f"({', '.join(result.volumes)}), "
                           f"{result.steps} steps, {result.cpu_seconds / 60:.1f} CPU-min"
-                          + (f"; from {init}" if init else ""))
-            console.print(fit_summary(result.scores))
+                          + (f"; from {init}" if init else ""), soft_wrap=True, highlight=False)
+            console.print(fit_summary(result.scores, result.untrained), soft_wrap=True, highlight=False)
             if not presegment:
                 return
             if engine is not None:
@@ -204,6 +208,9 @@ def _finetune_project(folder: Path, out: Optional[Path], init: Optional[Path], s
                                             engine=engine)
     except (MedLSAMError, ValueError, OSError) as exc:
         _fail(exc)
+    if report.note:
+        console.print(f"[yellow]nothing pre-segmented: {report.note}[/]", soft_wrap=True, highlight=False)
+        return
     for name in report.written:
         console.print(f"{name}: pre-segmented ({report.seconds[name]:.1f} CPU-s) -> {proj.mask_path(name)}")
     for name, why in report.skipped.items():

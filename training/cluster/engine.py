@@ -12,6 +12,7 @@ futures.  Temporary files of a killed worker's interrupted write are removed.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -92,19 +93,30 @@ class ClusterEngine:
                    cancelled: Callable[[], bool] | None = None) -> Iterator[tuple[Any, tuple[str | None, float]]]:
         """The learning loop's pre-segmentation (``learning.project_loop.PresegmentJob`` each), one volume per
         task: the network's weights (``state``, version ``tag``) sent to every worker once; (job, (mask written or
-        None, CPU s)) as tasks finish.  A volume whose every try failed raises (a pre-segmentation has no
-        per-volume failures)."""
-        from .worker import presegment_task
+        None, CPU s)) as tasks finish.  A volume that fails stops the rest as the serial run stops: tasks not yet
+        started return without writing, those running finish and are yielded (their masks are on disk, so their
+        statuses must be kept), then it raises.  An error is not retried (it would fail again); a worker lost
+        mid-task is, by the scheduler."""
+        from distributed import Event
+
+        from .worker import STOPPED, presegment_task
 
         shared = self.client.scatter(state, broadcast=True, hash=False)
-        futures = {self.client.submit(presegment_task, job, shared, tag, policy, device, retries=self.retries,
+        stop = Event(f"medlsam-presegment-stop-{uuid.uuid4().hex}", client=self.client)
+        futures = {self.client.submit(presegment_task, job, shared, tag, policy, device, stop.name, retries=0,
                                       pure=False, key=f"medlsam-presegment-{job.name}-{id(jobs)}"): job
                    for job in jobs}
+        failed: list[str] = []
         for job, value, error in self._finished(futures, cancelled,
                                                 lambda j: remove_partial_writes(Path(j.mask).parent, j.name)):
             if error is not None:
-                raise MedLSAMError(f"{job.name}: pre-segmentation failed on the cluster: {error}")
-            yield job, value
+                stop.set()
+                failed.append(f"{job.name}: {error.removesuffix(' (every try failed)')}")
+            elif value[0] != STOPPED:
+                yield job, value
+        if failed:
+            raise MedLSAMError(f"pre-segmentation failed on the cluster: {failed[0]}"
+                               + (f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""))
 
     def each(self, fn: Callable, jobs: list[tuple]) -> list:
         """``[fn(*job) for job in jobs]``, one task per job (a volume), results in the jobs' order; a job whose

@@ -63,12 +63,23 @@ def segment_task(case, cwd: Path, templates, network, localizer: str, segmenter:
     return result, had_mask
 
 
-def presegment_task(job, state: dict, tag: str, policy: str, device: str | None) -> tuple[str | None, float]:
+#: what a pre-segmentation task returns when the run was stopped before it began (nothing written)
+STOPPED = "medlsam: stopped before it began"
+
+
+def presegment_task(job, state: dict, tag: str, policy: str, device: str | None, stop: str | None = None
+                    ) -> tuple[str | None, float]:
     """One volume's pre-segmentation by the learning loop's network, built once per worker from ``state`` (``tag``
-    names that checkpoint's version: a later run with new weights builds it again)."""
+    names that checkpoint's version: a later run with new weights builds it again); nothing is done once the
+    Dask event ``stop`` is set (another volume failed)."""
     from ..learning.project_loop import run_presegment_job
     from ..learning.train import SliceNetPredictor
 
+    if stop is not None:
+        from distributed import Event
+
+        if Event(stop).is_set():
+            return STOPPED, 0.0
     key = ("slicenet", tag, device)
     if key not in _MODELS:
         _one_torch_thread()

@@ -9,6 +9,7 @@ import numpy as np
 
 from ..options import CorrectionUpdate
 from ..project.folder import Project, ProjectError
+from ..project.guard import WriteGuard, guard_change
 from .update import UpdateResult, correct_label_map
 from .votes import load_votes, votes_path
 
@@ -25,5 +26,9 @@ def correct_in_project(project: Project, name: str, target: str, label_map: np.n
         raise ProjectError(f"no slice of {target} is corrected on {name}: draw or fix one first")
     votes = load_votes(votes_path(project.folder / project.output_dir, name)).get(target)
     keep = project.all_corrected(name)
-    return correct_label_map(label_map, project.target(target).label, slices, method, votes, spacing_zyx,
-                             target, keep, image)
+    new, result = correct_label_map(label_map, project.target(target).label, slices, method, votes, spacing_zyx,
+                                    target, keep, image)
+    # the one guarded writer's rules: only this target, never a locked one, never a corrected slice
+    new, _ = guard_change(label_map, new, WriteGuard.for_project(project, name, [target]))
+    result.changed = int((new != label_map).sum())
+    return new, result

@@ -99,11 +99,19 @@ def fill_between(mask: np.ndarray, corrected: Sequence[int]) -> np.ndarray:
     given = np.zeros((z1 - z0 + 1, ys.stop - ys.start, xs.stop - xs.start), np.uint8)
     for z in zs:
         given[z - z0] = mask[z, ys, xs]
-    image = itk.image_from_array(given)
-    interpolator = itk.MorphologicalContourInterpolator.New(image)
-    interpolator.SetAxis(2)  # ITK's axis 2 is the array's axis 0: axial slices
-    interpolator.Update()
-    filled = itk.array_from_image(interpolator.GetOutput()).astype(bool)
+    # one thread: the filter's threads race (itk-morphologicalcontourinterpolation 2.1.2 corrupted the heap within a
+    # few calls in one process: "malloc(): unsorted double linked list corrupted"; its own work-unit setting is not
+    # enough: the filter takes ITK's global pool as it is built); the slab between corrected slices is small
+    pool = itk.MultiThreaderBase.GetGlobalDefaultNumberOfThreads()
+    itk.MultiThreaderBase.SetGlobalDefaultNumberOfThreads(1)
+    try:
+        interpolator = itk.MorphologicalContourInterpolator.New(itk.image_from_array(given))
+        interpolator.SetAxis(2)  # ITK's axis 2 is the array's axis 0: axial slices
+        interpolator.SetNumberOfWorkUnits(1)
+        interpolator.Update()
+        filled = itk.array_from_image(interpolator.GetOutput()).astype(bool)
+    finally:
+        itk.MultiThreaderBase.SetGlobalDefaultNumberOfThreads(pool)
     out[z0:z1 + 1] = False
     out[z0:z1 + 1, ys, xs] = filled
     for z in zs:

@@ -51,6 +51,17 @@ def save_checkpoint(path: str | os.PathLike[str], model: torch.nn.Module | dict[
     return path
 
 
+def update_meta(path: str | os.PathLike[str], **values: Any) -> Path:
+    """Add ``values`` to a checkpoint's ``meta`` (what its training found after the last save), rewritten
+    atomically with everything else as it was."""
+    path = Path(path)
+    state = load_checkpoint(path)
+    state["meta"] = {**state["meta"], **values}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    return path
+
+
 def export_weights(checkpoint: str | os.PathLike[str], dst: str | os.PathLike[str], info: dict[str, Any],
                    kind: str | None = None) -> Path:
     """Weights to ship: fp16 tensors and the checkpoint's meta, no optimizer state, and a JSON sidecar with the

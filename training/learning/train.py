@@ -16,7 +16,7 @@ from scipy import ndimage
 
 from ..coreset.probe import SliceCase, probe_loss, slice_inputs, uncrop_to
 from ..engine.augment import random_affine
-from ..engine.checkpoint import CheckpointError, load_checkpoint, load_weights
+from ..engine.checkpoint import CheckpointError, load_checkpoint, load_weights, update_meta
 from ..engine.loop import FitResult, LoopSpec, StepContext, fit, seeded
 from ..errors import DatasetError
 from ..progress import CancelledFn, ProgressFn
@@ -88,17 +88,30 @@ def finetune(cases: list[SliceCase], targets: list[str], out: str | os.PathLike[
     result = fit(model, step_loss, cfg.loop(save_every=250), out, kind=KIND_SEG, meta=meta, init=init,
                  progress=progress, cancelled=cancelled, device=device)
     result.scores = training_dice(result.model, [cases[i] for i in usable], targets, cfg.net.context)
+    if result.path is not None and result.steps >= cfg.steps:  # a finished run says what it learned
+        update_meta(result.path, learned=learned_targets(result.scores),
+                    scores={t: round(d, 4) for t, d in result.scores.items()})
     return result
 
 
 NOT_LEARNED = 0.2  # training-volume Dice below this: the target was not learned (a warning, never a silent mask)
 
 
-def fit_summary(scores: dict[str, float]) -> str:
-    """One line for the CLI and the dock: Dice on the training volumes, a warning for a target not learned."""
+def learned_targets(scores: dict[str, float]) -> list[str]:
+    """The targets a finished training learned: contoured on its training volumes (a target without a contour has
+    no score) and found there again (Dice >= :data:`NOT_LEARNED`).  Only these are ever written."""
+    return [t for t, d in scores.items() if d >= NOT_LEARNED]
+
+
+def fit_summary(scores: dict[str, float], untrained: dict[str, str] | None = None) -> str:
+    """One line for the CLI and the dock: Dice on the training volumes, the targets not learned by name (never
+    written), with what would help."""
     parts = [f"{t} {d:.2f}" for t, d in scores.items()]
     lost = [t for t, d in scores.items() if d < NOT_LEARNED]
-    warn = f"; NOT LEARNED: {', '.join(lost)} (train again: fewer steps or more reviewed volumes)" if lost else ""
+    warn = (f"; NOT LEARNED (never written): {', '.join(lost)} (train again with more steps, or review more "
+            "volumes holding it)") if lost else ""
+    for t, why in (untrained or {}).items():
+        warn += f"; {t}: not trained ({why})"
     return "Dice on its training volumes: " + ", ".join(parts) + warn
 
 
@@ -167,27 +180,52 @@ def _class_on_volume(probs: np.ndarray, grid: Volume, volume: Volume, c: int) ->
 
 
 class SliceNetPredictor:
-    """A fine-tuned slice network that writes label maps on any CT volume's own grid."""
+    """A fine-tuned slice network that writes label maps on any CT volume's own grid.
+
+    ``classes`` are the targets it was trained on (its output classes 1..T, label ``values``); ``targets`` the ones
+    it learned (the checkpoint's record, :func:`learned_targets`), the only ones it predicts or writes.  A checkpoint
+    without that record (trained before it was kept) learned nothing it may write: ``note`` says so."""
 
     def __init__(self, checkpoint: str | os.PathLike[str] | dict[str, Any], device: str | torch.device | None = None,
-                 model: torch.nn.Module | None = None, flip: bool = True):
+                 model: torch.nn.Module | None = None, flip: bool = True, every_class: bool = False):
         state = checkpoint if isinstance(checkpoint, dict) else \
             load_checkpoint(checkpoint, KIND_SEG, "learning-loop segmentation checkpoint (medlsam finetune)")
         meta = state["meta"]
         try:
-            self.targets = [str(t) for t in meta["targets"]]
-            self.values = [int(v) for v in meta.get("values", range(1, len(self.targets) + 1))]
+            self.classes = [str(t) for t in meta["targets"]]
+            self.values = [int(v) for v in meta.get("values", range(1, len(self.classes) + 1))]
             self.spec = NetSpec.from_meta(meta.get("net", {}))
+            # every_class: the raw network, learned or not (a component benchmark; never the product's writes)
+            learned = list(self.classes) if every_class else meta.get("learned")
+            self._learned = [i for i, t in enumerate(self.classes) if learned is not None and t in set(learned)]
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{checkpoint}: no target list in the checkpoint ({exc})") from exc
+        self.note = "" if learned is not None else (
+            "the network was trained before it recorded which targets it learned: train it again to use it")
         self.device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if model is None:
-            model = self.spec.build(len(self.targets) + 1)
+            model = self.spec.build(len(self.classes) + 1)
             load_weights(model, state, checkpoint if not isinstance(checkpoint, dict) else "checkpoint")
         self.model = model.to(self.device).eval()
         # test-time left-right flip, paired targets swapped (the training's augmentation): None when a sided target
         # has no twin, or asked off
-        self.mirror = lateral_swap(self.targets) if flip else None
+        self.mirror = lateral_swap(self.classes) if flip else None
+
+    @property
+    def targets(self) -> list[str]:
+        """The targets it learned, by the names it writes them under."""
+        return [self.classes[i] for i in self._learned]
+
+    @property
+    def learned_values(self) -> list[int]:
+        return [self.values[i] for i in self._learned]
+
+    def named(self, names: dict[int, str]) -> "SliceNetPredictor":
+        """Its targets named as a project names their label values now (a target renamed since training is the
+        same target); a learned target whose value the project no longer has is not written."""
+        self.classes = [names.get(v, t) for t, v in zip(self.classes, self.values)]
+        self._learned = [i for i in self._learned if self.values[i] in names]
+        return self
 
     @torch.inference_mode()
     def probabilities(self, volume: Volume) -> tuple[np.ndarray, Volume]:
@@ -211,17 +249,26 @@ class SliceNetPredictor:
     name = "network"
 
     def target_probabilities(self, volume: Volume) -> dict[str, np.ndarray]:
-        """Each target's probability [z, y, x] (float32) on ``volume``'s own grid: what the pipeline combines with
-        the atlas vote (``pipeline.segment_query``)."""
+        """Each learned target's probability [z, y, x] (float32) on ``volume``'s own grid: what the pipeline
+        combines with the atlas vote (``pipeline.segment_query``)."""
         volume.require_finite()
         probs, grid = self.probabilities(volume)
-        return {t: _class_on_volume(probs, grid, volume, c) for c, t in enumerate(self.targets, start=1)}
+        return self.on_volume(probs, grid, volume)
+
+    def on_volume(self, probs: np.ndarray, grid: Volume, volume: Volume) -> dict[str, np.ndarray]:
+        """:meth:`probabilities`' learned targets on ``volume``'s own grid."""
+        return {self.classes[i]: _class_on_volume(probs, grid, volume, i + 1) for i in self._learned}
 
     def predict(self, volume: Volume, *, largest_component: bool = True) -> np.ndarray:
-        """Label map [z, y, x] with the checkpoint's label values, on ``volume``'s grid; each target kept to its
-        largest 3D connected piece (an organ is one piece; stray islands elsewhere are the usual error)."""
+        """Label map [z, y, x] of the learned targets with the checkpoint's label values, on ``volume``'s grid."""
         volume.require_finite()
         probs, grid = self.probabilities(volume)
+        return self.label_map(probs, grid, volume, largest_component=largest_component)
+
+    def label_map(self, probs: np.ndarray, grid: Volume, volume: Volume, *, largest_component: bool = True
+                  ) -> np.ndarray:
+        """The most probable class of every voxel, learned targets only; each kept to its largest 3D connected
+        piece (an organ is one piece; stray islands elsewhere are the usual error)."""
         best = np.zeros(volume.array.shape, np.float32)
         classes = np.zeros(volume.array.shape, np.int16)
         for c in range(probs.shape[0]):
@@ -230,12 +277,11 @@ class SliceNetPredictor:
             best[better] = p[better]
             classes[better] = c
         out = np.zeros(volume.array.shape, np.uint16 if max(self.values, default=0) > 255 else np.uint8)
-        for c, value in enumerate(self.values, start=1):
-            mask = classes == c
+        for i in self._learned:
+            mask = classes == i + 1
             if largest_component and mask.any():
                 lab, n = ndimage.label(mask)
                 if n > 1:
                     mask = lab == 1 + int(np.argmax(ndimage.sum(mask, lab, range(1, n + 1))))
-            out[mask] = value
+            out[mask] = self.values[i]
         return out
-

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from ..correction.votes import VOTES_DIR, load_votes, save_votes
 from ..errors import DatasetError, MedLSAMError
 from ..localization.extreme_points import POINT_NAMES, ExtremePoints, point_conflict, template_volume_path
 from ..options import LOCALIZER_ALIASES, LocalizerName, PropagationMode, choose
@@ -122,25 +123,87 @@ class Project:
         return project
 
     def _load(self, data: dict[str, Any]) -> None:
-        if data.get("schema") != SCHEMA:
+        """The session from its parsed file.  Only a file that is no session at all raises; a bad value in one
+        field is one message naming the file and the value, that field falls back (a volume's status to what its
+        files show, an option to its default) and the rest of the session is kept."""
+        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
             raise ValueError("not a medlsam project session")
         if data.get("version") != VERSION:
             raise ValueError(f"session version {data.get('version')} is not supported (expected {VERSION})")
-        self.volumes = [VolumeEntry(**v) for v in data["volumes"]]
-        self.targets = [Target(**t) for t in data["targets"]]
-        self.points = {v: {t: list(p) for t, p in tp.items()} for v, tp in data.get("points", {}).items()}
-        for key in ("active_target", "localizer", "segmenter", "device", "mode", "existing", "output_dir",
-                    "scheduler", "point_files"):
-            if key in data:
-                setattr(self, key, data[key])
-        check_policy(self.existing)
-        # one line naming the session file's bad value, before any model is loaded
-        self.localizer = choose(self.localizer, LocalizerName, f"localizer in {self.session_path}",
-                                LOCALIZER_ALIASES).value
-        self.mode = choose(self.mode, PropagationMode, f"propagation mode in {self.session_path}").value
-        for v in self.volumes:
-            if v.status not in STATUSES:
-                raise ValueError(f"volume {v.name}: unknown status {v.status!r}")
+
+        def bad(what: str, value: Any, instead: str) -> None:
+            self.messages.append(f"{self.session_path}: {what} {str(value)[:80]!r} is not valid; {instead}, "
+                                 "the rest of the session is kept.")
+
+        for raw in _listed(data.get("targets"), "targets", bad):
+            try:
+                t = Target(str(raw["name"]), int(raw["label"]), str(raw.get("color") or PALETTE[0]))
+                if not t.name.strip() or not 0 < t.label < 65536 or any(o.name == t.name or o.label == t.label
+                                                                         for o in self.targets):
+                    raise ValueError(t)
+                self.targets.append(t)
+            except (KeyError, TypeError, ValueError):
+                bad("target", raw, "it is left out (a labels.json beside the masks names it again)")
+        self.volumes = []
+        for raw in _listed(data.get("volumes"), "volumes", bad):
+            entry = self._volume_entry(raw, bad)
+            if entry is not None and all(v.name != entry.name for v in self.volumes):
+                self.volumes.append(entry)
+        points = data.get("points", {})
+        try:
+            self.points = {str(v): {str(t): [None if p is None else [float(c) for c in p] for p in slots]
+                                    for t, slots in tp.items()} for v, tp in points.items()}
+        except (AttributeError, TypeError, ValueError):
+            bad("points", points, "the clicked points are taken from templates/ instead")
+        point_files = data.get("point_files", {})
+        try:
+            self.point_files = {str(v): {str(t): str(f) for t, f in tf.items()} for v, tf in point_files.items()}
+        except (AttributeError, TypeError, ValueError):
+            bad("point_files", point_files, "they are found in templates/ again")
+        for key, check in (("localizer", lambda v: choose(v, LocalizerName, "localizer", LOCALIZER_ALIASES).value),
+                           ("mode", lambda v: choose(v, PropagationMode, "propagation mode").value),
+                           ("existing", lambda v: check_policy(v).value),
+                           ("segmenter", _text), ("device", _device), ("output_dir", _relative_folder),
+                           ("scheduler", lambda v: "" if v is None else _text(v, empty=True)),
+                           ("active_target", lambda v: None if v is None else _text(v))):
+            if key not in data:
+                continue
+            try:
+                setattr(self, key, check(data[key]))
+            except (TypeError, ValueError) as exc:
+                bad(key, data[key], f"{getattr(self, key)!r} is used"
+                    + (f" ({str(exc).split(';')[0]})" if "did you mean" in str(exc) else ""))
+        if self.active_target is not None and all(t.name != self.active_target for t in self.targets):
+            self.active_target = self.targets[0].name if self.targets else None
+
+    def _volume_entry(self, raw: Any, bad) -> VolumeEntry | None:
+        """One volume of the session file; a bad field of it falls back alone (its status to what is on disk)."""
+        try:
+            entry = VolumeEntry(_text(raw["name"]), _text(raw["path"]))
+        except (KeyError, TypeError, ValueError):
+            bad("volume", raw, "it is left out (found again in the folder when its file is there)")
+            return None
+        fields = {"template": lambda v: v if isinstance(v, bool) else _fail_value(v),
+                  "mask": lambda v: None if v is None else _text(v),
+                  "error": lambda v: None if v is None else str(v),
+                  "locked": lambda v: [_text(t) for t in v] if isinstance(v, list) else _fail_value(v),
+                  "corrected": lambda v: {_text(t): sorted({int(z) for z in zs}) for t, zs in v.items()}}
+        for key, check in fields.items():
+            if key in raw:
+                try:
+                    setattr(entry, key, check(raw[key]))
+                except (AttributeError, TypeError, ValueError):
+                    bad(f"{entry.name}'s {key}", raw[key], "it is left empty")
+        status = raw.get("status", "pending")
+        if status in STATUSES:
+            entry.status = status
+        else:
+            has_mask = entry.mask is not None and (self.folder / entry.mask).is_file()
+            entry.status = "segmented" if has_mask else "pending"
+            if entry.locked and has_mask and {t.name for t in self.targets} <= set(entry.locked):
+                entry.status = "reviewed"  # every target locked: what mark_reviewed leaves
+            bad(f"{entry.name}'s status", status, f"{entry.status!r} is taken from its files")
+        return entry
 
     def _discover(self) -> None:
         """Add volumes that appeared in the folder; flag those that moved."""
@@ -524,8 +587,40 @@ class Project:
                 v.corrected[new] = v.corrected.pop(old)
         if self.active_target == old:
             self.active_target = new
+        self._rename_in_outputs(old, new)
         self.write_label_names()
         self.save()
+
+    def _rename_in_outputs(self, old: str, new: str | None) -> None:
+        """What the runs stored under a target's name beside the masks follows it: the atlas's votes
+        (``.votes/``, which every later update of the target re-fuses) and the run summary's records; ``new``
+        None drops them (a deleted target: a later one of that name starts clean)."""
+        out = self.folder / self.output_dir
+        for path in sorted((out / VOTES_DIR).glob("*.npz")):
+            try:
+                votes = load_votes(path)
+            except (OSError, ValueError, KeyError) as exc:
+                self.messages.append(f"{path}: unreadable votes ({exc}); left as they are")
+                continue
+            if old in votes:
+                moved = votes.pop(old)
+                if new is not None:
+                    votes[new] = moved
+                if votes:
+                    save_votes(votes, path)
+                else:
+                    path.unlink()
+        summary = self.run_summary()
+        changed = False
+        for record in summary.values():
+            targets = record.get("targets") if isinstance(record, dict) else None
+            if isinstance(targets, dict) and old in targets:
+                moved = targets.pop(old)
+                if new is not None:
+                    targets[new] = moved
+                changed = True
+        if changed:
+            write_json_atomic(summary, out / RESULTS_NAME)
 
     def delete_target(self, name: str) -> None:
         self.targets.remove(self.target(name))
@@ -537,6 +632,7 @@ class Project:
         for v in self.volumes:
             v.locked = [t for t in v.locked if t != name]
             v.corrected.pop(name, None)
+        self._rename_in_outputs(name, None)
         self.write_label_names()
         if self.active_target == name:
             self.active_target = self.targets[0].name if self.targets else None
@@ -594,3 +690,35 @@ class Project:
             if done:
                 out[name] = done
         return out
+
+
+def _listed(value: Any, what: str, bad) -> list:
+    if isinstance(value, list):
+        return value
+    bad(what, value, "found again from the folder")
+    return []
+
+
+def _fail_value(value: Any):
+    raise ValueError(value)
+
+
+def _text(value: Any, empty: bool = False) -> str:
+    if not isinstance(value, str) or (not empty and not value.strip()):
+        raise ValueError(value)
+    return value
+
+
+def _device(value: Any) -> str:
+    text = _text(value).strip().lower()
+    if text not in ("auto", "cpu", "mps") and not (text.startswith("cuda") and text[4:] in ("", *(
+            f":{i}" for i in range(64)))):
+        raise ValueError(value)
+    return text
+
+
+def _relative_folder(value: Any) -> str:
+    text = _text(value)
+    if Path(text).is_absolute() or ".." in Path(text).parts:
+        raise ValueError(value)
+    return text

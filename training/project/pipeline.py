@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from ..correction.constraints import keep_corrected
 from ..correction.votes import load_votes, save_votes, votes_path, with_probability
 from ..errors import MedLSAMError
 from ..localization.extreme_points import POINT_NAMES, ExtremePoints
@@ -41,8 +40,9 @@ from ..segmentation.segmenters import Segmenter
 from ..volumes.atomic import keep_previous, write_json_atomic
 from ..volumes.boxes import Box3D, box_from_physical
 from ..volumes.datasets import Case, find_cases, read_label_names
-from ..volumes.io import is_volume_path, read_label, read_volume, write_mask
+from ..volumes.io import is_volume_path, read_label, read_volume
 from ..volumes.volume import Volume
+from .guard import WriteGuard, write_automatic
 
 if TYPE_CHECKING:
     from ..cluster import ClusterEngine
@@ -348,7 +348,7 @@ def run_queries(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary_path = out_dir / RESULTS_NAME
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    summary = read_run_summary(summary_path)
     labels = target_labels(templates)
     write_label_names(out_dir, labels)
     said: set[str] = set()  # targets whose fallback this run has announced (once per run, recorded per volume)
@@ -389,6 +389,24 @@ def run_queries(
             yield record(result, had_mask)
 
 
+def read_run_summary(path: Path) -> dict[str, Any]:
+    """The run summary's records per volume; one that cannot be read (or is not a summary) is said once, kept in
+    ``.previous/`` and started afresh: it never stops a run (opening a project ignores it the same way)."""
+    if not path.is_file():
+        return {}
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        summary, why = None, f"unreadable ({str(exc).splitlines()[0][:120]})"
+    else:
+        why = "not a run summary"
+    if not isinstance(summary, dict):
+        log.warning("%s: %s; a copy is kept in .previous/ and this run starts a new one", path, why)
+        keep_previous(path)
+        return {}
+    return {k: r for k, r in summary.items() if isinstance(r, dict)}
+
+
 def segment_case(case: Case, templates: list[Template], localizer: Localizer, segmenter: Segmenter, out_dir: Path,
                  config: PropagationConfig | None, cache_dir: Path | None, existing: str,
                  progress: ProgressFn | None, cancelled: Callable[[], bool] | None, locked: Collection[str],
@@ -408,10 +426,12 @@ def segment_case(case: Case, templates: list[Template], localizer: Localizer, se
             query, templates, localizer, segmenter, config, cache_dir, progress, cancelled,
             existing=before, policy="keep" if existing == "skip" else existing, locked=set(locked),
             network=network)
-        if before is not None and corrected:
-            label_map = keep_corrected(before, label_map, corrected)
-        keep_previous(output)  # a mask that is replaced (hand corrections, perhaps) keeps a copy
-        write_mask(label_map, query, output)
+        # the run writes its templates' targets only, never a locked one or a corrected slice; a mask that is
+        # replaced (hand corrections, perhaps) keeps a copy in .previous/
+        labels = target_labels(templates)
+        guard = WriteGuard.of(case.name, [v for t, v in labels.items() if t not in locked],
+                              [v for t, v in labels.items() if t in locked], corrected)
+        write_automatic(output, query, before, label_map, guard)
         keep_votes(out_dir, case.name, result.targets)
     except InterruptedError:
         raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from ..volumes.io import read_label, read_volume
 from ..volumes.volume import Volume
 from .folder import Project, ProjectError
 from .pipeline import ProbabilitySource, QueryResult, run_queries
+
+log = logging.getLogger(__name__)
 
 
 def build_templates(project: Project, pool: bool = True) -> list[Template]:
@@ -83,14 +86,17 @@ MIN_TEMPLATE_VOXELS = 20
 def project_network(project: Project) -> ProbabilitySource | None:
     """The project's fine-tuned network (``medlsam finetune --project``, the Learn dock) once its training finished;
     the pipeline combines it with the atlas vote.  None without one."""
-    from ..learning.project_loop import trained_model
-    from ..learning.train import SliceNetPredictor
+    from ..learning.project_loop import project_predictor, trained_model
 
     path = trained_model(project)
     if path is None:
         return None
     device = None if project.device == "auto" else project.device
-    return SliceNetPredictor(path, device)
+    predictor = project_predictor(project, path, device)
+    if not predictor.targets:  # nothing it may write: the run is the atlas's alone, and says why
+        log.warning("%s: not used (%s)", path, predictor.note or "it learned none of the project's targets")
+        return None
+    return predictor
 
 
 def reviewed_masks(project: Project, name: str, volume: Volume, targets: list[str]) -> dict[str, np.ndarray]:
