@@ -3,6 +3,7 @@ napari's activity panel), cancellation at the next progress report, and the butt
 
 from __future__ import annotations
 
+import inspect
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -47,6 +48,7 @@ class DockJob:
         if self.worker is not None:
             return False
         self.cancel_event.clear()
+        work = _with_thread_policy(work)
         # errors go to ``on_error`` (the dock's line or dialog) alone: without ignore_errors superqt also re-raises
         # them in Qt's event loop, a second, raw traceback for the same failure
         self.worker = thread_worker(work, ignore_errors=True)()
@@ -81,6 +83,23 @@ class DockJob:
             b.setEnabled(True)
         if self.on_idle is not None:
             self.on_idle()
+
+
+def _with_thread_policy(work: Callable[[], Any]) -> Callable[[], Any]:
+    """``work`` that first sets the thread policy in the worker's own thread (OpenMP's thread count is per
+    calling thread; the free cores are read when the job starts: training/threads.py)."""
+    from medlsam_training.threads import apply_thread_policy
+
+    if inspect.isgeneratorfunction(work):
+        def generator():
+            apply_thread_policy()
+            return (yield from work())
+        return generator
+
+    def function():
+        apply_thread_policy()
+        return work()
+    return function
 
 
 __all__ = ["DockJob"]

@@ -379,3 +379,34 @@ def test_ctrl_c_on_segment_says_how_far_it_got_and_how_to_resume(tmp_path: Path,
     assert r.exit_code == 130, r.output
     assert "interrupted: 1 of 2 done; rerun the same command to resume" in r.output, r.output
     assert (out / "a.nii.gz").is_file() and not (out / "b.nii.gz").exists()
+
+
+def test_evaluate_says_not_contoured_and_leaves_it_out_of_the_mean(openkbp: Path, tmp_path: Path) -> None:
+    """OpenKBP's pt_206 has no mandible contour: nobody drew it, so a predicted mandible is not scored Dice 0 (it
+    pulled the mean down) unless the user says that a missing label means an absent organ."""
+    from medlsam_training.volumes.io import read_label, write_mask
+
+    truth = read_label(openkbp / "labelsTr" / "pt_206.nii.gz")
+    assert 7 not in np.unique(truth.array)
+    (tmp_path / "gt").mkdir()
+    (tmp_path / "gt" / "pt_206.nii.gz").symlink_to(openkbp / "labelsTr" / "pt_206.nii.gz")
+    pred = truth.array.copy()
+    pred[pred == 2] = 0  # the cord missed: still scored, Dice 0
+    z = truth.array.shape[0] // 2
+    pred[z - 3:z + 3, 40:60, 40:60] = 7  # a mandible where nobody drew one
+    write_mask(pred, truth, tmp_path / "pred" / "pt_206.nii.gz")
+    r = runner.invoke(app, ["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"),
+                            "--labels", "1,2,7"])
+    assert r.exit_code == 0, r.output
+    rows = [line for line in r.output.splitlines() if line.count("│") > 4]
+    [i] = [k for k, line in enumerate(rows) if line.split("│")[1].strip() == "pt_206" and line.split("│")[2].strip()
+           == "7"]
+    cells = [" ".join(c.strip() for c in col) for col in zip(*(line.split("│") for line in rows[i:i + 3]))]
+    assert cells[4].startswith("not contoured") and cells[8].startswith("2400 vox predicted"), cells
+    means = {line.split("│")[2].strip(): line for line in rows if "mean" in line.split("│")[1]}
+    assert set(means) == {"1", "2"} and "0.000" in means["2"] and "1.000" in means["1"]
+    assert means["1"].split("│")[5].strip() == "0.0"  # HD95 in the mean rows too
+    r = runner.invoke(app, ["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"),
+                            "--labels", "1,2,7", "--missing-is-absent"])
+    rows = [line for line in r.output.splitlines() if line.count("│") > 4]
+    assert any(line.split("│")[2].strip() == "7" and "0.000" in line for line in rows), r.output

@@ -17,7 +17,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from medlsam_training.project.folder import ProjectError
+from medlsam_training.project.folder import ProjectError, SimilarNameError
 
 from ..state import AnnotatorState
 from ._messages import show_error
@@ -26,6 +26,7 @@ from ._messages import show_error
 class TargetsPanel(QWidget):
     def __init__(self, state: AnnotatorState):
         super().__init__()
+        self._refused: str | None = None  # the last name refused as a likely typo: asked again, it is added
         self.state = state
         self.list = QListWidget()
         self.name = QLineEdit(placeholderText="target name, e.g. liver")
@@ -96,10 +97,15 @@ class TargetsPanel(QWidget):
         return item.data(256) if item else None
 
     def _add(self) -> None:
-        try:
-            self.state.project.add_target(self.name.text(), self.label.value())
+        name = self.name.text().strip()
+        try:  # a name that looks like a typo is refused once, with the name it resembles; asked again, it is added
+            self.state.project.add_target(name, self.label.value(), similar_ok=name == self._refused)
+        except SimilarNameError as exc:
+            self._refused = name
+            return show_error(self, "Did you mean another target?", exc)
         except (ProjectError, AttributeError) as exc:
             return show_error(self, "Cannot add target", exc)
+        self._refused = None
         self.name.clear()
         self.state.changed("targets")
 

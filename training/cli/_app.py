@@ -19,6 +19,14 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 console = Console()
 
 
+@app.callback()
+def _thread_policy() -> None:
+    """MedLSAM annotation tools: volume I/O, localization, SAM segmentation, training."""
+    from ..threads import apply_thread_policy
+
+    apply_thread_policy()  # torch, SimpleITK and ITK take the free cores, not every core (training/threads.py)
+
+
 err_console = Console(stderr=True)
 
 

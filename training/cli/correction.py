@@ -59,6 +59,7 @@ def correct(
         if project is not None:
             p = Project.open(project)
             p.entry(volume)  # an unknown volume: one line naming it
+            p.target(target)  # an unknown target: one line naming the project's targets
             image = read_volume(p.volume_path(volume))
             mask = mask or p.mask_path(volume)
             label_map = read_label(mask, image, allow_empty=True).array

@@ -137,17 +137,22 @@ def segment(
             network = project_network(proj) if mode == PropagationMode.ATLAS else None
             missing = untemplated_targets(proj, tpls)
             if missing:
+                learned = [t for t in missing if network is not None and t in network.targets]
                 console.print(f"[yellow]no template for {', '.join(missing)}: not segmented (click its six points on "
-                              "a template volume, or review a volume that has it)[/]", soft_wrap=True, highlight=False)
+                              "a template volume, or review a volume that has it)"
+                              + (f"; the project's network learned {', '.join(learned)}: medlsam finetune --project "
+                                 "pre-segments it" if learned else "") + "[/]", soft_wrap=True, highlight=False)
             clicked = len(proj.ready_templates())
             console.print(f"templates: {clicked} clicked, {len(tpls) - clicked} reviewed volume(s) in the pool; "
                           + (f"the project's network ({', '.join(network.targets)}) is combined with the atlas vote"
                              if network is not None else "no fine-tuned network (medlsam finetune --project)"),
                           soft_wrap=True, highlight=False)
-            cases, out = proj.to_segment, proj.folder / proj.output_dir
-            reviewed = [q for q in cases if proj.entry(q).status == "reviewed"]
+            out = proj.folder / proj.output_dir
+            reviewed = [q for q in proj.to_segment if proj.entry(q).status == "reviewed"]
+            cases = [q for q in proj.to_segment if q not in reviewed]  # what the title counts is what runs
             if reviewed:
-                console.print(f"{len(reviewed)} reviewed volume(s) left as they are: {', '.join(reviewed)}")
+                console.print(f"{len(reviewed)} reviewed volume(s) left as they are: {', '.join(reviewed)}",
+                              soft_wrap=True, highlight=False)
         else:
             tpls = load_templates(templates)
             cases = query_cases(queries, exclude={out})  # template volumes among them too: from their own points
@@ -197,6 +202,12 @@ def segment(
     failed = sum(r.status == "failed" for r in results)
     console.print(table)
     console.print(f"masks in {out}", soft_wrap=True, highlight=False)
+    skipped = [r.name for r in results if r.status == "skipped"]
+    if skipped and existing == ExistingMaps.SKIP:
+        one = len(skipped) == 1
+        console.print(f"[yellow]{plural(len(skipped), 'volume')} already had a mask and {'was' if one else 'were'} "
+                      f"skipped: --existing keep segments {'it' if one else 'them'} again (locked targets and "
+                      "corrected slices are kept)[/]", soft_wrap=True, highlight=False)
     for r in results:  # whole, below the table: a path or a reason cut mid-word is no use
         if r.error:
             err_console.print(f"{r.name}: {r.error}", soft_wrap=True, highlight=False, markup=False)
@@ -253,6 +264,10 @@ def evaluate(
                                  "this from the predicted one, slice by slice, is contour to redraw."),
     resample: bool = typer.Option(False, "--resample", help="Resample a prediction that is not on its ground "
                                   "truth's voxel grid onto it (nearest neighbour) instead of refusing it."),
+    missing_is_absent: bool = typer.Option(False, "--missing-is-absent", help="A label the ground truth lacks is an "
+                                           "absent organ (its predicted voxels are false positives). Default: it was "
+                                           "not contoured (radiotherapy data), said on its row and left out of the "
+                                           "mean."),
     workers: Optional[int] = typer.Option(None, "--workers", help=_WORKERS_HELP),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help=_SCHEDULER_HELP),
 ) -> None:
@@ -292,8 +307,8 @@ def evaluate(
             table.add_column(col, justify="right", no_wrap=col in ("case", "name"), overflow="fold")
         per_label: dict[int, list[dict[str, float]]] = {}
         asked = [int(v) for v in labels.split(",")] if labels else None
-        jobs = [(p, g, asked, sorted(targeted[case]) if case in targeted else None, nsd_mm, apl_mm, resample)
-                for case, p, g, _ in pairs]
+        jobs = [(p, g, asked, sorted(targeted[case]) if case in targeted else None, nsd_mm, apl_mm, resample,
+                 missing_is_absent) for case, p, g, _ in pairs]
         with open_engine(workers, scheduler) as engine:
             if engine is None:
                 scores = [score_pair(*job) for job in jobs]
@@ -301,14 +316,24 @@ def evaluate(
                 console.print(f"on a Dask cluster of {plural(engine.workers, 'worker')}: one volume per task",
                               soft_wrap=True, highlight=False)
                 scores = engine.each(score_pair, jobs)  # in the order of the pairs, whatever order they finished
+        label_names: dict[int, str] = {}
+        uncontoured: dict[int, int] = {}
         for (case, _, _, names), metrics in zip(pairs, scores):
             for v, m in metrics.items():
+                label_names.setdefault(v, names.get(v, ""))
+                if not m.get("contoured", True):  # nobody drew it: no score, and out of the mean
+                    uncontoured[v] = uncontoured.get(v, 0) + 1
+                    table.add_row(case, str(v), names.get(v, ""), "not contoured", "", "", "",
+                                  f"{m['predicted_voxels']} vox predicted" if m["predicted_voxels"] else "")
+                    continue
                 per_label.setdefault(v, []).append(m)
                 table.add_row(case, str(v), names.get(v, ""), f"{m['dice']:.3f}", f"{m['hd95']:.1f}", f"{m['nsd']:.3f}",
                               f"{m['apl_mm']:.0f}", _share(m["apl_share"]))
         for v, ms in sorted(per_label.items()):
             # the share over the organ's whole true contour (a volume without it adds nothing to either sum)
-            table.add_row("[bold]mean[/]", str(v), "", f"{np.mean([m['dice'] for m in ms]):.3f}", "",
+            left = f", {uncontoured[v]} not contoured" if v in uncontoured else ""
+            table.add_row(f"[bold]mean[/] (n={len(ms)}{left})", str(v), label_names.get(v, ""),
+                          f"{np.mean([m['dice'] for m in ms]):.3f}", f"{np.mean([m['hd95'] for m in ms]):.1f}",
                           f"{np.mean([m['nsd'] for m in ms]):.3f}", f"{np.mean([m['apl_mm'] for m in ms]):.0f}",
                           _share(pooled_apl_share(ms)))
     except (MedLSAMError, ValueError) as exc:

@@ -9,12 +9,12 @@ from pathlib import Path
 _MODELS: dict[tuple, object] = {}  # what this worker built: localizers, segmenters, networks
 
 
-def _one_torch_thread() -> None:
-    """One torch thread per worker unless OMP_NUM_THREADS says otherwise: the workers share the cores."""
-    if "OMP_NUM_THREADS" not in os.environ:
-        import torch
+def _one_thread_each() -> None:
+    """One thread for torch, SimpleITK and ITK in each worker (the workers share the cores; Dask's nanny sets
+    OMP_NUM_THREADS=1 for torch alone), unless MEDLSAM_THREADS says otherwise: training/threads.py."""
+    from ..threads import ENV, apply_thread_policy
 
-        torch.set_num_threads(1)
+    apply_thread_policy(int(os.environ[ENV]) if os.environ.get(ENV, "").isdigit() else 1)
 
 
 def _localizer(localizer: str, device: str | None, threads: int):
@@ -25,7 +25,7 @@ def _localizer(localizer: str, device: str | None, threads: int):
         from ..localization.localize import make_localizer
         from ..options import LOCALIZER_ALIASES, LocalizerName, choose
 
-        _one_torch_thread()
+        _one_thread_each()
         atlas = choose(localizer, LocalizerName, "localizer", LOCALIZER_ALIASES) == LocalizerName.ATLAS
         _MODELS[key] = make_localizer(localizer, device=device, **({"workers": threads} if atlas else {}))
     return _MODELS[key]
@@ -82,6 +82,6 @@ def presegment_task(job, state: dict, tag: str, policy: str, device: str | None,
             return STOPPED, 0.0
     key = ("slicenet", tag, device)
     if key not in _MODELS:
-        _one_torch_thread()
+        _one_thread_each()
         _MODELS[key] = SliceNetPredictor(state, device)
     return run_presegment_job(job, _MODELS[key], policy)

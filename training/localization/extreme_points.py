@@ -39,7 +39,7 @@ POINT_NAMES = ("right", "left", "anterior", "posterior", "inferior", "superior")
 POINT_PROMPTS = {
     "right": "the point of the {t} furthest to the patient's RIGHT",
     "left": "the point of the {t} furthest to the patient's LEFT",
-    "anterior": "the most ANTERIOR point of the {t} (towards the belly)",
+    "anterior": "the most ANTERIOR point of the {t} (towards the front of the body: face, chest)",
     "posterior": "the most POSTERIOR point of the {t} (towards the back)",
     "inferior": "the most INFERIOR point of the {t} (towards the feet)",
     "superior": "the most SUPERIOR point of the {t} (towards the head)",
@@ -99,15 +99,27 @@ def point_conflict(points_mm: list[np.ndarray | None], which: int, point_mm: np.
         p = np.asarray(p, float)
         if np.linalg.norm(p - new) < 2 * tolerance_mm:
             return f"the {POINT_NAMES[which]} point falls on the {POINT_NAMES[other]} point"
-        for f, q, r in ((which, new, p), (other, p, new)):  # q is extreme along f's axis: r may not lie beyond it
+        # q is extreme along f's axis: r may not lie beyond it; the new point passing one set before is said first
+        for f, q, r in ((other, p, new), (which, new, p)):
             axis, low = f // 2, f % 2 == 0
             if (r[axis] < q[axis] - tolerance_mm) if low else (r[axis] > q[axis] + tolerance_mm):
-                moved = POINT_NAMES[other] if f == which else POINT_NAMES[which]
                 side = {0: ("right", "left"), 1: ("anterior", "posterior"), 2: ("inferior", "superior")}[axis]
                 beyond = side[0] if low else side[1]
-                return (f"the {moved} point lies further {beyond} than the {POINT_NAMES[f]} point; each point must "
-                        f"be the target's most {POINT_NAMES[f]} voxel")
+                new_name, old_name = POINT_NAMES[which], POINT_NAMES[other]
+                if f == other:  # the new point passes a point set before, which bounds the target that way
+                    return (f"the {new_name} point would lie further {beyond} than the {old_name} point, which marks "
+                            f"the target's {EXTREME_WORDS[old_name]} voxel: click nearer, or clear the {old_name} "
+                            "point first")
+                return (f"the {old_name} point (set before) lies further {beyond} than this {new_name} point, which "
+                        f"must mark the target's {EXTREME_WORDS[new_name]} voxel: click further {beyond}, or clear "
+                        f"the {old_name} point first")
     return None
+
+
+#: how a message names the voxel each point marks
+EXTREME_WORDS = {"right": "rightmost", "left": "leftmost", "anterior": "most anterior (front)",
+                 "posterior": "most posterior (back)", "inferior": "lowest (towards the feet)",
+                 "superior": "highest (towards the head)"}
 
 
 @dataclass

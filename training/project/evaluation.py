@@ -15,10 +15,15 @@ from ..volumes.resample import resample_to_reference
 
 
 def score_pair(pred: Path, truth: Path, labels: Collection[int] | None, targeted: Collection[int] | None,
-               nsd_mm: float, apl_mm: float, resample: bool = False) -> dict[int, dict[str, float]]:
+               nsd_mm: float, apl_mm: float, resample: bool = False, missing_is_absent: bool = False
+               ) -> dict[int, dict[str, float]]:
     """Label value -> its metrics (Dice, HD95, NSD, APL).  ``labels``: the values asked for; else the ones the run
     ``targeted`` and those it predicted (an organ it missed counts, Dice 0); else every value in either map.  A
-    prediction off its ground truth's grid is refused unless ``resample`` (nearest neighbour onto it)."""
+    prediction off its ground truth's grid is refused unless ``resample`` (nearest neighbour onto it).
+
+    A value the ground truth does not hold was not contoured (radiotherapy data: "not drawn", not "absent"):
+    ``{"contoured": False}`` and its predicted voxels, never a Dice 0; with ``missing_is_absent`` it is scored (the
+    predicted voxels are false positives)."""
     ref = read_label(truth, allow_empty=True)
     try:
         prd = read_label(pred, ref, allow_empty=True)
@@ -33,4 +38,12 @@ def score_pair(pred: Path, truth: Path, labels: Collection[int] | None, targeted
         values = sorted(set(targeted) | predicted)
     else:
         values = sorted(predicted | {int(v) for v in np.unique(ref.array) if v})
-    return label_metrics(prd.array, ref.array, ref.spacing_zyx, values, nsd_mm, apl_mm)
+    drawn = {int(v) for v in np.unique(ref.array) if v}
+    scored = [v for v in values if v in drawn or missing_is_absent]
+    out: dict[int, dict[str, float]] = {v: {**m, "contoured": True} for v, m in
+                                        label_metrics(prd.array, ref.array, ref.spacing_zyx, scored, nsd_mm,
+                                                      apl_mm).items()}
+    for v in values:
+        if v not in out:
+            out[v] = {"contoured": False, "predicted_voxels": int((prd.array == v).sum())}
+    return {v: out[v] for v in values}

@@ -24,6 +24,7 @@ told; volumes that moved are reported, their points kept.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import shutil
@@ -57,6 +58,22 @@ PALETTE = ("#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#4
 
 class ProjectError(MedLSAMError, ValueError):
     """A project action that cannot be done (unknown target, duplicate label, ...)."""
+
+
+class SimilarNameError(ProjectError):
+    """A new target's name that looks like a typo of a name the folder or the project already has."""
+
+
+def typo_distance(a: str, b: str) -> int:
+    """Letters changed, added, dropped or swapped with a neighbour between ``a`` and ``b`` (optimal string
+    alignment): 'mandibel' is 1 from 'mandible', 'parotid_left' 4 from 'parotid_right'."""
+    d = [[i + j if i * j == 0 else 0 for j in range(len(b) + 1)] for i in range(len(a) + 1)]
+    for i in range(1, len(a) + 1):
+        for j in range(1, len(b) + 1):
+            d[i][j] = min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] != b[j - 1]))
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                d[i][j] = min(d[i][j], d[i - 2][j - 2] + 1)
+    return d[-1][-1]
 
 
 @dataclass
@@ -538,7 +555,26 @@ class Project:
         for t in self.targets:
             if t.name == name:
                 return t
-        raise ProjectError(f"no target named {name!r}")
+        names = [t.name for t in self.targets]
+        close = difflib.get_close_matches(name, names, n=1)
+        raise ProjectError(f"no target named {name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                           + (f"; the project's targets: {', '.join(names)}" if names else "; the project has none"))
+
+    def similar_name(self, name: str) -> tuple[str, int] | None:
+        """A target name the folder offers or the project has that ``name`` looks like a typo of (one or two letters
+        changed, swapped, added or dropped), with its label value; None when there is none."""
+        offered = self.offered_targets()
+        if name in offered:
+            return None
+        known = {**offered, **{t.name: t.label for t in self.targets}}
+
+        def letters(text: str) -> str:  # rib_left_3 and rib_left_4 are two targets, not a typo
+            return "".join(c for c in text.lower() if not c.isdigit())
+
+        near = [(typo_distance(name.lower(), k.lower()), k) for k in known
+                if k != name and letters(k) != letters(name)]
+        near = [(d, k) for d, k in near if d <= (1 if len(name) < 6 else 2)]
+        return (min(near)[1], known[min(near)[1]]) if near else None
 
     def offered_targets(self) -> dict[str, int]:
         """Structures the folder already names (a labels.json or dataset.json beside its volumes, or the folder's
@@ -556,12 +592,19 @@ class Project:
         return {name: value for value, name in sorted(names.items())
                 if name not in taken and str(value) not in taken}
 
-    def add_target(self, name: str, label: int | None = None) -> Target:
+    def add_target(self, name: str, label: int | None = None, *, similar_ok: bool = False) -> Target:
+        """Add a target; a name that looks like a typo of one the folder or the project already names is refused
+        (:class:`SimilarNameError`, naming it) unless ``similar_ok``."""
         name = name.strip()
         if not name:
             raise ProjectError("a target needs a name")
         if any(t.name == name for t in self.targets):
             raise ProjectError(f"a target named {name!r} exists already")
+        similar = None if similar_ok else self.similar_name(name)
+        if similar is not None:
+            owner = "this project" if any(t.name == similar[0] for t in self.targets) else "the folder"
+            raise SimilarNameError(f"{name!r} looks like {similar[0]!r} (label {similar[1]}), which {owner} names: "
+                                   f"use {similar[0]!r}, or add {name!r} again to keep the new name")
         label = label or max((t.label for t in self.targets), default=0) + 1
         if not 0 < label < 65536 or any(t.label == label for t in self.targets):
             raise ProjectError(f"label value {label} is invalid or used by another target")
