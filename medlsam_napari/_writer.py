@@ -26,10 +26,13 @@ def write_labels(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
     """Write one Labels layer to ``path`` (.nii.gz, .nii, .nrrd, .mha) and return the written path."""
     volume = volume_from_layer(data, attributes.get("metadata"), _world_affine(attributes))
     if path.lower().endswith(".seg.nrrd"):  # 3D Slicer segmentation: segment names from the layer
+        from medlsam_training.interop.colours import hex_to_rgb
         from medlsam_training.interop.seg_nrrd import write_seg_nrrd
 
-        names = {int(k): v for k, v in ((attributes.get("metadata") or {}).get("label_names") or {}).items()}
-        write_seg_nrrd(volume.with_array(np.asarray(data)), names, path)
+        meta = attributes.get("metadata") or {}
+        names = {int(k): v for k, v in (meta.get("label_names") or {}).items()}
+        colours = {int(k): hex_to_rgb(v) for k, v in (meta.get("label_colours") or {}).items()}  # the project's
+        write_seg_nrrd(volume.with_array(np.asarray(data)), names, path, colours)
         return [path]
     write_mask(volume.array, volume, path)
     return [path]

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from napari.utils.colormaps import DirectLabelColormap
 
 from medlsam_training.medlam.preprocess import looks_like_ct
 from medlsam_training.project.folder import Project
@@ -69,6 +70,7 @@ class AnnotatorState:
         self._listeners: list[Callable[[str], None]] = []
         # the brush paints the active target's label, and picking a label in the layer's controls picks its target
         self.on_change(lambda what: self.sync_brush() if what in ("active_target", "targets", "project") else None)
+        self.on_change(lambda what: self._name_labels(self.mask_layer) if what == "targets" else None)
 
     # --- listeners ------------------------------------------------------------------------
     def on_change(self, callback: Callable[[str], None]) -> None:
@@ -262,9 +264,17 @@ class AnnotatorState:
         return changed
 
     def _name_labels(self, layer) -> None:
-        """Target names in the layer's metadata: 'Save layer' as .seg.nrrd writes them as Slicer segment names."""
-        if self.project is not None:
-            layer.metadata["label_names"] = {str(t.label): t.name for t in self.project.targets}
+        """Target names and colours in the layer's metadata ('Save layer' as .seg.nrrd writes them as Slicer's
+        segment names and colours), and the layer drawn in each target's colour: one colour per target in the
+        target list, the boxes, the mask and every export."""
+        if self.project is None or layer is None:
+            return
+        layer.metadata["label_names"] = {str(t.label): t.name for t in self.project.targets}
+        colours = {str(t.label): t.color for t in self.project.targets}
+        if layer.metadata.get("label_colours") != colours or not isinstance(layer.colormap, DirectLabelColormap):
+            layer.metadata["label_colours"] = colours
+            layer.colormap = DirectLabelColormap(color_dict={None: "#808080", 0: "transparent",
+                                                             **{int(v): c for v, c in colours.items()}})
 
     def locked_labels(self) -> list[int]:
         """Label values of the open volume's locked (reviewed) targets."""

@@ -37,6 +37,7 @@ from medlsam_napari.label_history import apply_labels
 from medlsam_napari.layer_geometry import layer_kwargs, volume_from_layer
 from medlsam_napari.state import state_for
 from medlsam_training.cam.classifier import load_classifier
+from medlsam_training.cam.organ import target_class
 from medlsam_training.cam.tags import ABSENT, PRESENT, UNKNOWN, TagError, require_usable
 from medlsam_training.errors import MedLSAMError
 from medlsam_training.options import POLICY_HELP, TARGET_CLASS_HELP, LabelPolicy, TargetClass
@@ -200,6 +201,9 @@ class CamSeedWidget(QWidget):
             return
         self.target.setText(p.active_target)
         self._value_from_project()
+        index = self.class_box.findData(target_class(p.active_target).value)  # an organ is seeded from a box
+        if index >= 0 and index != self.class_box.currentIndex():
+            self.class_box.setCurrentIndex(index)
 
     def _value_from_project(self) -> None:
         p = self.state.project

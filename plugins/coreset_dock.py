@@ -63,6 +63,7 @@ class CoresetWidget(QWidget):
         self.mode.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.mode.setMinimumContentsLength(16)  # long item texts must not widen the dock column
         self.folder, self.labelled, self.targets = QLineEdit(), QLineEdit(), QLineEdit()
+        self._filled = ("", "")  # the folder and targets this dock took from the project (the user's edits are kept)
         self.folder.setPlaceholderText("folder of volumes")
         self.labelled.setPlaceholderText("optional: folder of volumes already annotated")
         self.targets.setPlaceholderText("targets, e.g. liver,spleen (train on less)")
@@ -230,10 +231,14 @@ class CoresetWidget(QWidget):
         p = state_for(self.viewer).project
         if p is None:
             return
-        if not self.folder.text().strip():
-            self.folder.setText(str(p.folder))
-        if not self.targets.text().strip() and p.targets:
-            self.targets.setText(",".join(t.name for t in p.targets))
+        # what the dock filled in before follows the project (another project opened, targets added); what the
+        # user typed stays theirs
+        folder, targets = str(p.folder), ",".join(t.name for t in p.targets)
+        if self.folder.text().strip() in ("", self._filled[0]):
+            self.folder.setText(folder)
+        if self.targets.text().strip() in ("", self._filled[1]):
+            self.targets.setText(targets)
+        self._filled = (folder, targets)
 
     def selected_case(self) -> str | None:
         rows = {i.row() for i in self.table.selectedItems()}

@@ -11,6 +11,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import MedLSAMError
+from ..options import TargetClass
 from ..segmentation.propagate import PropagationConfig, VolumeSegmenter, mask_box_2d
 from ..volumes.boxes import Box3D
 from ..volumes.volume import Volume, orient
@@ -45,6 +46,17 @@ def box_prior(image: np.ndarray, box_mask: np.ndarray, kind: Prior) -> np.ndarra
     grids = np.ogrid[tuple(slice(0, n) for n in box_mask.shape)]
     r = sum((((g + 0.5) - (a + b) / 2) / ((b - a) / 2)) ** 2 for g, a, b in zip(grids, lo, hi))
     return (r <= 1.0) & box_mask
+
+
+#: name parts of targets seeded from slice ticks (the CAM method's ground): radiotherapy target volumes and lesions
+LESION_WORDS = ("ptv", "ctv", "gtv", "itv", "lesion", "tumour", "tumor", "metasta", "nodule", "cyst", "mass")
+
+
+def target_class(name: str) -> TargetClass:
+    """The seeding a target takes by its name: lesions and target volumes from ticks, anything else (an organ) from
+    a box (docs/benchmarks.md section 5: a tag says nothing about where an organ is in-plane)."""
+    low = name.lower()
+    return TargetClass.LESION if any(word in low for word in LESION_WORDS) else TargetClass.ORGAN
 
 
 def prior_kind(target: str, warped: np.ndarray | None) -> Prior:

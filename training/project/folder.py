@@ -38,6 +38,7 @@ import numpy as np
 
 from ..correction.votes import VOTES_DIR, load_votes, save_votes
 from ..errors import DatasetError, MedLSAMError
+from ..interop.colours import colour_hex
 from ..localization.extreme_points import POINT_NAMES, ExtremePoints, point_conflict, template_volume_path
 from ..options import LOCALIZER_ALIASES, LocalizerName, PropagationMode, choose
 from ..segmentation.label_merge import check_policy
@@ -53,7 +54,6 @@ SCHEMA = "medlsam-project"
 VERSION = 1
 STATUSES = ("pending", "segmented", "reviewed", "failed", "missing")
 UNREADABLE = "unreadable: "  # the start of a failed volume's error when its file cannot be read
-PALETTE = ("#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c", "#fabebe")
 
 
 class ProjectError(MedLSAMError, ValueError):
@@ -154,7 +154,7 @@ class Project:
 
         for raw in _listed(data.get("targets"), "targets", bad):
             try:
-                t = Target(str(raw["name"]), int(raw["label"]), str(raw.get("color") or PALETTE[0]))
+                t = Target(str(raw["name"]), int(raw["label"]), str(raw.get("color") or colour_hex(int(raw["label"]))))
                 if not t.name.strip() or not 0 < t.label < 65536 or any(o.name == t.name or o.label == t.label
                                                                          for o in self.targets):
                     raise ValueError(t)
@@ -312,7 +312,7 @@ class Project:
         return self._append_target(name, value or max((t.label for t in self.targets), default=0) + 1)
 
     def _append_target(self, name: str, label: int) -> Target:
-        target = Target(name, int(label), PALETTE[len(self.targets) % len(PALETTE)])
+        target = Target(name, int(label), colour_hex(label))  # by value: the colour every export gives it
         self.targets.append(target)
         self.active_target = self.active_target or name
         return target
