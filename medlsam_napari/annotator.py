@@ -91,6 +91,12 @@ class AnnotatorWidget(QWidget):
 
     def _on_change(self, what: str) -> None:
         self.scroll.updateGeometry()  # content may need more width now: let the dock follow
+        if what == "attention" and self.state.attention is not None and self.isAncestorOf(self.state.attention):
+            self.scroll.ensureWidgetVisible(self.state.attention, 0, 24)
+        elif what == "volume" and self.state.project is not None and self.state.volume_name is not None \
+                and self.state.project.entry(self.state.volume_name).template:
+            # a template is opened to click its six points: the prompt, not the top of the dock, is in view
+            self.scroll.ensureWidgetVisible(self.points, 0, 24)
         p = self.state.project
         if p is not None and what in ("project", "status", "mask"):
             self.project_label.setText(project_summary(p))

@@ -7,12 +7,17 @@ import sys
 
 def main(argv: list[str] | None = None) -> None:
     import argparse
-
-    parser = argparse.ArgumentParser(prog="medlsam-napari", description=__doc__)
-    parser.add_argument("project", nargs="?", help="folder of volumes to annotate (resumed if it has a session)")
-    args = parser.parse_args(argv)
     import importlib.util
     import os
+
+    parser = argparse.ArgumentParser(prog="medlsam-napari",
+                                     description="napari with the MedLSAM annotator docked and the project loaded.")
+    parser.add_argument("project", nargs="?", help="folder of volumes to annotate (resumed if it has a session)")
+    args = parser.parse_args(argv)
+    if args.project is not None and not os.path.isdir(args.project):  # one line, before any window opens
+        what = "not a folder" if os.path.exists(args.project) else "does not exist"
+        print(f"medlsam-napari: error: {args.project}: {what}", file=sys.stderr)
+        raise SystemExit(2)
 
     # qtpy prefers PyQt5 when both bindings are installed; PyQt6 is napari's recommended one (QT_API overrides)
     if "QT_API" not in os.environ and importlib.util.find_spec("PyQt6") is not None:

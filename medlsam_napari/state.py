@@ -68,6 +68,7 @@ class AnnotatorState:
         self._saved_mask: np.ndarray | None = None  # the mask as last written: locked labels are restored from it
         self._automatic = False  # True while the tool (not the annotator) writes into the mask layer
         self._listeners: list[Callable[[str], None]] = []
+        self.attention = None  # the widget the user should read now (a refusal, a result): the dock scrolls to it
         # the brush paints the active target's label, and picking a label in the layer's controls picks its target
         self.on_change(lambda what: self.sync_brush() if what in ("active_target", "targets", "project") else None)
         self.on_change(lambda what: self._name_labels(self.mask_layer) if what == "targets" else None)
@@ -75,6 +76,12 @@ class AnnotatorState:
     # --- listeners ------------------------------------------------------------------------
     def on_change(self, callback: Callable[[str], None]) -> None:
         self._listeners.append(callback)
+
+    def ask_attention(self, widget) -> None:
+        """Bring ``widget`` (a panel's message) into view in its dock: on a 768-pixel screen the step that needs the
+        user may be below the fold."""
+        self.attention = widget
+        self.changed("attention")
 
     def changed(self, what: str) -> None:
         for cb in list(self._listeners):

@@ -257,20 +257,24 @@ class FinetuneWidget(QWidget):
                 volume = read_volume(p.volume_path(name))
                 yield name, volume, presegment_volume(p, name, volume, predictor, policy)
 
+        self._lines: list[str] = []  # one per volume: the whole run stays readable, not only its last volume
         self.job.start(work, on_yield=self._write, on_done=lambda _: self.refresh(),
                        message=f"pre-segmenting {len(names)} volume(s)…",
-                       on_error=lambda exc: self.status.setText(f"Pre-segmentation failed: {exc}"))
+                       on_error=lambda exc: self.status.setText("\n".join([*self._lines,
+                                                                            f"Pre-segmentation failed: {exc}"])))
 
     def _write(self, item) -> None:
         name, volume, merged = item
         p = self.project
         if merged is None:
-            self.status.setText(f"{name}: every target the network learned is locked; nothing written")
-            return
-        backup = write_presegmentation(p, name, volume, merged)
-        note = f"; the previous mask is in {backup.parent.name}/" if backup else ""
-        if name == self.state.volume_name:  # open in the annotator: replaced there as one undo step
-            self.state.reload_mask()
-            note += "; Ctrl+Z on its mask layer undoes it"
-        self.status.setText(f"{name}: pre-segmented by {POLICY_HELP[LabelPolicy(self.policy.currentData())]}{note}")
+            self._lines.append(f"{name}: every target the network learned is locked; nothing written")
+        else:
+            backup = write_presegmentation(p, name, volume, merged)
+            note = f"; the previous mask is in {backup.parent.name}/" if backup else ""
+            if name == self.state.volume_name:  # open in the annotator: replaced there as one undo step
+                self.state.reload_mask()
+                note += "; Ctrl+Z on its mask layer undoes it"
+            self._lines.append(f"{name}: pre-segmented by {POLICY_HELP[LabelPolicy(self.policy.currentData())]}"
+                               f"{note}")
+        self.status.setText("\n".join(self._lines))
 

@@ -62,3 +62,16 @@ def test_a_rerun_of_the_project_counts_what_it_runs_and_says_how_to_redo_skipped
     text = r.output.replace("\n", " ")
     assert "MedLSAM: 2 volumes" in text and "1 reviewed volume(s) left as they are: phantom_002" in text
     assert "2 volumes already had a mask and were skipped: --existing keep segments them again" in text
+
+
+def test_the_annotator_launcher_says_a_missing_folder_once_and_opens_no_window(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "medlsam_napari.launcher", str(tmp_path / "nope")],
+                         capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin"})
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == [f"medlsam-napari: error: {tmp_path / 'nope'}: does not exist"]
+    help_text = subprocess.run([sys.executable, "-m", "medlsam_napari.launcher", "--help"], capture_output=True,
+                               text=True, timeout=120).stdout
+    assert "``" not in help_text and "annotator docked" in help_text

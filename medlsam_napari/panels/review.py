@@ -152,9 +152,10 @@ class ReviewPanel(QWidget):
                 self.status.setText(f"{target}: '{result.describe()}' from {len(zs)} corrected "
                                     f"slice{'s' if len(zs) != 1 else ''} changed nothing"
                                     f"{nothing_changed_why(result, len(zs))}; no undo step was added.")
-                return
-            self.status.setText(f"{target}: '{result.describe()}' from {len(zs)} corrected slices changed {n} voxels "
-                                "(layer 'changed by update'); Ctrl+Z undoes it.")
+            else:
+                self.status.setText(f"{target}: '{result.describe()}' from {len(zs)} corrected slices changed {n} "
+                                    "voxels (layer 'changed by update'); Ctrl+Z undoes it.")
+            self.state.ask_attention(self.status)  # the result, not the top of the dock, is in view
 
         self._run(lambda: correct_in_project(p, name, target, snapshot, volume.array, volume.spacing_zyx), apply)
 

@@ -278,3 +278,47 @@ def test_the_cam_and_coreset_docks_take_the_project_and_the_plot_follows_the_the
 
     viewer.theme = "light"  # and it follows a switch
     assert to_hex(coreset.figure.get_facecolor()) == get_theme("light").background.as_hex()
+
+
+def _in_view(scroll, widget) -> bool:
+    """Whether ``widget`` lies (at least its top) inside ``scroll``'s visible viewport."""
+    from qtpy.QtCore import QPoint
+
+    y = widget.mapTo(scroll.widget(), QPoint(0, 0)).y()
+    top = scroll.verticalScrollBar().value()
+    return top <= y < top + scroll.viewport().height()
+
+
+def test_at_1366_by_768_the_step_that_needs_the_user_is_in_view(make_napari_viewer, qtbot, folder: Path) -> None:
+    """Opening a template brings the point prompt into view, a refused point brings its whole reason (a toast is
+    cut short), and the dock starts at its top for a volume that is not a template."""
+    from medlsam_training.localization.extreme_points import extreme_points_from_mask
+    from medlsam_training.volumes.io import read_image_label
+
+    viewer = make_napari_viewer(show=True)
+    window = viewer.window._qt_window
+    window.showNormal()
+    window.resize(1366, 768)
+    widget = AnnotatorWidget(viewer, folder)
+    viewer.window.add_dock_widget(widget, name="MedLSAM", area="right")
+    qtbot.wait(100)
+    state = widget.state
+    state.project.add_target("liver", 1)
+    state.changed("targets")
+    state.project.set_template("phantom_000")
+    state.changed("status")
+    assert widget.scroll.widget().height() > widget.scroll.viewport().height()  # the dock is longer than the screen
+    widget.volumes.open("phantom_001")
+    qtbot.wait(50)
+    assert not _in_view(widget.scroll, widget.points.status)  # not a template: the prompt is below the fold
+    widget.volumes.open("phantom_000")
+    qtbot.wait(50)
+    assert _in_view(widget.scroll, widget.points.status)  # a template: the point prompt is in view
+    widget.scroll.verticalScrollBar().setValue(0)
+    image, label = read_image_label(folder / "phantom_000" / "image.nii.gz", folder / "phantom_000" / "label.nii.gz")
+    clicks = extreme_points_from_mask("liver", 1, image, label).indices()
+    state.points_layer.add(clicks[0][::-1])
+    state.points_layer.add(clicks[0][::-1])  # the same spot as 'left': refused
+    qtbot.wait(50)
+    assert "falls on the right point" in widget.points.status.text()
+    assert _in_view(widget.scroll, widget.points.status)

@@ -705,7 +705,7 @@ class Project:
             mm = [None if p is None else geometry.index_to_physical(p) for p in slots]
             conflict = point_conflict(mm, which, geometry.index_to_physical(idx), 0.5 * min(geometry.spacing))
             if conflict:
-                raise ProjectError(f"{conflict}: point not taken")
+                raise ProjectError(conflict)  # the caller says it was not taken ("Point not taken: ...")
         self.point_slots(volume, target)[which] = [float(v) for v in idx]
         self._drop_template_file(volume, target)  # exported again once the six points are valid
         self.save()
