@@ -86,6 +86,13 @@ def main() -> int:
         while busy() and time.time() < end:
             settle(0.2)
 
+    def in_view(w) -> bool:  # the widget's top inside the annotator's visible part
+        from qtpy.QtCore import QPoint
+
+        y = w.mapTo(widget.scroll.widget(), QPoint(0, 0)).y()
+        top = widget.scroll.verticalScrollBar().value()
+        return top <= y < top + widget.scroll.viewport().height()
+
     def select_target(name: str) -> None:  # a click on the target's row in the list
         panel = widget.targets
         panel.list.setCurrentItem(next(panel.list.item(i) for i in range(panel.list.count())
@@ -110,6 +117,7 @@ def main() -> int:
         volumes.open(name)
         settle()
         if name == TEMPLATES[0]:
+            check(in_view(widget.points.status), "opening a template brings the point prompt into view (issue 42, 2)")
             check(tuple(viewer.dims.axis_labels) == ("axial (S)", "coronal (P)", "sagittal (L)"),
                   f"the slider axes are named: {tuple(viewer.dims.axis_labels)} (item 11)")
             check(str(state.points_layer.mode) == "add" and viewer.layers.selection.active is state.points_layer,
@@ -157,6 +165,10 @@ def main() -> int:
     layer = state.mask_layer
     truth = read_label(OPENKBP / "labelsTr" / f"{query}.nii.gz", state.volume).array
     mask = np.asarray(layer.data)
+    shown = {t.name: "#" + "".join(f"{round(c * 255):02x}" for c in layer.colormap.map(t.label)[:3])
+             for t in state.project.targets}
+    check(all(shown[t.name] == t.color for t in state.project.targets),
+          f"each target in the mask has its colour in the list: mandible {shown['mandible']} (issue 42, 4)")
     for target, value in CLICKED.items():
         a, b = mask == value, truth == value
         print(f"      {query} {target}: Dice {2 * (a & b).sum() / max(a.sum() + b.sum(), 1):.3f}")
@@ -191,6 +203,7 @@ def main() -> int:
     wait(lambda: widget.review.job.busy, 120)
     updated = np.array(layer.data, copy=True)
     print("      update:", widget.review.status.text())
+    check(in_view(widget.review.status), "the update's result is in view (issue 42, 2)")
     check(np.array_equal(updated[worst], drawn[worst]), "the update keeps the corrected slice voxel for voxel")
     rest = np.arange(truth.shape[0]) != worst
 
@@ -226,6 +239,16 @@ def main() -> int:
           f"the CAM dock takes the active target: {cam.target.text()} = {cam.value.value()} (item 10)")
     check(coreset.targets.text() == ",".join(t.name for t in state.project.targets),
           "the coreset dock takes the targets (item 10)")
+    from medlsam_training.options import TargetClass
+
+    check(cam.class_box.currentData() == TargetClass.ORGAN, "the CAM dock seeds the mandible as an organ (issue 42, 6)")
+    wait(lambda: finetune.scan.busy or finetune._rescan, 120)
+    offered = {finetune.target_list.item(i).data(Qt.UserRole): bool(finetune.target_list.item(i).flags()
+                                                                    & Qt.ItemIsEnabled)
+               for i in range(finetune.target_list.count())}
+    held = sorted(t for t, ok in offered.items() if ok)
+    check(set(held) == set(CLICKED), f"the Learn dock offers only the targets a reviewed volume holds: {held} "
+          "(issue 41, 1)")
     docks = [widget, finetune, cam, coreset, report]
     qt_docks = [w for w in window.findChildren(QDockWidget) if any(w.isAncestorOf(d) for d in docks)]
     widths, clipped = {}, []
