@@ -8,9 +8,12 @@ project (three OpenKBP train-pats reviewed, four organs; linked, never copied), 
 
 Each arm runs on the idle machine and beside ``--busy N`` processes that keep a core each busy (a pure-Python loop,
 started a minute ahead so that the load average has seen them).  Printed per run: wall and CPU seconds, the load
-average when it started, the threads it took.
+average when it started, the threads it took.  With ``--templates DIR`` (the K = 5 templates of
+``benchmarks/session.py --part templates``) the run is measured the same way: ``medlsam segment`` of one
+``validation-pats`` patient (``--query``).
 
     .venv/bin/python benchmarks/threads.py                    # ~5 min on 2 cores
+    .venv/bin/python benchmarks/threads.py --templates results/session/templates_k5/templates   # + the run, ~12 min
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import multiprocessing as mp
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -64,7 +68,8 @@ def _spin() -> None:
         pass
 
 
-def run_once(project: Path, steps: int, env_threads: int | None) -> dict:
+def run_once(command: list[str], env_threads: int | None) -> dict:
+    """One ``medlsam`` command as its own process: wall and CPU seconds, the load average when it started."""
     env = dict(os.environ)
     env.pop("MEDLSAM_THREADS", None)
     env.pop("OMP_NUM_THREADS", None)
@@ -73,13 +78,11 @@ def run_once(project: Path, steps: int, env_threads: int | None) -> dict:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     load = os.getloadavg()[0]
     t0 = time.perf_counter()
-    out = subprocess.run([str(MEDLSAM), "finetune", "--project", str(project), "--steps", str(steps),
-                          "--no-presegment", "--device", "cpu"], env=env, capture_output=True, text=True)
+    out = subprocess.run([str(MEDLSAM), *command], env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if out.returncode != 0:
-        raise SystemExit(f"finetune failed: {out.stderr or out.stdout}")
-    (project / "models" / "slicenet.pt").unlink(missing_ok=True)  # the next run starts afresh, not resumed
+        raise SystemExit(f"{command[0]} failed: {out.stderr or out.stdout}")
     return {"wall_s": round(wall, 1), "cpu_s": round((after.ru_utime - before.ru_utime)
                                                      + (after.ru_stime - before.ru_stime), 1),
             "load_at_start": round(load, 2)}
@@ -94,9 +97,25 @@ def main() -> None:
     parser.add_argument("--busy", type=int, default=2, help="busy processes beside the loaded runs")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--warmup", type=float, default=60.0, help="seconds the busy processes run first")
+    parser.add_argument("--templates", type=Path, default=None, help="extreme-points files: also time the run")
+    parser.add_argument("--query", default="pt_201", help="the validation-pats patient the run segments")
     args = parser.parse_args()
     cores = machine_cores()
-    project = make_project(Path(tempfile.mkdtemp(prefix="threads-")) / "project", args.data)
+    work = Path(tempfile.mkdtemp(prefix="threads-"))
+    project = make_project(work / "project", args.data)
+
+    def train() -> list[str]:
+        (project / "models" / "slicenet.pt").unlink(missing_ok=True)  # each run starts afresh, never resumed
+        return ["finetune", "--project", str(project), "--steps", str(args.steps), "--no-presegment", "--device",
+                "cpu"]
+
+    def segment() -> list[str]:
+        shutil.rmtree(work / "masks", ignore_errors=True)
+        return ["segment", "-t", *map(str, sorted(args.templates.glob("*.json"))), "-q",
+                str(args.data / "imagesTr" / f"{args.query}_0000.nii.gz"), "--out", str(work / "masks"),
+                "--device", "cpu"]
+
+    commands = [("finetune", train)] + ([("segment", segment)] if args.templates else [])
     rows = []
     for condition in ("idle", "loaded"):
         spinners = []
@@ -107,12 +126,13 @@ def main() -> None:
             time.sleep(args.warmup)
         try:
             for _ in range(args.repeats):
-                for arm, threads in (("policy", None), ("every core", cores)):
-                    chosen = threads or choose_threads()
-                    row = {"condition": condition, "arm": arm, "threads": chosen, **run_once(project, args.steps,
-                                                                                            threads)}
-                    rows.append(row)
-                    print(json.dumps(row), flush=True)
+                for what, command in commands:
+                    for arm, threads in (("policy", None), ("every core", cores)):
+                        chosen = threads or choose_threads()
+                        row = {"command": what, "condition": condition, "arm": arm, "threads": chosen,
+                               **run_once(command(), threads)}
+                        rows.append(row)
+                        print(json.dumps(row), flush=True)
         finally:
             for p in spinners:
                 p.terminate()
@@ -120,10 +140,10 @@ def main() -> None:
                 p.join()
     print(f"device: CPU ({platform.processor() or platform.machine()}, {cores} cores), {args.steps} steps, "
           f"busy processes when loaded: {args.busy}")
-    print("| condition | arm | threads | wall s | CPU s | load at start |")
-    print("|---|---|---|---|---|---|")
+    print("| command | condition | arm | threads | wall s | CPU s | load at start |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['condition']} | {r['arm']} | {r['threads']} | {r['wall_s']} | {r['cpu_s']} | "
+        print(f"| {r['command']} | {r['condition']} | {r['arm']} | {r['threads']} | {r['wall_s']} | {r['cpu_s']} | "
               f"{r['load_at_start']} |")
 
 

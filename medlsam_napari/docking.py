@@ -10,7 +10,16 @@ from __future__ import annotations
 import weakref
 
 from qtpy.QtCore import QEvent, QObject, QSize, Qt, QTimer
-from qtpy.QtWidgets import QComboBox, QDockWidget, QFormLayout, QMainWindow, QScrollArea, QVBoxLayout, QWidget
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDockWidget,
+    QFormLayout,
+    QMainWindow,
+    QScrollArea,
+    QTabBar,
+    QVBoxLayout,
+    QWidget,
+)
 
 #: QDockWidgets holding a MedLSAM dock, in the order they were first shown
 _DOCKS: "weakref.WeakValueDictionary[int, QDockWidget]" = weakref.WeakValueDictionary()
@@ -51,6 +60,20 @@ def join_medlsam_tabs(widget: QWidget) -> None:
             break
     dock.show()
     dock.raise_()
+    QTimer.singleShot(0, lambda: whole_tab_titles(window))  # the tab bar exists once Qt has laid the tabs out
+
+
+def whole_tab_titles(window: QWidget) -> None:
+    """The dock tabs of ``window`` show whole titles with scroll arrows, never 'Me…', 'Cor…' (five MedLSAM docks
+    share a column of about 420 pixels on a 1366-pixel screen)."""
+    try:
+        bars = window.findChildren(QTabBar)
+    except RuntimeError:  # the window was closed meanwhile
+        return
+    for bar in bars:
+        if isinstance(bar.parentWidget(), QMainWindow):  # the main window's own dock tabs
+            bar.setElideMode(Qt.TextElideMode.ElideNone)
+            bar.setUsesScrollButtons(True)
 
 
 def fit_narrow(body: QWidget) -> None:

@@ -4,15 +4,16 @@ threads torch, SimpleITK and ITK may take.
 torch's default takes every core the machine has.  Where other processes already keep cores busy, its OpenMP threads
 wait on each other at every operation for a core that is not free: 50 training steps took 85 s with torch's default
 against 12.6 s with one thread at load 3.4 on two cores (issue 42; ``benchmarks/threads.py``,
-docs/benchmarks.md section 12).  So a process takes the cores that are free (its affinity less the 1-minute load
-average, at least one), or one each where several processes share the machine (Dask workers).  ``MEDLSAM_THREADS``
-(or ``OMP_NUM_THREADS``) sets the number explicitly.
+docs/benchmarks.md section 12).  So a process takes the cores that are free (its affinity less the cores busy over
+the 0.2 s before it starts, at least one), or one each where several processes share the machine (Dask workers).
+``MEDLSAM_THREADS`` (or ``OMP_NUM_THREADS``) sets the number explicitly.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import time
 
 ENV = "MEDLSAM_THREADS"
 _applied: int | None = None
@@ -26,14 +27,31 @@ def machine_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def free_cores(cores: int | None = None, load: float | None = None) -> int:
-    """The cores not kept busy by other processes: ``cores`` less the 1-minute load average, rounded, at least 1."""
-    cores = machine_cores() if cores is None else cores
-    if load is None:
+def busy_cores(seconds: float = 0.2) -> float:
+    """How many cores other processes keep busy now: the machine's busy share over ``seconds`` (``/proc/stat``),
+    else the 1-minute load average (which lags: right after a heavy command it still counts it)."""
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat", encoding="ascii") as fh:
+            values = [int(v) for v in fh.readline().split()[1:]]
+        return sum(values), values[3] + (values[4] if len(values) > 4 else 0)  # all, idle + iowait
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(seconds)
+        total1, idle1 = sample()
+        return os.cpu_count() * (1.0 - (idle1 - idle0) / max(total1 - total0, 1))
+    except (OSError, ValueError, IndexError):
         try:
-            load = os.getloadavg()[0]
+            return os.getloadavg()[0]
         except (AttributeError, OSError):
-            load = 0.0
+            return 0.0
+
+
+def free_cores(cores: int | None = None, load: float | None = None) -> int:
+    """The cores not kept busy by other processes: ``cores`` less ``load`` (default :func:`busy_cores`), rounded,
+    at least 1."""
+    cores = machine_cores() if cores is None else cores
+    load = busy_cores() if load is None else load
     return max(1, min(cores, int(cores - load + 0.5)))
 
 

@@ -29,7 +29,8 @@ class TargetsPanel(QWidget):
         self._refused: str | None = None  # the last name refused as a likely typo: asked again, it is added
         self.state = state
         self.list = QListWidget()
-        self.name = QLineEdit(placeholderText="target name, e.g. liver")
+        self.name = QLineEdit(placeholderText="new target")  # fits the narrow column; the tooltip says more
+        self.name.setToolTip("The new target's name, e.g. liver; the number beside it is its label value")
         self.label = QSpinBox(minimum=1, maximum=65535)
         add, rename, delete = QPushButton("Add"), QPushButton("Rename"), QPushButton("Delete")
         add.clicked.connect(self._add)

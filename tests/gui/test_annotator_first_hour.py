@@ -156,6 +156,12 @@ def test_five_docks_are_usable_together_at_1366_by_768(make_napari_viewer, qtbot
     tabbed = set(window.tabifiedDockWidgets(qt_docks[0])) | {qt_docks[0]}
     assert tabbed == set(qt_docks)  # one tab each, none squeezed under another
     assert window.height() <= 768 and window.width() <= 1366, window.size()  # long docks scroll: the window fits
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QMainWindow, QTabBar
+
+    [bar] = [b for b in window.findChildren(QTabBar) if isinstance(b.parentWidget(), QMainWindow)
+             and b.count() == 5 and {b.tabText(i) for i in range(5)} == {f"dock {i}" for i in range(5)}]
+    assert bar.elideMode() == Qt.TextElideMode.ElideNone and bar.usesScrollButtons()  # whole titles, never 'Me…'
     for qt_dock, dock in zip(qt_docks, docks):
         qt_dock.raise_()
         qtbot.wait(50)
