@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,10 +10,11 @@ _MODELS: dict[tuple, object] = {}  # what this worker built: localizers, segment
 
 def _one_thread_each() -> None:
     """One thread for torch, SimpleITK and ITK in each worker (the workers share the cores; Dask's nanny sets
-    OMP_NUM_THREADS=1 for torch alone), unless MEDLSAM_THREADS says otherwise: training/threads.py."""
-    from ..threads import ENV, apply_thread_policy
+    OMP_NUM_THREADS=1 for torch alone), unless MEDLSAM_THREADS (or OMP_NUM_THREADS) says otherwise:
+    training/threads.py."""
+    from ..threads import apply_thread_policy, explicit_threads
 
-    apply_thread_policy(int(os.environ[ENV]) if os.environ.get(ENV, "").isdigit() else 1)
+    apply_thread_policy(explicit_threads() or 1)
 
 
 def _localizer(localizer: str, device: str | None, threads: int):

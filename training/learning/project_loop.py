@@ -323,8 +323,9 @@ def merge_prediction(volume: Volume, predictor: SliceNetPredictor, job: Presegme
         return None
     before = read_label(job.mask, volume, allow_empty=True).array if job.mask.is_file() else None
     probs, grid = predictor.probabilities(volume)
-    own = predictor.label_map(probs, grid, volume)
-    probability = predictor.on_volume(probs, grid, volume)
+    maps = predictor.class_maps(probs, grid, volume, range(probs.shape[0]))  # each class resampled once, used twice
+    own = predictor.label_map(maps)
+    probability = predictor.learned_probabilities(maps)
     stored = load_votes(votes_path(job.mask.parent, job.name))
     top = max([v for _, v in writable] + [int(before.max()) if before is not None else 0])
     dtype = np.uint16 if top > 255 else np.uint8

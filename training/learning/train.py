@@ -253,30 +253,35 @@ class SliceNetPredictor:
         combines with the atlas vote (``pipeline.segment_query``)."""
         volume.require_finite()
         probs, grid = self.probabilities(volume)
-        return self.on_volume(probs, grid, volume)
+        return self.learned_probabilities(self.class_maps(probs, grid, volume, [i + 1 for i in self._learned]))
 
-    def on_volume(self, probs: np.ndarray, grid: Volume, volume: Volume) -> dict[str, np.ndarray]:
-        """:meth:`probabilities`' learned targets on ``volume``'s own grid."""
-        return {self.classes[i]: _class_on_volume(probs, grid, volume, i + 1) for i in self._learned}
+    def class_maps(self, probs: np.ndarray, grid: Volume, volume: Volume, classes) -> dict[int, np.ndarray]:
+        """:meth:`probabilities`' ``classes`` (0 = background) on ``volume``'s own grid, each resampled once."""
+        return {c: _class_on_volume(probs, grid, volume, c) for c in classes}
+
+    def learned_probabilities(self, maps: dict[int, np.ndarray]) -> dict[str, np.ndarray]:
+        """The learned targets' probabilities, by name, from :meth:`class_maps`."""
+        return {self.classes[i]: maps[i + 1] for i in self._learned}
 
     def predict(self, volume: Volume, *, largest_component: bool = True) -> np.ndarray:
         """Label map [z, y, x] of the learned targets with the checkpoint's label values, on ``volume``'s grid."""
         volume.require_finite()
         probs, grid = self.probabilities(volume)
-        return self.label_map(probs, grid, volume, largest_component=largest_component)
+        return self.label_map(self.class_maps(probs, grid, volume, range(probs.shape[0])),
+                              largest_component=largest_component)
 
-    def label_map(self, probs: np.ndarray, grid: Volume, volume: Volume, *, largest_component: bool = True
-                  ) -> np.ndarray:
-        """The most probable class of every voxel, learned targets only; each kept to its largest 3D connected
-        piece (an organ is one piece; stray islands elsewhere are the usual error)."""
-        best = np.zeros(volume.array.shape, np.float32)
-        classes = np.zeros(volume.array.shape, np.int16)
-        for c in range(probs.shape[0]):
-            p = _class_on_volume(probs, grid, volume, c)
+    def label_map(self, maps: dict[int, np.ndarray], *, largest_component: bool = True) -> np.ndarray:
+        """The most probable class of every voxel (``maps``: every class, :meth:`class_maps`), learned targets only;
+        each kept to its largest 3D connected piece (an organ is one piece; stray islands elsewhere are the usual
+        error)."""
+        shape = maps[0].shape
+        best = np.zeros(shape, np.float32)
+        classes = np.zeros(shape, np.int16)
+        for c, p in sorted(maps.items()):
             better = p > best
             best[better] = p[better]
             classes[better] = c
-        out = np.zeros(volume.array.shape, np.uint16 if max(self.values, default=0) > 255 else np.uint8)
+        out = np.zeros(shape, np.uint16 if max(self.values, default=0) > 255 else np.uint8)
         for i in self._learned:
             mask = classes == i + 1
             if largest_component and mask.any():
