@@ -121,7 +121,8 @@ class PointsPanel(QWidget):
                     if s is not None and tuple(np.round(s, 3)) not in kept:
                         self.state.project.clear_point(volume, target, i)
         except ProjectError as exc:
-            show_error(self, "Point not taken", exc)  # the whole reason in the panel: a toast is cut short
+            # the whole reason in the panel, scrolled into view; no toast (cut short, and it can stay for minutes)
+            show_error(self, "Point not taken", exc, toast=False)
             self.state.ask_attention(self.status)
             self.state.changed("points")  # the refused point leaves the layer
             self.status.setText(f"⚠ {exc}")  # said on the dock, where the annotator looks, after the refresh

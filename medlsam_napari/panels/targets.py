@@ -33,6 +33,7 @@ class TargetsPanel(QWidget):
         self.name.setToolTip("The new target's name, e.g. liver; the number beside it is its label value")
         self.label = QSpinBox(minimum=1, maximum=65535)
         add, rename, delete = QPushButton("Add"), QPushButton("Rename"), QPushButton("Delete")
+        self.add_button = add
         add.clicked.connect(self._add)
         rename.clicked.connect(self._rename)
         delete.clicked.connect(self._delete)

@@ -44,8 +44,10 @@ def test_targets_are_offered_from_the_folders_label_names(make_napari_viewer, fo
     assert not panel.add_offered.isVisibleTo(widget)  # nothing left to offer
 
 
-def test_points_open_ready_to_click_and_bad_points_are_refused_on_the_dock(make_napari_viewer,
-                                                                           folder: Path) -> None:
+def test_points_open_ready_to_click_and_bad_points_are_refused_on_the_dock(make_napari_viewer, folder: Path,
+                                                                           monkeypatch) -> None:
+    toasts: list[str] = []  # a refusal is said on the dock, in view; napari's toast could stay over the canvas
+    monkeypatch.setattr("napari.utils.notifications.show_warning", toasts.append)
     widget = AnnotatorWidget(make_napari_viewer(), folder)
     state = widget.state
     state.project.add_target("liver", 1)
@@ -71,6 +73,7 @@ def test_points_open_ready_to_click_and_bad_points_are_refused_on_the_dock(make_
     text = widget.points.status.text()
     assert "the anterior point would lie further left than the left point, which marks the target's leftmost" in text
     assert text.count("not taken") <= 1 and "most left" not in text
+    assert not toasts
     for idx in clicks[2:]:
         layer.add(idx[::-1])
     assert state.project.next_point("phantom_000", "liver") is None
@@ -328,3 +331,25 @@ def test_at_1366_by_768_the_step_that_needs_the_user_is_in_view(make_napari_view
     qtbot.wait(50)
     assert "falls on the right point" in widget.points.status.text()
     assert _in_view(widget.scroll, widget.points.status)
+
+
+def test_a_name_like_a_targets_is_refused_once_with_that_name_then_added(make_napari_viewer, folder: Path,
+                                                                         monkeypatch) -> None:
+    """A typo is not a new target: "livre" beside "liver" is refused with the name it resembles; the same name
+    asked again is added (a user who meant it), and nothing else was written in between."""
+    said: list[str] = []
+    monkeypatch.setattr("medlsam_napari.panels.targets.show_error",
+                        lambda _w, title, exc: said.append(f"{title}: {exc}"))
+    widget = AnnotatorWidget(make_napari_viewer(), folder)
+    panel, project = widget.targets, widget.state.project
+    panel.name.setText("liver")
+    panel.add_button.click()
+    assert [t.name for t in project.targets] == ["liver"] and not said
+    panel.name.setText("livre")
+    panel.add_button.click()
+    assert [t.name for t in project.targets] == ["liver"]  # refused: no target 2
+    assert len(said) == 1 and "liver" in said[0] and "livre" in said[0]
+    assert panel.name.text() == "livre"  # kept, so that asking again is one click
+    panel.add_button.click()
+    assert [t.name for t in project.targets] == ["liver", "livre"] and len(said) == 1
+    assert panel.list.count() == 2

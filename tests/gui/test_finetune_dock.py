@@ -31,15 +31,21 @@ def test_dock_trains_from_reviewed_and_presegments_pending(make_napari_viewer, q
     assert "mandible" in dock.train_list.item(2).text()
     dock.steps.setValue(300)  # enough to learn the mandible (only learned targets are written)
     dock.start_training()
+    # the GUI stays usable while it trains (issue 43, item 3): the annotator opens a volume beside the training, and
+    # the training's progress reaches the dock's bar while it runs
+    from medlsam_napari.annotator import AnnotatorWidget
+
+    annotator = AnnotatorWidget(viewer)
+    annotator.state.show_volume(pending)
+    assert dock.worker is not None and annotator.state.volume_name == pending
+    qtbot.waitUntil(lambda: dock.bar.value() > 0 or dock.worker is None, timeout=600_000)
+    assert dock.bar.value() > 0
     qtbot.waitUntil(lambda: dock.worker is None, timeout=600_000)
     assert dock.checkpoint is not None and dock.checkpoint.is_file(), dock.status.text()
     assert len(dock.curve.values) == 300 and dock.bar.value() == 300
     assert "Dice on its training volumes: brainstem" in dock.status.text()
 
     # the volume with the locked mandible is open in the annotator (same project object)
-    from medlsam_napari.annotator import AnnotatorWidget
-
-    annotator = AnnotatorWidget(viewer)
     assert annotator.state.project is dock.project
     annotator.state.show_volume(partly)
     layer = viewer.layers[f"{partly} mask"]

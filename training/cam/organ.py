@@ -12,7 +12,7 @@ from scipy import ndimage
 
 from ..errors import MedLSAMError
 from ..options import TargetClass
-from ..segmentation.propagate import PropagationConfig, VolumeSegmenter, mask_box_2d
+from ..segmentation.propagate import PropagationConfig, VolumeSegmenter, ellipsoid_in_box, mask_box_2d
 from ..volumes.boxes import Box3D
 from ..volumes.volume import Volume, orient
 from .gse import largest_component
@@ -37,15 +37,11 @@ def box_prior(image: np.ndarray, box_mask: np.ndarray, kind: Prior) -> np.ndarra
     """A prior mask inside ``box_mask`` (the box as a boolean array on the image's grid, axes z, y, x)."""
     if not box_mask.any():
         return np.zeros(box_mask.shape, bool)
-    idx = np.argwhere(box_mask)
-    lo, hi = idx.min(0), idx.max(0) + 1
     if kind == Prior.BONE:
         return largest_component((image >= BONE_HU) & box_mask)
     if kind != Prior.ELLIPSOID:
         raise ValueError(f"no box prior of kind {kind!r}")
-    grids = np.ogrid[tuple(slice(0, n) for n in box_mask.shape)]
-    r = sum((((g + 0.5) - (a + b) / 2) / ((b - a) / 2)) ** 2 for g, a, b in zip(grids, lo, hi))
-    return (r <= 1.0) & box_mask
+    return ellipsoid_in_box(box_mask.shape, Box3D.from_mask(box_mask)) & box_mask
 
 
 #: name parts of targets seeded from slice ticks (the CAM method's ground): radiotherapy target volumes and lesions

@@ -30,6 +30,9 @@ class TemplateVotes:
     weights: np.ndarray  # (K,) the fusion's fit weights
     threshold: float  # the share of the weighted votes that makes a voxel the target
     network: bool = False  # the last voter is the learning loop's network (its probability), not a template
+    #: the one voter is the run's own mask (LiteMedSAM, the box prior, the bone threshold: no template was warped), so
+    #: that an update shifts that mask toward the corrected slices instead of filling between them (section 13)
+    own: bool = False
 
     def vote(self, weights: np.ndarray | None = None) -> np.ndarray:
         """The weighted vote in [0, 1] on ``box`` (the fusion's own weights by default)."""
@@ -40,7 +43,7 @@ class TemplateVotes:
         """The same votes on a crop of the grid whose first voxel (x, y, z) is ``origin``."""
         o = np.asarray(origin)
         return TemplateVotes(Box3D(tuple(np.asarray(self.box.lo) - o), tuple(np.asarray(self.box.hi) - o)),
-                             self.warped, self.weights, self.threshold, self.network)
+                             self.warped, self.weights, self.threshold, self.network, self.own)
 
     def tight(self) -> "TemplateVotes":
         """The same votes on the smallest box where any template votes (what is stored)."""
@@ -50,7 +53,7 @@ class TemplateVotes:
         lo = tuple(a + b for a, b in zip(self.box.lo, inner.lo))
         hi = tuple(a + b for a, b in zip(self.box.lo, inner.hi))
         return TemplateVotes(Box3D(lo, hi), self.warped[(slice(None), *inner.slices)], self.weights, self.threshold,
-                             self.network)
+                             self.network, self.own)
 
 
 #: the stored box holds every voxel where the network's probability reaches this: beyond the atlas's votes a lower
@@ -83,6 +86,16 @@ def with_probability(votes: TemplateVotes | None, probability: np.ndarray, weigh
     return TemplateVotes(box, np.concatenate([warped, learned.astype(np.float32)]), weights, threshold, network=True)
 
 
+def own_votes(mask: np.ndarray) -> TemplateVotes | None:
+    """A mask no template's warped mask made (LiteMedSAM, the box prior, the bone threshold) as its own one voter, on
+    its box; None for an empty mask."""
+    mask = np.asarray(mask, bool)
+    if not mask.any():
+        return None
+    box = Box3D.from_mask(mask)
+    return TemplateVotes(box, mask[box.slices][None].astype(np.float32), np.ones(1), 0.5, own=True)
+
+
 def votes_path(out_dir: Path, case: str) -> Path:
     return Path(out_dir) / VOTES_DIR / f"{case}.npz"
 
@@ -98,6 +111,7 @@ def save_votes(votes: dict[str, TemplateVotes], path: Path) -> Path:
         arrays[f"t{i}_weights"] = np.asarray(v.weights, np.float64)
         arrays[f"t{i}_threshold"] = np.array(v.threshold)
         arrays[f"t{i}_network"] = np.array(v.network)
+        arrays[f"t{i}_own"] = np.array(v.own)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.savez_compressed(fh, **arrays)
@@ -115,5 +129,6 @@ def load_votes(path: Path) -> dict[str, TemplateVotes]:
             out[str(data[f"t{i}_name"])] = TemplateVotes(
                 Box3D(tuple(box[:3]), tuple(box[3:])), data[f"t{i}_warped"].astype(np.float32) / 255.0,
                 data[f"t{i}_weights"].astype(np.float64), float(data[f"t{i}_threshold"]),
-                bool(data[f"t{i}_network"]) if f"t{i}_network" in data.files else False)
+                bool(data[f"t{i}_network"]) if f"t{i}_network" in data.files else False,
+                bool(data[f"t{i}_own"]) if f"t{i}_own" in data.files else False)
     return out

@@ -351,7 +351,10 @@ def merge_prediction(volume: Volume, predictor: SliceNetPredictor, job: Presegme
 
 
 def _atlas_part(votes: TemplateVotes | None) -> TemplateVotes | None:
-    """The atlas's own voters of stored votes (an earlier network's probability, the last voter, dropped)."""
+    """The atlas's own voters of stored votes (an earlier network's probability, the last voter, dropped); None
+    where no template voted (the run's own mask from LiteMedSAM, the box prior or the bone threshold)."""
+    if votes is not None and votes.own:
+        return None
     if votes is None or not votes.network:
         return votes
     if len(votes.weights) < 2:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from ..correction.votes import load_votes, save_votes, votes_path, with_probability
+from ..correction.votes import load_votes, own_votes, save_votes, votes_path, with_probability
 from ..errors import MedLSAMError
 from ..localization.extreme_points import POINT_NAMES, ExtremePoints
 from ..localization.localize import VOTE, LocalizedTarget, Localizer, Template, sub_boxes_in_view
@@ -34,6 +34,7 @@ from ..segmentation.propagate import (
     bone_in_box,
     bone_target,
     clean_mask,
+    ellipsoid_in_box,
     for_target,
 )
 from ..segmentation.segmenters import Segmenter
@@ -55,6 +56,8 @@ SOURCE_FUSED = "fused template masks"  # the atlas: every template's mask warped
 SOURCE_OWN_MASK = "own mask"  # a template volume's own (reviewed) mask, written as it is
 SOURCE_SAM = "SAM from the box"  # the segmenter prompted slice by slice from the localized box (or z-slabs)
 SOURCE_BONE = "bone threshold in the box"  # a bone on CT from its box alone (propagate.bone_in_box)
+#: a soft-tissue target on its own template volume from its six points alone: the ellipsoid inscribed in their box
+SOURCE_PRIOR = "ellipsoid in its six points' box"
 SOURCE_COMBINED = "fused template masks + network"  # the atlas vote and the learned network's probability, averaged
 SOURCE_NETWORK = "network"  # the learned network alone (the target's templates have no masks to fuse)
 #: the network's share of a combination; the threshold is the same mix of each source's own (atlas VOTE, argmax
@@ -220,7 +223,8 @@ def segment_query(
         if network is not None and config.mode == "atlas" and wanted & set(network.targets) else {}
     for t in located:
         if t.box is None:
-            log.warning("%s: %s not found in this scan; nothing segmented for it", query.name, t.target)
+            log.warning("%s: %s not found in this scan; nothing segmented for it (where it is there, click its six "
+                        "points on this volume: the run then segments it from them)", query.name, t.target)
             continue
         if t.target in learned and t.method not in (OWN_MASK, OWN_POINTS):
             t.source = SOURCE_COMBINED if t.vote is not None else SOURCE_NETWORK
@@ -243,19 +247,33 @@ def segment_query(
             t.method = OWN_POINTS  # this mode segments the template from its box, not from its mask
         t.source = SOURCE_SAM
         if config.mode == "atlas":  # a fallback: recorded per target, said once per run (run_queries)
-            bone = bone_in_box(query, t.box, t.target) if bone_target(t.target) and looks_like_ct(query) else None
-            if bone is not None and bone.any():
-                t.source = SOURCE_BONE
+            mask = box_only(query, t)
+            if mask is not None:
+                t.source = SOURCE_BONE if bone_target(t.target) else SOURCE_PRIOR
             t.fallback = f"{atlas_fallback_reason(t, active)}: {t.source}"
-            if t.source == SOURCE_BONE:
-                label_map = merge_target(label_map, bone, labels[t.target], policy, locked_values)
+            if mask is not None:
+                t.template_votes = own_votes(mask)  # an update shifts this mask toward the corrected slices
+                label_map = merge_target(label_map, mask, labels[t.target], policy, locked_values)
                 continue
         boxes = t.sub_boxes if config.mode == "spl" and t.sub_boxes else [t.box]
         if config.mode == "spl" and not t.sub_boxes:
             log.warning("%s: no z-slabs on the templates of %s; using one box (wpl)", query.name, t.target)
         mask = vs.propagate(boxes, for_target(config, t.target), progress, cancelled)
+        t.template_votes = own_votes(mask)
         label_map = merge_target(label_map, mask, labels[t.target], policy, locked_values)
     return label_map, located
+
+
+def box_only(query: Volume, t: LocalizedTarget) -> np.ndarray | None:
+    """A target's mask from its box alone where that beats LiteMedSAM on it (None: prompt LiteMedSAM): a bone on CT
+    is the bone threshold in its box; a soft-tissue target on its own template volume (its six points: an exact box)
+    the ellipsoid inscribed in the box (docs/benchmarks.md, section 13: fewer slices to correct on train-pats)."""
+    if bone_target(t.target) and looks_like_ct(query):
+        bone = bone_in_box(query, t.box, t.target)
+        return bone if bone.any() else None
+    if t.method == OWN_POINTS:
+        return ellipsoid_in_box(query.array.shape, t.box)
+    return None
 
 
 def combination_share(with_vote: bool, weight: float = NETWORK_WEIGHT) -> tuple[float, float]:
@@ -449,7 +467,8 @@ def keep_votes(out_dir: Path, case: str, targets: list[LocalizedTarget]) -> Path
     votes loses its old ones."""
     path = votes_path(out_dir, case)
     fresh = {t.target: t.template_votes for t in targets
-             if t.template_votes is not None and t.source in (SOURCE_FUSED, SOURCE_COMBINED, SOURCE_NETWORK)}
+             if t.template_votes is not None and (t.template_votes.own or t.source in (SOURCE_FUSED, SOURCE_COMBINED,
+                                                                                       SOURCE_NETWORK))}
     rerun = {t.target for t in targets}
     kept = {name: v for name, v in load_votes(path).items() if name not in rerun} if path.is_file() else {}
     if not fresh and not kept:

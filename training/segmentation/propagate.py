@@ -104,6 +104,18 @@ def bone_in_box(volume: Volume, box: Box3D, target: str, hu: float = BONE_HU) ->
     return clean_mask(mask, single_part_target(target), fill_holes=True)
 
 
+def ellipsoid_in_box(shape_zyx: Sequence[int], box: Box3D) -> np.ndarray:
+    """The ellipsoid inscribed in ``box`` (voxel indices, inclusive) on a grid of ``shape_zyx``: the shape prior of a
+    soft-tissue organ known only by its box.  From a template's own six points (an exact box) it is a better start than
+    LiteMedSAM on 4 mm head-and-neck CT, where an organ is 8-15 pixels across (docs/benchmarks.md, sections 5.2, 13)."""
+    mask = np.zeros(tuple(shape_zyx), bool)
+    lo, hi = np.asarray(box.lo[::-1]), np.asarray(box.hi[::-1]) + 1  # z, y, x; exclusive ends
+    grids = np.ogrid[tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))]
+    r = sum((((g + 0.5) - (a + b) / 2) / ((b - a) / 2)) ** 2 for g, a, b in zip(grids, lo, hi))
+    mask[box.slices] = r <= 1.0
+    return mask
+
+
 def for_target(config: "PropagationConfig", target: str) -> "PropagationConfig":
     """The config with the largest-component choice made for this target when it was left automatic."""
     if config.largest_component is not None:
