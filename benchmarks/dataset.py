@@ -205,7 +205,7 @@ def true_contour_mm(truth: np.ndarray, spacing) -> np.ndarray:
 
 
 def correct_organ(project: Project, name: str, organ: str, value: int, label: np.ndarray, image, truth: np.ndarray,
-                  contour: np.ndarray) -> tuple[np.ndarray, dict]:
+                  contour: np.ndarray, freeze: str = "slice") -> tuple[np.ndarray, dict]:
     """The robot on one organ through the product's update; returns the label map it ends with and its record."""
     spacing = image.spacing_zyx
     rec = {"start_nsd": nsd(label == value, truth, spacing), "start_dice": binary_metrics(
@@ -236,12 +236,28 @@ def correct_organ(project: Project, name: str, organ: str, value: int, label: np
         drawn.append(z)
         project.add_corrected(name, organ, [z])
         t0 = time.perf_counter()
-        label, result = correct_in_project(project, name, organ, label, image.array, spacing)
+        if freeze == "slice":  # the product: a slice corrected for any target stays as it is
+            label, result = correct_in_project(project, name, organ, label, image.array, spacing)
+        else:
+            label, result = update_own_slices(project, name, organ, value, label, image)
         rec["updates_s"].append(round(time.perf_counter() - t0, 3))
         rec["methods"].append(result.method)
     rec["slices"] = len(drawn) if rec["reached"] else ROUNDS
     rec["final_nsd"] = nsd(label == value, truth, spacing)
     return label, rec
+
+
+def update_own_slices(project: Project, name: str, organ: str, value: int, label: np.ndarray, image):
+    """A what-if, not the product (``--freeze target``): the update keeps this target's corrected slices only, so it
+    may still move this target's own voxels on slices drawn for another target (never another target's voxels)."""
+    from medlsam_training.correction import load_votes, votes_path
+    from medlsam_training.correction.update import correct_label_map
+    from medlsam_training.options import CorrectionUpdate
+
+    slices = project.corrected_slices(name, organ)
+    votes = load_votes(votes_path(project.folder / project.output_dir, name)).get(organ)
+    return correct_label_map(label, value, slices, CorrectionUpdate.AUTO, votes, image.spacing_zyx, organ, slices,
+                             image.array)
 
 
 def brush_from_empty(truth: np.ndarray, spacing, contour: np.ndarray) -> list:
@@ -348,7 +364,7 @@ def run(args) -> None:
                 label[label == value] = 0  # not contoured: the run's guess is not accepted as a reviewed contour
                 continue
             contour = true_contour_mm(truth[organ], image.spacing_zyx)
-            label, rec = correct_organ(project, name, organ, value, label, image, truth[organ], contour)
+            label, rec = correct_organ(project, name, organ, value, label, image, truth[organ], contour, args.freeze)
             rec["source"] = sources.get(organ)
             rec["scratch_fill"] = scratch_fill(truth[organ], image.spacing_zyx, contour)
             rec["brush"] = brush_from_empty(truth[organ], image.spacing_zyx, contour)
@@ -403,6 +419,15 @@ def print_tables(rows: list[dict], args) -> None:
         print(f"| {row['index'] + 1} | {row['volume']} | {row['reviewed_before']} | {row['network_after'] or '-'} | "
               f"{row['run_s']:.0f} | {t['tool']} ({t['censored']} censored) | {t['sf']} | {t['brush']} | "
               f"{t['changed']:.0f} / {t['redrawn']:.0f} | {t['sf_mm']:.0f} | {row['clicks']} | {up} |")
+    print("\n#### The curve: slices per volume, by five volumes done\n")
+    print("| volumes | reviewed before | tool | scratch + fill | brush | share of scratch + fill's |")
+    print("|---|---|---|---|---|---|")
+    for lo in range(0, len(rows), 5):
+        part = rows[lo:lo + 5]
+        t = totals(part)
+        print(f"| {lo + 1}-{lo + len(part)} | {part[0]['reviewed_before']}-{part[-1]['reviewed_before']} | "
+              f"{t['tool'] / len(part):.1f} | {t['sf'] / len(part):.1f} | {t['brush'] / len(part):.1f} | "
+              f"{share(part):.2f} |")
     print("\n#### Per organ (mean slices per volume; reached the bar / organs)\n")
     print("| organ | n | start NSD@4 | tool | scratch + fill | brush | first round at NSD 0.85 (median) | "
           "sources of the run |")
@@ -459,6 +484,9 @@ def main() -> None:
     parser.add_argument("--not-found", choices=("click", "draw"), default="click",
                         help="a contoured organ the run reports not found: the annotator clicks its six points there "
                         "and runs again (click), or draws it with the robot from nothing (draw)")
+    parser.add_argument("--freeze", choices=("slice", "target"), default="slice",
+                        help="what an update keeps: every slice corrected for any target (slice: the product), or, "
+                        "as a what-if, only the updated target's own corrected slices (target)")
     parser.add_argument("--steps", type=int, default=None, help="the network's training steps (default: the "
                         "product's, what finetune --project trains)")
     parser.add_argument("--out", type=Path, default=Path("results/dataset"))
