@@ -4,8 +4,10 @@ The localizer warps every chosen template's mask into the query and votes (``loc
 those votes by how well each template agrees with the slices an annotator corrected costs milliseconds, a new
 registration tens of seconds.  Where the learning loop's network took part in the mask (``pipeline.combine``), its
 probability is one more voter (:func:`with_probability`), so that a correction re-thresholds the combination the
-annotator saw, not the atlas alone.  They are stored beside a run's masks as ``.votes/<case>.npz`` (uint8, on the tight
-box where any template votes), read back by ``medlsam correct`` and the annotator's "Update the rest".
+annotator saw, not the atlas alone.  A mask no template made (LiteMedSAM, the box prior, the bone threshold) is kept as
+its own one voter (:func:`own_votes`), so that an update shifts it as it shifts the atlas's.  They are stored
+beside a run's masks as ``.votes/<case>.npz`` (uint8, on the tight box where any template votes), read back by
+``medlsam correct`` and the annotator's "Update the rest".
 """
 
 from __future__ import annotations

@@ -462,7 +462,8 @@ def segment_case(case: Case, templates: list[Template], localizer: Localizer, se
 
 def keep_votes(out_dir: Path, case: str, targets: list[LocalizedTarget]) -> Path | None:
     """The atlas's per-template warped masks (and the network's probability where it took part) of the targets whose
-    written mask they made, beside the masks (``.votes/<case>.npz``): a correction re-fuses them in milliseconds
+    written mask they made, or a mask no template made as its own one vote (``own_votes``), beside the masks
+    (``.votes/<case>.npz``): a correction re-fuses them in milliseconds
     (training/correction/).  Targets not re-run keep the votes stored before; a re-run target that no longer has
     votes loses its old ones."""
     path = votes_path(out_dir, case)
