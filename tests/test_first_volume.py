@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from medlsam_training.correction import load_votes, votes_path
 from medlsam_training.correction.in_project import correct_in_project
@@ -26,6 +27,7 @@ from medlsam_training.segmentation.segmenters import load_segmenter
 from medlsam_training.volumes.boxes import Box3D
 from medlsam_training.volumes.io import read_label, read_volume
 
+pytestmark = pytest.mark.slow  # the run loads LiteMedSAM (it prompts none of these targets)
 TARGETS = {"brainstem": 1, "mandible": 7}  # OpenKBP's values; apart, so no merge decides a voxel
 PATIENT = "pt_1"  # train-pats, both contoured
 
