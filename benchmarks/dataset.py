@@ -57,6 +57,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from correction import crop_of  # noqa: E402  (the robots of section 9 crop the same way)
 
 from medlsam_training.correction.in_project import correct_in_project  # noqa: E402
 from medlsam_training.correction.update import fill_between, load_itk_filters  # noqa: E402
@@ -68,7 +71,7 @@ from medlsam_training.project.folder import Project  # noqa: E402
 from medlsam_training.project.run import build_templates, project_network, run_project  # noqa: E402
 from medlsam_training.segmentation.propagate import PropagationConfig  # noqa: E402
 from medlsam_training.segmentation.segmenters import load_segmenter  # noqa: E402
-from medlsam_training.volumes.atomic import write_json_atomic  # noqa: E402
+from medlsam_training.volumes.atomic import atomic_path, write_json_atomic  # noqa: E402
 from medlsam_training.volumes.io import read_label, read_volume, write_mask  # noqa: E402
 
 HN_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct_hn_openkbp"
@@ -160,11 +163,8 @@ def install_network(project: Project, out: Path, reviewed: int, lag: int) -> int
     state_path = out / "networks" / "installed.json"
     installed = json.loads(state_path.read_text())["after"] if state_path.is_file() else None
     if pick is not None and pick != installed:
-        target = checkpoint_path(project)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(".tmp")
-        shutil.copyfile(out / "networks" / f"after_{pick}.pt", tmp)
-        os.replace(tmp, target)
+        with atomic_path(checkpoint_path(project)) as tmp:
+            shutil.copyfile(out / "networks" / f"after_{pick}.pt", tmp)
         write_json_atomic({"after": pick}, state_path)
     return pick
 
@@ -184,13 +184,6 @@ def train_network(project: Project, out: Path, reviewed: int, device: str, steps
 
 
 # --- the robots ------------------------------------------------------------------------------------------------
-
-def crop_of(*masks: np.ndarray, margin: int = 6) -> tuple[slice, ...]:
-    union = np.logical_or.reduce([m for m in masks])
-    nz = np.nonzero(union)
-    return tuple(slice(max(0, int(a.min()) - margin), min(n, int(a.max()) + margin + 1))
-                 for a, n in zip(nz, union.shape))
-
 
 def nsd(mask: np.ndarray, truth: np.ndarray, spacing) -> float:
     if not mask.any():
@@ -213,7 +206,8 @@ def correct_organ(project: Project, name: str, organ: str, value: int, label: np
         "changed_mm": 0.0, "redrawn_mm": 0.0, "updates_s": [], "methods": []}
     drawn: list[int] = []
     for rounds in range(ROUNDS + 1):
-        score = nsd(label == value, truth, spacing)
+        mask = label == value
+        score = nsd(mask, truth, spacing)
         if rec["round_085"] is None and score >= EARLY:
             rec["round_085"] = rounds
         if score >= BAR:
@@ -221,9 +215,9 @@ def correct_organ(project: Project, name: str, organ: str, value: int, label: np
             break
         if rounds == ROUNDS:
             break
-        sl = crop_of(label == value, truth)
+        sl = crop_of(mask, truth)
         error = np.full(label.shape[0], -1.0)
-        error[sl[0]] = slice_contour_error((label == value)[sl], truth[sl], spacing, TOLERANCE_MM)
+        error[sl[0]] = slice_contour_error(mask[sl], truth[sl], spacing, TOLERANCE_MM)
         error[drawn] = -1.0
         z = int(np.argmax(error))
         if error[z] <= 0:

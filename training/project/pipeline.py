@@ -247,9 +247,8 @@ def segment_query(
             t.method = OWN_POINTS  # this mode segments the template from its box, not from its mask
         t.source = SOURCE_SAM
         if config.mode == "atlas":  # a fallback: recorded per target, said once per run (run_queries)
-            mask = box_only(query, t)
-            if mask is not None:
-                t.source = SOURCE_BONE if bone_target(t.target) else SOURCE_PRIOR
+            mask, source = box_only(query, t)
+            t.source = source or t.source
             t.fallback = f"{atlas_fallback_reason(t, active)}: {t.source}"
             if mask is not None:
                 t.template_votes = own_votes(mask)  # an update shifts this mask toward the corrected slices
@@ -264,16 +263,17 @@ def segment_query(
     return label_map, located
 
 
-def box_only(query: Volume, t: LocalizedTarget) -> np.ndarray | None:
-    """A target's mask from its box alone where that beats LiteMedSAM on it (None: prompt LiteMedSAM): a bone on CT
-    is the bone threshold in its box; a soft-tissue target on its own template volume (its six points: an exact box)
-    the ellipsoid inscribed in the box (docs/benchmarks.md, section 13: fewer slices to correct on train-pats)."""
+def box_only(query: Volume, t: LocalizedTarget) -> tuple[np.ndarray | None, str | None]:
+    """A target's mask from its box alone where that beats LiteMedSAM on it, and its source ((None, None): prompt
+    LiteMedSAM): a bone on CT is the bone threshold in its box; any other target on its own template volume (its six
+    points: an exact box) the ellipsoid inscribed in the box (docs/benchmarks.md, section 13: fewer slices to correct
+    on train-pats)."""
     if bone_target(t.target) and looks_like_ct(query):
         bone = bone_in_box(query, t.box, t.target)
-        return bone if bone.any() else None
+        return (bone, SOURCE_BONE) if bone.any() else (None, None)
     if t.method == OWN_POINTS:
-        return ellipsoid_in_box(query.array.shape, t.box)
-    return None
+        return ellipsoid_in_box(query.array.shape, t.box), SOURCE_PRIOR
+    return None, None
 
 
 def combination_share(with_vote: bool, weight: float = NETWORK_WEIGHT) -> tuple[float, float]:
