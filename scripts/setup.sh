@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One command sets everything up: a virtual screen for the GUI tests (Debian packages, when root),
-# and a virtual environment in .venv with the project, its pinned dependencies and its test tools.
+# and a virtual environment in .venv with the project, its dependencies at the tested versions (constraints.txt) and
+# its test tools.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v xvfb-run >/dev/null 2>&1; then
@@ -15,10 +16,13 @@ fi
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
-# torch first, pinned, so that nothing else can pull another (multi-GB) build.
-.venv/bin/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+# Every package at the exact version CI tested (constraints.txt); pyproject.toml itself declares ranges, so that the
+# plugin also installs into a user's own napari environment (README, "Install into your napari").
+# torch first, so that nothing else can pull another (multi-GB) build.
+.venv/bin/python -m pip install --quiet -c constraints.txt torch torchvision
 # the Qt binding: PyQt6 by default (QT_BINDING=pyqt5 for the design's PyQt5)
 # setuptools' "Editable installation" notice (about import shadowing, which the package names already avoid) is noise
-PYTHONWARNINGS=ignore::UserWarning .venv/bin/python -m pip install --quiet -e ".[test,${QT_BINDING:-pyqt6}]"
+PYTHONWARNINGS=ignore::UserWarning .venv/bin/python -m pip install --quiet -c constraints.txt \
+  -e ".[test,${QT_BINDING:-pyqt6}]"
 .venv/bin/medlsam --help >/dev/null
 echo "set-up done: activate with 'source .venv/bin/activate'"

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import Any, TypeVar
-
 import tomllib
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
