@@ -104,7 +104,8 @@ def done_runs(results: Path) -> set[tuple]:
     if not results.is_file():
         return set()
     rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
-    return {(r["arm"], r["k"], r["seed"], r["steps"], r.get("head", 0), r.get("dice_on_absent", True))
+    return {(r["arm"], r["k"], r["seed"], r["steps"], r.get("head", 0), r.get("dice_on_absent", True),
+             r.get("pool", "complete"))
             for r in rows if r.get("kind") == "curve"}
 
 
@@ -128,29 +129,34 @@ def _printer(tag: str):
 
 def cmd_curve(args) -> None:
     train = cached_cases("train-pats", args.cache)
-    pool = [c for c in train if all(c.contoured[TARGETS.index(t)] for t in REQUIRED)]
+    if args.pool == "every":  # the ceiling (section 14): every recommended train-pats volume, organs where contoured
+        pool = [c for c in train if c.contoured.any()]
+    else:
+        pool = [c for c in train if all(c.contoured[TARGETS.index(t)] for t in REQUIRED)]
     val_cases = labelled_cases(DATA / "ct_hn_openkbp", "validation-pats", recommended_only=True)
     if args.val_limit:
         val_cases = val_cases[:args.val_limit]
     volumes = [c.load() for c in val_cases]
     done = done_runs(args.results)
     print(f"pool {len(pool)} training volumes, {len(val_cases)} validation patients")
-    for k in args.k:
+    for k in [min(k, len(pool)) if k else len(pool) for k in args.k]:
         for seed in (args.seeds if k <= 10 else args.seeds[:1]):
             for arm in args.arms:
-                key = (arm, k, seed, args.steps, args.head, args.dice_on_absent)
+                key = (arm, k, seed, args.steps, args.head, args.dice_on_absent, args.pool)
                 if key in done:
                     continue
                 init = args.out_dir / "vf.pt" if arm == "vf" else None
                 cfg = LearnConfig(steps=args.steps, seed=seed, net=NetSpec(args.channels, head=args.head),
                                   dice_on_absent=args.dice_on_absent)
-                res = finetune(training_set(pool, k, seed), TARGETS, None, cfg, init=init,
+                keep = args.out_dir / f"{args.pool}_{arm}_k{k}_s{seed}_{args.steps}.pt" \
+                    if args.pool == "every" else None
+                res = finetune(training_set(pool, k, seed), TARGETS, keep, cfg, init=init,
                                progress=_printer(f"{arm} k={k} seed={seed}"))
                 predictor = SliceNetPredictor({"meta": {"targets": TARGETS, "net": cfg.net.to_meta()}},
                                               device="cpu", model=res.model, every_class=True)
                 per, seconds = evaluate(predictor, val_cases, volumes)
                 row = {"kind": "curve", "arm": arm, "k": k, "seed": seed, "steps": args.steps, "head": args.head,
-                       "dice_on_absent": args.dice_on_absent,
+                       "dice_on_absent": args.dice_on_absent, "pool": args.pool, "training_dice": res.scores,
                        "params": n_parameters(res.model), "cpu_s": res.cpu_seconds, "wall_s": res.wall_seconds,
                        "predict_cpu_s_per_volume": seconds,
                        "dice": {t: float(np.mean(v)) if v else None for t, v in per.items()},
@@ -164,6 +170,7 @@ def cmd_curve(args) -> None:
 def cmd_table(args) -> None:
     rows = [json.loads(line) for line in args.results.read_text().splitlines() if line.strip()]
     curve = [r for r in rows if r.get("kind") == "curve" and r["steps"] == args.steps
+             and r.get("pool", "complete") == args.pool
              and r.get("head", 0) == args.head and r.get("dice_on_absent", True) == args.dice_on_absent]
     print("| k | arm | seeds | " + " | ".join(TARGETS) + " | mean (brainstem, parotids, mandible) "
           "| CPU min / fine-tune | CPU s / volume |")
@@ -208,7 +215,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("command", choices=["pretrain", "curve", "table"])
     ap.add_argument("--steps", type=int, default=LearnConfig().steps)
-    ap.add_argument("--k", type=int, nargs="+", default=[5, 10, 20, 40])
+    ap.add_argument("--k", type=int, nargs="+", default=[5, 10, 20, 40], help="training volumes (0: the whole pool)")
+    ap.add_argument("--pool", choices=["complete", "every"], default="complete",
+                    help="complete: train-pats with brainstem, parotids and mandible contoured; every: every "
+                         "recommended train-pats volume, each organ where contoured (the ceiling)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--arms", nargs="+", default=["scratch", "vf"], choices=["scratch", "vf"])
     ap.add_argument("--channels", type=int, nargs="+", default=NetSpec().channels)

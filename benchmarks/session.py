@@ -262,6 +262,8 @@ def part_session(args) -> None:
                "atlas": score(atlas, truth, image.spacing_zyx)}
         if network is not None:
             row["network_alone"] = score(network.predict(image), truth, image.spacing_zyx)  # the same model
+            # the mix the network's training learned per target from the reviewed volumes (absent: the fixed one)
+            row["mix"] = {t: [c.share, c.threshold] for t, c in network.combination.items() if c.learned}
         # the annotator corrects it: the truth replaces the mask, the volume is reviewed
         write_mask(truth, image, project.mask_path(name))
         project.mark_reviewed(name)

@@ -27,6 +27,7 @@ from qtpy.QtWidgets import (
 from medlsam_napari.dock_job import DockJob
 from medlsam_napari.docking import dock_as_tab
 from medlsam_napari.state import state_for
+from medlsam_training.learning.combination import summary as mix_summary
 from medlsam_training.learning.project_loop import (
     finetune_project,
     pending_volumes,
@@ -236,8 +237,9 @@ class FinetuneWidget(QWidget):
         left = "".join(f" {name} left out: {why}." for name, why in result.left_out.items())
         self.status.setText(f"trained: {result.path.name} on {len(result.volumes)} volume(s) ({result.steps} steps, "
                             f"{result.cpu_seconds / 60:.1f} CPU-min, from {start}). "
-                            f"{fit_summary(result.scores, result.untrained)}.{left} Pre-segment the pending "
-                            "volumes next")
+                            f"{fit_summary(result.scores, result.untrained)}.{left} "
+                            + (f"{mix_summary(result.combination)}. " if result.combination else "")
+                            + "Pre-segment the pending volumes next")
 
     # --- pre-segmentation ---------------------------------------------------------------------
     def start_prediction(self) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import ndimage
 from typer.testing import CliRunner
 
 from medlsam_training.cli import app
@@ -221,18 +222,26 @@ def test_a_fallback_is_recorded_per_target_and_said_once(openkbp: Path, tmp_path
 
 
 def test_project_pool_and_network_make_the_pending_masks(openkbp: Path, tmp_path: Path, monkeypatch) -> None:
-    """A small real project, 3 reviewed and 2 pending: the reviewed volumes join the clicked template as templates
+    """A small real project, 3 reviewed and 4 pending: the reviewed volumes join the clicked template as templates
     (points from their masks, no clicks), the atlas registers the best-matching of the pool, and once the project
     has a fine-tuned network the pending masks are the combination of the atlas vote and the network, voxel for
-    voxel, the run summary saying so."""
+    voxel, the run summary saying so.  Three of them are then reviewed: the next training learns each target's mix
+    from what their runs stored (``learning.combination``), and the last pending volume is written in that mix."""
     from medlsam_training.correction import load_votes, votes_path
+    from medlsam_training.learning.combination import dice_table, learn_combination, reviewed_samples
     from medlsam_training.learning.project_loop import finetune_project
     from medlsam_training.learning.train import LearnConfig, SliceNetPredictor
     from medlsam_training.project.folder import Project
-    from medlsam_training.project.pipeline import NETWORK_WEIGHT, SOURCE_COMBINED, SOURCE_FUSED, combine
+    from medlsam_training.project.pipeline import (
+        NETWORK_WEIGHT,
+        SOURCE_COMBINED,
+        SOURCE_FUSED,
+        combination_share,
+        combine,
+    )
 
     folder = tmp_path / "project"
-    reviewed, pending = ("pt_1", "pt_2", "pt_4"), ("pt_202", "pt_209")
+    reviewed, pending = ("pt_1", "pt_2", "pt_4"), ("pt_202", "pt_209", "pt_207", "pt_210")
     # pt_1 the one clicked template; pt_2 and pt_4 are only reviewed
     linked_project(openkbp, folder, reviewed=reviewed, pending=pending, clicked=("pt_1",))
 
@@ -270,6 +279,7 @@ def test_project_pool_and_network_make_the_pending_masks(openkbp: Path, tmp_path
                 assert summary[pt]["targets"][name]["source"] == SOURCE_FUSED, summary[pt]["targets"][name]
                 continue
             assert summary[pt]["targets"][name]["source"] == SOURCE_COMBINED, summary[pt]["targets"][name]
+            assert net.share(name, True) == combination_share(True)  # nothing reviewed after a network ran yet
             expected = clean_mask(combine(located[name], probs[name]),
                                   for_target(PropagationConfig(), name).largest_component, fill_holes=False)
             assert np.array_equal(written == value, expected), f"{pt}: {name} is not the combination"
@@ -284,3 +294,49 @@ def test_project_pool_and_network_make_the_pending_masks(openkbp: Path, tmp_path
             stored[v.box.slices] = v.vote() >= v.threshold
             combined = combine(located[name], probs[name])
             assert (stored != combined).sum() <= 0.01 * combined.sum(), name
+
+    # three pending volumes are reviewed by an annotator who draws the mandible one voxel tighter than the templates'
+    # contours (a house style the atlas and the network do not know): their stored votes hold what the network and
+    # the atlas said before review, and the next training learns each target's mix from them
+    project = Project.open(folder)
+    for pt in pending[:3]:
+        image = read_volume(folder / f"{pt}.nii.gz")
+        label = read_label(openkbp / "labelsTr" / f"{pt}.nii.gz", image).array
+        reviewed_mask = np.where(np.isin(label, list(TARGETS.values())), label, 0).astype(np.uint8)
+        bone = reviewed_mask == TARGETS["mandible"]
+        reviewed_mask[bone & ~ndimage.binary_erosion(bone)] = 0
+        project.set_status(pt, "segmented", write_mask(reviewed_mask, image, project.mask_path(pt)))
+        project.mark_reviewed(pt)
+    fit = finetune_project(project, cfg=LearnConfig(steps=300), device="cpu")
+    net = SliceNetPredictor(folder / "models" / "slicenet.pt", "cpu")
+    stored = net.combination
+    assert set(stored) == set(fit.combination) == set(TARGETS)  # every trained target has a record
+    for name in learned:
+        mix = stored[name]
+        # chosen on the reviewed volumes that a network ran on, and only them
+        assert sorted(mix.volumes) == sorted(pending[:3])
+        samples = reviewed_samples(project, [name])[name]
+        assert [s.volume for s in samples] == mix.volumes
+        again = learn_combination(project, [name])[name]  # the stored choice is the one those volumes make
+        assert (again.share, again.threshold, again.learned) == (mix.share, mix.threshold, mix.learned)
+        table = np.mean([dice_table(s) for s in samples], axis=0)
+        if mix.learned:  # the best mix on them, ahead of the fixed one leave-one-out
+            assert mix.loo_dice > mix.fixed_loo_dice
+            assert np.isclose(table.max(), table[int(round(mix.share * 10)), int(round((mix.threshold - 0.2) / 0.05))])
+    assert stored["mandible"].learned, stored["mandible"]  # the tighter house style is learned
+
+    last = pending[3]
+    r = runner.invoke(app, [*args, "--existing", "overwrite"])
+    assert r.exit_code == 0, r.output
+    path = folder / f"{last}.nii.gz"
+    image = read_volume(path)
+    written = read_label(folder / "masks" / f"{last}.nii.gz", image).array
+    probs = net.target_probabilities(image)
+    located = {t.target: t for t in spy.seen[str(path.resolve())]}
+    share = net.share("mandible", True)
+    assert share == (stored["mandible"].share, stored["mandible"].threshold) != combination_share(True)
+    expected = clean_mask(combine(located["mandible"], probs["mandible"], share),
+                          for_target(PropagationConfig(), "mandible").largest_component, fill_holes=False)
+    assert np.array_equal(written == TARGETS["mandible"], expected), "the last volume is not in the learned mix"
+    v = load_votes(votes_path(folder / "masks", last))["mandible"]
+    assert np.isclose(v.threshold, share[1])  # an update re-thresholds the mix that was written

@@ -170,6 +170,7 @@ def _finetune_project(folder: Path, out: Optional[Path], init: Optional[Path], s
                       targets: Optional[str], presegment: bool, policy: str, device: Optional[str],
                       workers: Optional[int] = None, scheduler: Optional[str] = None) -> None:
     from ..cluster import open_engine
+    from ..learning.combination import summary as mix_summary
     from ..learning.project_loop import finetune_project, presegment_project
     from ..learning.train import LearnConfig, fit_summary
     from ..project.folder import Project
@@ -198,6 +199,8 @@ def _finetune_project(folder: Path, out: Optional[Path], init: Optional[Path], s
                           f"{result.steps} steps, {result.cpu_seconds / 60:.1f} CPU-min"
                           + (f"; from {init}" if init else ""), soft_wrap=True, highlight=False)
             console.print(fit_summary(result.scores, result.untrained), soft_wrap=True, highlight=False)
+            if result.combination:
+                console.print(mix_summary(result.combination), soft_wrap=True, highlight=False)
             if not presegment:
                 return
             if engine is not None:

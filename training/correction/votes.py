@@ -68,7 +68,7 @@ def with_probability(votes: TemplateVotes | None, probability: np.ndarray, weigh
     """``votes`` with another source's ``probability`` [z, y, x] on the query's grid (the learning loop's network)
     as one more voter of share ``weight``, so that :meth:`TemplateVotes.vote` is the pipeline's combination
     (``pipeline.combine``: weight * probability + (1 - weight) * the atlas vote) and ``threshold`` its threshold;
-    the probability alone (weight 1) without votes.  None when neither holds anything."""
+    the probability alone without votes or at weight 1.  None when neither holds anything."""
     probability = np.asarray(probability, np.float32)
     boxes = [votes.box] if votes is not None else []
     if (probability >= MIN_PROBABILITY).any():
@@ -78,7 +78,7 @@ def with_probability(votes: TemplateVotes | None, probability: np.ndarray, weigh
     box = Box3D(tuple(min(b.lo[a] for b in boxes) for a in range(3)),
                 tuple(max(b.hi[a] for b in boxes) for a in range(3)))
     learned = probability[box.slices][None]
-    if votes is None:
+    if votes is None or weight >= 1.0:  # the probability alone (a learned mix may give the atlas no share)
         return TemplateVotes(box, learned.astype(np.float32), np.ones(1), threshold, network=True)
     warped = np.zeros((len(votes.warped), *box.shape[::-1]), np.float32)
     inner = tuple(slice(a - b, c - b + 1) for a, b, c in zip(votes.box.lo[::-1], box.lo[::-1], votes.box.hi[::-1]))

@@ -7,8 +7,9 @@ Targets: those asked for that some training volume holds; the others are said by
 checkpoint records which targets it learned (``train.learned_targets``): only those are ever written.
 Pre-segmentation: every volume that is not reviewed, through the guarded writer (``project/guard.py``): locked
 targets, corrected slices and targets the network did not learn are never changed.  A target the run already
-segmented from the atlas is combined with the atlas's stored votes as the run combines them (never added to); one
-without votes is left as it is under ``empty`` and replaced by the network's under ``keep`` / ``overwrite``.
+segmented from the atlas is combined with the atlas's stored votes as the run combines them (never added to), in the
+mix learned per target from the reviewed volumes (``combination``); one without votes is left as it is under
+``empty`` and replaced by the network's under ``keep`` / ``overwrite``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch
 
 from ..coreset.probe import SliceCase, load_slice_case
 from ..correction.votes import TemplateVotes, load_votes, save_votes, votes_path, with_probability
-from ..engine.checkpoint import CheckpointError, load_checkpoint
+from ..engine.checkpoint import CheckpointError, load_checkpoint, update_meta
 from ..engine.loop import FitResult
 from ..errors import DatasetError, MedLSAMError
 from ..progress import CancelledFn, ProgressFn
@@ -37,6 +38,7 @@ from ..volumes.atomic import keep_previous
 from ..volumes.datasets import Case
 from ..volumes.io import read_label, read_volume
 from ..volumes.volume import Volume
+from .combination import Combination, learn_combination
 from .train import KIND_SEG, LearnConfig, SliceNetPredictor, finetune
 
 log = logging.getLogger(__name__)
@@ -103,6 +105,8 @@ class ProjectFit(FitResult):
     volumes: list[str] = field(default_factory=list)
     untrained: dict[str, str] = field(default_factory=dict)  # target -> why it was not trained
     left_out: dict[str, str] = field(default_factory=dict)  # volume -> why it taught nothing
+    #: per target, its mix with the atlas vote, chosen on the reviewed volumes (``learning.combination``)
+    combination: dict[str, Combination] = field(default_factory=dict)
 
 
 def training_set(project: Project, targets: list[str] | None = None, names: list[str] | None = None
@@ -159,7 +163,12 @@ def finetune_project(project: Project, *, targets: list[str] | None = None, volu
     values = [project.target(t).label for t in targets]
     result = finetune(cases, targets, out, cfg, init=init, values=values, progress=progress,
                       cancelled=cancelled, device=device)
-    return ProjectFit(**vars(result), volumes=names, untrained=found.untrained, left_out=found.left_out)
+    mix: dict[str, Combination] = {}
+    if result.path is not None and result.steps >= cfg.steps:  # a finished network learns its mix with the atlas
+        mix = learn_combination(project, targets, volumes)
+        update_meta(result.path, combination={t: c.to_meta() for t, c in mix.items()})
+    return ProjectFit(**vars(result), volumes=names, untrained=found.untrained, left_out=found.left_out,
+                      combination=mix)
 
 
 def _resumable(path: Path, volumes: list[str], targets: list[str], steps: int) -> bool:
@@ -335,7 +344,7 @@ def merge_prediction(volume: Volume, predictor: SliceNetPredictor, job: Presegme
     for target, value in writable:
         atlas = _atlas_part(stored.get(target))
         if atlas is not None:
-            votes = with_probability(atlas, probability[target], *combination_share(True))
+            votes = with_probability(atlas, probability[target], *predictor.share(target, True))
             mask = np.zeros(volume.array.shape, bool)
             mask[votes.box.slices] = votes.vote() >= votes.threshold
             mask = clean_mask(mask, single_part_target(target), fill_holes=False)

@@ -20,10 +20,12 @@ from ..engine.checkpoint import CheckpointError, load_checkpoint, load_weights, 
 from ..engine.loop import FitResult, LoopSpec, StepContext, fit, seeded
 from ..errors import DatasetError
 from ..progress import CancelledFn, ProgressFn
+from ..project.pipeline import combination_share
 from ..vf.fusion import FusionConfig, fuse
 from ..vf.train import lateral_swap
 from ..volumes.resample import resample_to_reference
 from ..volumes.volume import Volume
+from .combination import Combination
 from .slicenet import NetSpec, stack
 
 KIND_VF = "slicenet-vf"
@@ -200,6 +202,8 @@ class SliceNetPredictor:
             self._learned = [i for i, t in enumerate(self.classes) if learned is not None and t in set(learned)]
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{checkpoint}: no target list in the checkpoint ({exc})") from exc
+        # the atlas + network mix per target, learned from the reviewed volumes (learning.combination)
+        self.combination = {str(t): Combination.from_meta(c) for t, c in (meta.get("combination") or {}).items()}
         self.note = "" if learned is not None else (
             "the network was trained before it recorded which targets it learned: train it again to use it")
         self.device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -223,7 +227,10 @@ class SliceNetPredictor:
     def named(self, names: dict[int, str]) -> "SliceNetPredictor":
         """Its targets named as a project names their label values now (a target renamed since training is the
         same target); a learned target whose value the project no longer has is not written."""
-        self.classes = [names.get(v, t) for t, v in zip(self.classes, self.values)]
+        renamed = [names.get(v, t) for t, v in zip(self.classes, self.values)]
+        self.combination = {new: self.combination[old] for old, new in zip(self.classes, renamed)
+                            if old in self.combination}
+        self.classes = renamed
         self._learned = [i for i in self._learned if self.values[i] in names]
         return self
 
@@ -247,6 +254,12 @@ class SliceNetPredictor:
         return np.moveaxis(probs, 1, 0), inputs.grid
 
     name = "network"
+
+    def share(self, target: str, with_vote: bool) -> tuple[float, float]:
+        """(the network's share, the threshold) of ``target``'s mix with the atlas vote: learned from the reviewed
+        volumes where that beat the fixed mix (``meta["combination"]``), else the fixed one."""
+        c = self.combination.get(target)
+        return (c.share, c.threshold) if with_vote and c is not None and c.learned else combination_share(with_vote)
 
     def target_probabilities(self, volume: Volume) -> dict[str, np.ndarray]:
         """Each learned target's probability [z, y, x] (float32) on ``volume``'s own grid: what the pipeline

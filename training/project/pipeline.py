@@ -58,10 +58,10 @@ SOURCE_SAM = "SAM from the box"  # the segmenter prompted slice by slice from th
 SOURCE_BONE = "bone threshold in the box"  # a bone on CT from its box alone (propagate.bone_in_box)
 #: a soft-tissue target on its own template volume from its six points alone: the ellipsoid inscribed in their box
 SOURCE_PRIOR = "ellipsoid in its six points' box"
-SOURCE_COMBINED = "fused template masks + network"  # the atlas vote and the learned network's probability, averaged
+SOURCE_COMBINED = "fused template masks + network"  # the atlas vote and the learned network's probability, mixed
 SOURCE_NETWORK = "network"  # the learned network alone (the target's templates have no masks to fuse)
-#: the network's share of a combination; the threshold is the same mix of each source's own (atlas VOTE, argmax
-#: ~0.5): measured against either alone in benchmarks/session.py (docs/benchmarks.md)
+#: the network's share of a combination until the reviewed volumes teach one per target (learning.combination); the
+#: threshold is the same mix of each source's own (atlas VOTE, argmax ~0.5): benchmarks/session.py (docs/benchmarks.md)
 NETWORK_WEIGHT = 0.5
 
 
@@ -72,6 +72,12 @@ class ProbabilitySource(Protocol):
     targets: list[str]
 
     def target_probabilities(self, volume: Volume) -> dict[str, np.ndarray]: ...
+
+    def share(self, target: str, with_vote: bool) -> tuple[float, float]:
+        """(its share, the threshold) of ``target``'s combination (:func:`combination_share` unless learned)."""
+        ...
+
+
 RESULTS_NAME = "medlsam_results.json"  # the run summary written beside a run's masks
 LABELS_NAME = "labels.json"  # label value -> target name, beside the masks (read by Slicer export, report, evaluate)
 
@@ -199,8 +205,9 @@ def segment_query(
 
     With ``existing`` (the volume's label map so far) each target is merged into it under ``policy``
     (``training/segmentation/label_merge.py``); ``locked`` targets are neither localized nor changed.  With a
-    ``network`` (the learning loop's, mode ``atlas``), a found target it knows is the average of the atlas vote and
-    its probability (:func:`combine`), or its probability alone where the templates have no masks.
+    ``network`` (the learning loop's, mode ``atlas``), a found target it knows is the mix of the atlas vote and
+    its probability (:func:`combine`, the network's mix for that target), or its probability alone where the
+    templates have no masks.
     """
     config = config or PropagationConfig(mode=PropagationMode.ATLAS)  # the product's default, as the CLI's
     labels = target_labels(templates)
@@ -228,12 +235,12 @@ def segment_query(
             continue
         if t.target in learned and t.method not in (OWN_MASK, OWN_POINTS):
             t.source = SOURCE_COMBINED if t.vote is not None else SOURCE_NETWORK
-            mask = clean_mask(combine(t, learned[t.target]), for_target(config, t.target).largest_component,
+            share = network.share(t.target, t.vote is not None and t.vote_box is not None)
+            mask = clean_mask(combine(t, learned[t.target], share), for_target(config, t.target).largest_component,
                               fill_holes=False)
             if mask.any():
                 # a correction re-thresholds what made this mask: the atlas's votes and the network's probability
-                t.template_votes = with_probability(t.template_votes, learned[t.target],
-                                                    *combination_share(t.vote is not None))
+                t.template_votes = with_probability(t.template_votes, learned[t.target], *share)
                 label_map = merge_target(label_map, mask, labels[t.target], policy, locked_values)
                 continue
             t.source = ""  # nothing above the threshold: the atlas alone decides below
@@ -282,11 +289,14 @@ def combination_share(with_vote: bool, weight: float = NETWORK_WEIGHT) -> tuple[
     return (weight, weight * 0.5 + (1 - weight) * VOTE) if with_vote else (1.0, 0.5)
 
 
-def combine(t: LocalizedTarget, probability: np.ndarray, weight: float = NETWORK_WEIGHT) -> np.ndarray:
+def combine(t: LocalizedTarget, probability: np.ndarray, share: tuple[float, float] | None = None) -> np.ndarray:
     """The target's mask from the atlas vote (inside its box; 0 elsewhere) and another source's probability:
-    their weighted mean above the same mix of each one's own threshold; the probability alone without a vote."""
-    share, threshold = combination_share(t.vote is not None and t.vote_box is not None, weight)
-    if share == 1.0:
+    their weighted mean above a threshold (``share``: (the other source's share, the threshold), learned per target
+    from the reviewed volumes, ``learning.combination``; default the fixed mix, :func:`combination_share`); the
+    probability alone without a vote."""
+    with_vote = t.vote is not None and t.vote_box is not None
+    share, threshold = share if share is not None and with_vote else combination_share(with_vote)
+    if share >= 1.0:
         return probability >= threshold
     p = share * probability
     p[t.vote_box.slices] += (1 - share) * t.vote
