@@ -36,6 +36,7 @@ from medlsam_training.coreset.probe import SliceCase, crop_at, load_slice_case, 
 from medlsam_training.correction.votes import load_votes, votes_path
 from medlsam_training.engine.augment import random_affine
 from medlsam_training.engine.loop import LoopSpec, fit, seeded
+from medlsam_training.learning.combination import SHARES, THRESHOLDS, Sample, dice_table
 from medlsam_training.learning.slicenet import NetSpec, stack
 from medlsam_training.learning.train import AUGMENT, _class_on_volume
 from medlsam_training.localization.localize import VOTE
@@ -169,29 +170,27 @@ def ceiling(args) -> None:
     state = torch.load(args.checkpoint, weights_only=True)
     predictor = SliceNetPredictor(state, "cpu", every_class=True)
     val = labelled_cases(DATA, "validation-pats", recommended_only=True)
-    shares, thresholds = np.round(np.linspace(0, 1, 11), 2), np.round(np.arange(0.2, 0.801, 0.05), 2)
     grid = {t: [] for t in TARGETS}
     per: dict[str, dict[str, list[float]]] = {a: {t: [] for t in TARGETS} for a in ("network", "atlas", "mix", "one")}
     for case in val:
         image, label = case.load()
         votes = load_votes(votes_path(args.val_masks, f"{case.name}_0000"))
         probs = predictor.target_probabilities(image)
+        written = predictor.predict(image)  # once per patient: every organ's mask of the network alone
+        value = dict(zip(predictor.classes, predictor.values))
         for t in TARGETS:
             g = label.array == case.label_value(t)
             if g.sum() < 200:
                 continue
             atlas = vote_volume(image, votes, t)
-            net_mask = predictor.predict(image) == dict(zip(predictor.classes, predictor.values))[t]
+            net_mask = written == value[t]
             per["network"][t].append(dice_score(net_mask, g))
             per["atlas"][t].append(dice_score(clean_mask(atlas >= VOTE, True, fill_holes=False), g))
             mixed = 0.5 * probs[t] + 0.5 * atlas >= 0.5 * 0.5 + 0.5 * VOTE
             per["mix"][t].append(dice_score(clean_mask(mixed, True, fill_holes=False), g))
             # every mix on the crop that holds every voxel any of them can make (probability >= 0.05) and the truth
             crop = Box3D.from_mask((atlas > 0) | (probs[t] >= 0.05) | g).slices
-            pc, ac, gc = probs[t][crop], atlas[crop], g[crop]
-            grid[t].append([[2 * float(((w * pc + (1 - w) * ac >= th) & gc).sum())
-                             / max(float((w * pc + (1 - w) * ac >= th).sum() + gc.sum()), 1.0)
-                             for th in thresholds] for w in shares])
+            grid[t].append(dice_table(Sample(case.name, atlas[crop], probs[t][crop], g[crop], 0)))
             v = votes.get(t)
             if v is not None and not v.own and not v.network:
                 for k in range(len(v.warped)):
@@ -202,7 +201,7 @@ def ceiling(args) -> None:
     for t in TARGETS:
         table = np.mean(grid[t], axis=0)
         i, j = np.unravel_index(int(np.argmax(table)), table.shape)
-        best[t] = (float(shares[i]), float(thresholds[j]), float(table[i, j]))
+        best[t] = (float(SHARES[i]), float(THRESHOLDS[j]), float(table[i, j]))
     rows = {a: {t: float(np.mean(v)) for t, v in d.items() if v} for a, d in per.items()}
     rows["best mix (chosen on these patients)"] = {t: b[2] for t, b in best.items()}
     for arm, ds in rows.items():

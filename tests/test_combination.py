@@ -14,7 +14,7 @@ import pytest
 from scipy import ndimage
 
 from medlsam_training.correction.votes import TemplateVotes, with_probability
-from medlsam_training.learning.combination import MIN_VOLUMES, choose, dice_table, sample
+from medlsam_training.learning.combination import MIN_VOLUMES, choose, dice_table, grid_index, sample
 from medlsam_training.project.pipeline import combination_share
 from medlsam_training.volumes.boxes import Box3D
 from medlsam_training.volumes.io import read_label
@@ -46,7 +46,7 @@ def test_a_sample_is_the_stored_atlas_vote_and_network_probability(truths) -> No
     assert s is not None and s.outside == 0 and s.truth.sum() == truth.sum()
     assert np.allclose(s.atlas.max(), 1.0) and np.allclose(s.network.max(), 0.9)
     # the fixed mix of the stored sample is what the run wrote: the vote of all voters above the stored threshold
-    fixed = dice_table(s)[5, int(np.argmin(np.abs(np.round(np.arange(0.2, 0.801, 0.05), 2) - votes.threshold)))]
+    fixed = dice_table(s)[grid_index(combination_share(True)[0], votes.threshold)]
     written = votes.vote() >= votes.threshold
     dice = 2 * (written & s.truth).sum() / (written.sum() + s.truth.sum())
     assert np.isclose(fixed, dice, atol=1e-6)
@@ -63,10 +63,8 @@ def test_the_learned_mix_fixes_a_systematic_error_on_a_volume_it_never_saw(truth
     assert mix.loo_dice > mix.fixed_loo_dice
     assert (mix.share, mix.threshold) != combination_share(True)
     # on the fifth patient, never used to choose: the learned mix is ahead of the fixed one
-    shares, thresholds = np.round(np.linspace(0, 1, 11), 2), np.round(np.arange(0.2, 0.801, 0.05), 2)
-    learned = tables[held_out][int(np.argmin(np.abs(shares - mix.share))),
-                               int(np.argmin(np.abs(thresholds - mix.threshold)))]
-    fixed = tables[held_out][5, int(np.argmin(np.abs(thresholds - combination_share(True)[1])))]
+    learned = tables[held_out][grid_index(mix.share, mix.threshold)]
+    fixed = tables[held_out][grid_index(*combination_share(True))]
     assert learned > fixed + 0.02
 
 

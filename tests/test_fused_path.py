@@ -228,8 +228,8 @@ def test_project_pool_and_network_make_the_pending_masks(openkbp: Path, tmp_path
     voxel, the run summary saying so.  Three of them are then reviewed: the next training learns each target's mix
     from what their runs stored (``learning.combination``), and the last pending volume is written in that mix."""
     from medlsam_training.correction import load_votes, votes_path
-    from medlsam_training.learning.combination import dice_table, learn_combination, reviewed_samples
-    from medlsam_training.learning.project_loop import finetune_project
+    from medlsam_training.learning.combination import dice_table, grid_index, learn_combination, reviewed_samples
+    from medlsam_training.learning.project_loop import finetune_project, training_set
     from medlsam_training.learning.train import LearnConfig, SliceNetPredictor
     from medlsam_training.project.folder import Project
     from medlsam_training.project.pipeline import (
@@ -315,14 +315,15 @@ def test_project_pool_and_network_make_the_pending_masks(openkbp: Path, tmp_path
         mix = stored[name]
         # chosen on the reviewed volumes that a network ran on, and only them
         assert sorted(mix.volumes) == sorted(pending[:3])
-        samples = reviewed_samples(project, [name])[name]
+        trained_on = training_set(project, [name]).volumes
+        samples = reviewed_samples(project, [name], trained_on)[name]
         assert [s.volume for s in samples] == mix.volumes
-        again = learn_combination(project, [name])[name]  # the stored choice is the one those volumes make
+        again = learn_combination(project, [name], trained_on)[name]  # the stored choice is what they make
         assert (again.share, again.threshold, again.learned) == (mix.share, mix.threshold, mix.learned)
         table = np.mean([dice_table(s) for s in samples], axis=0)
         if mix.learned:  # the best mix on them, ahead of the fixed one leave-one-out
             assert mix.loo_dice > mix.fixed_loo_dice
-            assert np.isclose(table.max(), table[int(round(mix.share * 10)), int(round((mix.threshold - 0.2) / 0.05))])
+            assert np.isclose(table.max(), table[grid_index(mix.share, mix.threshold)])
     assert stored["mandible"].learned, stored["mandible"]  # the tighter house style is learned
 
     last = pending[3]

@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from ..correction.votes import TemplateVotes, load_votes, votes_path
-from ..errors import MedLSAMError
 from ..project.folder import Project
 from ..project.pipeline import combination_share
 from ..volumes.io import read_label
@@ -84,7 +83,8 @@ def dice_table(s: Sample) -> np.ndarray:
     return out
 
 
-def _index(share: float, threshold: float) -> tuple[int, int]:
+def grid_index(share: float, threshold: float) -> tuple[int, int]:
+    """The (share, threshold) cell of :func:`dice_table`'s grid."""
     return int(np.argmin(np.abs(SHARES - share))), int(np.argmin(np.abs(THRESHOLDS - threshold)))
 
 
@@ -95,7 +95,7 @@ def choose(tables: list[np.ndarray], names: list[str]) -> Combination:
         return Combination(*fixed, False, names, why=f"{len(tables)} reviewed volume(s) with a stored combination; "
                                                      f"{MIN_VOLUMES} are needed to learn one")
     stack = np.stack(tables)  # (volumes, shares, thresholds)
-    fi = _index(*fixed)
+    fi = grid_index(*fixed)
     loo = []
     for k in range(len(tables)):
         rest = np.delete(stack, k, axis=0).mean(0)
@@ -109,35 +109,28 @@ def choose(tables: list[np.ndarray], names: list[str]) -> Combination:
     return Combination(float(SHARES[i]), float(THRESHOLDS[j]), True, names, round(loo_dice, 4), round(fixed_dice, 4))
 
 
-def reviewed_samples(project: Project, targets: list[str], names: list[str] | None = None
-                     ) -> dict[str, list[Sample]]:
-    """Per target, the reviewed volumes' (or locked targets') stored combinations with their reviewed masks."""
+def reviewed_samples(project: Project, targets: list[str], volumes: list) -> dict[str, list[Sample]]:
+    """Per target, the stored combinations of the training's volumes (``project_loop.training_set``: reviewed or
+    locked, each with the targets its mask holds) with their reviewed masks; template volumes are left out."""
     out: dict[str, list[Sample]] = {t: [] for t in targets}
-    for v in project.volumes:
-        if v.template or v.status == "missing" or (names is not None and v.name not in names):
+    for tv in volumes:
+        if project.entry(tv.name).template:
             continue
-        locked = [t for t in project.locked_targets(v.name) if t in out]
-        mask = project.mask_path(v.name)
-        if not locked or not mask.is_file():
+        held = [t for t in tv.targets if t in out]
+        stored = load_votes(votes_path(tv.mask.parent, tv.name))
+        if not any(t in stored for t in held):
             continue
-        stored = load_votes(votes_path(mask.parent, v.name))
-        if not any(t in stored for t in locked):
-            continue
-        try:
-            label = read_label(mask, allow_empty=True).array
-        except (MedLSAMError, ValueError, OSError):
-            continue  # unreadable: the training says so (training_set)
-        for t in locked:
-            s = sample(v.name, stored.get(t), label == project.target(t).label)
+        label = read_label(tv.mask, allow_empty=True).array
+        for t in held:
+            s = sample(tv.name, stored.get(t), label == project.target(t).label)
             if s is not None:
                 out[t].append(s)
     return out
 
 
-def learn_combination(project: Project, targets: list[str], names: list[str] | None = None
-                      ) -> dict[str, Combination]:
-    """Each target's mix, chosen on the project's reviewed volumes (``names``: the chosen ones)."""
-    found = reviewed_samples(project, targets, names)
+def learn_combination(project: Project, targets: list[str], volumes: list) -> dict[str, Combination]:
+    """Each target's mix, chosen on the training's volumes (:func:`reviewed_samples`)."""
+    found = reviewed_samples(project, targets, volumes)
     return {t: choose([dice_table(s) for s in samples], [s.volume for s in samples]) for t, samples in found.items()}
 
 

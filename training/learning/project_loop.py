@@ -165,7 +165,7 @@ def finetune_project(project: Project, *, targets: list[str] | None = None, volu
                       cancelled=cancelled, device=device)
     mix: dict[str, Combination] = {}
     if result.path is not None and result.steps >= cfg.steps:  # a finished network learns its mix with the atlas
-        mix = learn_combination(project, targets, volumes)
+        mix = learn_combination(project, targets, found.volumes)
         update_meta(result.path, combination={t: c.to_meta() for t, c in mix.items()})
     return ProjectFit(**vars(result), volumes=names, untrained=found.untrained, left_out=found.left_out,
                       combination=mix)
